@@ -1,0 +1,31 @@
+"""The project's exception types.
+
+Every error a user can provoke with bad input (a wrong shape, a bad file, a
+missing data set) is one of these, and its message names what is wrong: the
+file, the dataset inside it, the layer, the shape.  Kernels never validate;
+the public functions in front of them do, and raise these.
+"""
+
+
+class TabConvError(Exception):
+    """Base class of every error raised on purpose by tabconv_np."""
+
+
+class ShapeError(TabConvError, ValueError):
+    """An array has the wrong shape, dtype or layout for the operation."""
+
+
+class ConfigError(TabConvError, ValueError):
+    """A network, layer or conversion is configured with invalid settings."""
+
+
+class WeightFileError(TabConvError):
+    """A weight file cannot be read: not HDF5, truncated, wrong datasets, bad values."""
+
+
+class UnsafePickleError(WeightFileError):
+    """A pickle asks for something the restricted unpickler refuses to build."""
+
+
+class DataError(TabConvError):
+    """A data set is missing, truncated or malformed."""

@@ -1,0 +1,130 @@
+"""Saving and loading whole networks as HDF5 files.
+
+Schema (version 1; also in docs/hdf5_schema.md)::
+
+    /                       attributes:
+        tabconv_np_format   int, 1
+        config              JSON string: Network.config() (architecture, input
+                            shape, preprocess, layout, meta)
+    /params/<key>           one dataset per state_dict key, e.g.
+                            /params/layer1.0.bn1.running_var; float16, float32
+                            or float64 for float parameters (loaded as the
+                            parameter's dtype, float32), integer datasets for
+                            integer parameters (table codes)
+
+A file round-trips bit-exactly in float32.  Loading validates everything
+before a kernel sees it and raises :class:`~tabconv_np.errors.WeightFileError`
+naming the file and the dataset: not HDF5, truncated, missing or extra
+dataset, wrong shape or dtype, NaN/Inf, unknown architecture.
+Nothing is unpickled: the config is JSON.
+"""
+import json
+import os
+
+import numpy as np
+
+from .errors import ConfigError, TabConvError, WeightFileError
+from .network import FORMAT_VERSION, Network
+
+
+def save(net, path, dtype=None):
+    """Write ``net`` to ``path`` (HDF5).
+
+    Parameters
+    ----------
+    net : Network
+    path : str or os.PathLike
+    dtype : {None, "float32", "float16"}
+        Storage dtype of float parameters; None keeps each parameter's own (float32).
+    """
+    import h5py
+    if dtype not in (None, "float32", "float16", np.float32, np.float16):
+        raise ConfigError(f"save: dtype must be float32 or float16, got {dtype!r}")
+    with h5py.File(path, "w") as f:
+        f.attrs["tabconv_np_format"] = FORMAT_VERSION
+        f.attrs["config"] = json.dumps(net.config())
+        g = f.create_group("params")
+        for key, v in net.state_dict().items():
+            if dtype is not None and v.dtype.kind == "f":
+                v = v.astype(dtype)
+            g.create_dataset(key, data=v)
+
+
+def load(path):
+    """Rebuild the network saved at ``path`` by :func:`save`.
+
+    Raises
+    ------
+    WeightFileError
+        The file or one of its datasets is unusable; the message says which and why.
+    """
+    import h5py
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise WeightFileError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightFileError(f"{path}: not a readable HDF5 file (truncated or another format?): {e}") from None
+    with f:
+        try:
+            version = int(f.attrs.get("tabconv_np_format", -1))
+            raw = f.attrs.get("config")
+        except (OSError, ValueError, TypeError) as e:
+            raise WeightFileError(f"{path}: cannot read the root attributes: {e}") from None
+        if version == -1 or raw is None:
+            raise WeightFileError(f"{path}: not a tabconv_np weight file (no 'tabconv_np_format' or "
+                                  f"'config' attribute); to bring a model from PyTorch/ONNX/Keras "
+                                  f"use 'tabconv import'")
+        if version > FORMAT_VERSION:
+            raise WeightFileError(f"{path}: format version {version} is newer than this "
+                                  f"tabconv_np understands ({FORMAT_VERSION})")
+        try:
+            cfg = json.loads(raw)
+            net = Network.from_config(cfg)
+        except (ValueError, TypeError) as e:
+            raise WeightFileError(f"{path}: bad 'config' attribute: {e}") from None
+        except TabConvError as e:
+            raise WeightFileError(f"{path}: unknown or invalid architecture in 'config': {e}") from None
+        if "params" not in f or not isinstance(f["params"], h5py.Group):
+            raise WeightFileError(f"{path}: no 'params' group")
+        own, group = net.state_dict(), f["params"]
+        found = set(group.keys())
+        missing = [k for k in own if k not in found]
+        extra = sorted(found - set(own))
+        if missing:
+            raise WeightFileError(f"{path}: missing dataset(s) /params/{missing[0]}"
+                                  f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}")
+        if extra:
+            raise WeightFileError(f"{path}: unexpected dataset(s) /params/{extra[0]}"
+                                  f"{f' and {len(extra) - 1} more' if len(extra) > 1 else ''}"
+                                  f" for architecture {net.meta.get('arch', 'custom')}")
+        for key, param in own.items():
+            param[...] = _read(path, group, key, param)
+    return net
+
+
+def _read(path, group, key, param):
+    """Dataset ``key`` validated against ``param`` (shape, dtype kind, finiteness)."""
+    import h5py
+    ds = group[key]
+    where = f"{path}: dataset /params/{key}"
+    if not isinstance(ds, h5py.Dataset):
+        raise WeightFileError(f"{where} is not a dataset")
+    if ds.shape != param.shape:
+        raise WeightFileError(f"{where} has shape {ds.shape}, expected {param.shape}")
+    kind = ds.dtype.kind
+    if param.dtype.kind == "f" and not (kind == "f" and ds.dtype.itemsize in (2, 4, 8)):
+        raise WeightFileError(f"{where} has dtype {ds.dtype}, expected a float dtype")
+    if param.dtype.kind in "iu" and kind not in "iu":
+        raise WeightFileError(f"{where} has dtype {ds.dtype}, expected an integer dtype")
+    try:
+        v = ds[()]
+    except (OSError, ValueError) as e:
+        raise WeightFileError(f"{where} cannot be read (file truncated or corrupt?): {e}") from None
+    if kind == "f" and not np.isfinite(v).all():
+        raise WeightFileError(f"{where} contains NaN or Inf")
+    if param.dtype.kind in "iu" and v.size and (v.min() < np.iinfo(param.dtype).min
+                                                or v.max() > np.iinfo(param.dtype).max):
+        raise WeightFileError(f"{where} has values outside {param.dtype}")
+    return v.astype(param.dtype, copy=False)

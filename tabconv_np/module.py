@@ -1,0 +1,159 @@
+"""The module system: parameters, children, configs, state dicts.
+
+A network is a tree of :class:`Module` objects, like ``torch.nn.Module`` but
+inference-only.  Each module
+
+* holds its parameters as float32 NumPy arrays in ``self.params`` (an ordered
+  dict whose names follow PyTorch's ``state_dict``: ``weight``, ``bias``,
+  ``running_mean``, ...), and its sub-modules in ``self.children``;
+* describes itself by ``config()``: a JSON-able dict ``{"type": ..., args...}``
+  from which :func:`from_config` rebuilds it (shapes included, values not);
+* computes ``forward(x, layout)`` on a batch in layout ``"NCHW"`` or ``"NHWC"``;
+* reports ``out_shape(in_shape)`` and ``count(in_shape)`` for the op counter,
+  shapes being per-image ``(C, H, W)`` or ``(F,)`` whatever the layout.
+
+The flat parameter names of a tree, ``state_dict()``, join the children's
+names with dots: ``layer1.0.bn1.running_var``.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from .errors import ConfigError, ShapeError
+
+REGISTRY = {}
+
+
+def register(cls):
+    """Class decorator: make ``cls`` buildable by :func:`from_config` under ``cls.__name__``."""
+    REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def from_config(cfg):
+    """Rebuild a module (parameters zero-filled) from ``Module.config()`` output."""
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ConfigError(f"a module config must be a dict with a 'type', got {cfg!r:.200}")
+    kind = cfg["type"]
+    if kind not in REGISTRY:
+        # the table layers register themselves on import
+        import importlib.util
+        if importlib.util.find_spec(__package__ + ".tables"):
+            from . import tables  # noqa: F401
+    if kind not in REGISTRY:
+        raise ConfigError(f"unknown layer type {kind!r} (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[kind].from_config(cfg)
+
+
+class Module:
+    """Base class; see the module docstring."""
+
+    def __init__(self):
+        self.params = OrderedDict()
+        self.children = OrderedDict()
+
+    # -- construction -------------------------------------------------
+    def config(self):
+        """JSON-able description; subclasses add their constructor arguments."""
+        return {"type": type(self).__name__}
+
+    @classmethod
+    def from_config(cls, cfg):
+        args = {k: v for k, v in cfg.items() if k != "type"}
+        try:
+            return cls(**args)
+        except TypeError as e:
+            raise ConfigError(f"bad arguments for layer type {cfg['type']!r}: {e}") from None
+
+    # -- parameters ---------------------------------------------------
+    def state_dict(self, prefix=""):
+        """Flat ``{dotted name: array}`` of this module and all its descendants."""
+        out = OrderedDict()
+        for k, v in self.params.items():
+            out[prefix + k] = v
+        for name, child in self.children.items():
+            out.update(child.state_dict(prefix + name + "."))
+        return out
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from ``state`` into the parameters (cast to each parameter's dtype).
+
+        Raises
+        ------
+        ShapeError
+            A key is missing or unexpected (``strict``), or an array's shape
+            differs from the parameter's; the message names the key and both shapes.
+        """
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        if strict and (missing or extra):
+            raise ShapeError(f"state dict does not fit the network: missing keys {missing[:8]}"
+                             f"{'...' if len(missing) > 8 else ''}, unexpected keys {extra[:8]}"
+                             f"{'...' if len(extra) > 8 else ''}")
+        for k, p in own.items():
+            if k not in state:
+                continue
+            v = np.asarray(state[k])
+            if v.shape != p.shape:
+                raise ShapeError(f"parameter {k!r}: expected shape {p.shape}, found {v.shape}")
+            p[...] = v.astype(p.dtype, copy=False)
+        return self
+
+    def num_params(self):
+        return int(sum(v.size for v in self.state_dict().values()))
+
+    def modules(self, prefix=""):
+        """Yield ``(dotted name, module)`` for this module and every descendant, depth first."""
+        yield prefix.rstrip("."), self
+        for name, child in self.children.items():
+            yield from child.modules(prefix + name + ".")
+
+    # -- computation --------------------------------------------------
+    def forward(self, x, layout):
+        raise NotImplementedError
+
+    def __call__(self, x, layout="NCHW"):
+        return self.forward(x, layout)
+
+    def out_shape(self, in_shape):
+        """Per-image output shape for a per-image input shape (no batch axis)."""
+        return tuple(in_shape)
+
+    def count(self, in_shape, name):
+        """Op-count rows ``[dict, ...]`` for one image of shape ``in_shape``; see ``tabconv_np.ops``."""
+        from .ops import row
+        return [row(name, self, in_shape, self.out_shape(in_shape))]
+
+    # -- display -------------------------------------------------------
+    def extra_repr(self):
+        cfg = self.config()
+        return ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("type", "children"))
+
+    def __repr__(self):
+        if not self.children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, child in self.children.items():
+            sub = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def pair(v, what):
+    """``v`` as a pair of ints (an int ``k`` gives ``(k, k)``)."""
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ConfigError(f"{what} must be an int or a pair, got {v!r}")
+    return v
+
+
+def channel_axis(layout):
+    if layout == "NCHW":
+        return 1
+    if layout == "NHWC":
+        return 3
+    raise ConfigError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
