@@ -1,0 +1,144 @@
+"""MEC: memory-efficient convolution (Cho & Brand, ICML 2017), NHWC.
+
+Instead of one lowered row per output position (im2col, ``Ho*Wo`` rows of
+``kh*kw*C`` per image), MEC lowers one row per output *column* ``w``: the
+vertical strip of width ``kw`` under it, over the whole padded height::
+
+    L[n*Wo + w, (h*kw + j)*C + c] = xpad[n, h, w*sw + j*dw, c]
+
+``L`` has shape ``(N*Wo, Hu*kw*C)`` with ``Hu = (Ho-1)*sh + (kh-1)*dh + 1``
+(the padded rows the kernel actually touches; MEC's ``i_h``).  Output row
+``h`` is then a column window of ``L`` times the weight matrix
+``K[(i*kw + j)*C + c, o] = weight[o, c, i, j]``::
+
+    Y[h] = L[:, h*sh*kw*C : (h*sh + kh)*kw*C] @ K            (dilation dh == 1)
+    Y[h] = sum_i L[:, (h*sh + i*dh)*kw*C : ... + kw*C] @ K[i*kw*C : (i+1)*kw*C]
+
+``Y`` is ``(Ho, N*Wo, C_out)`` ("HNWC"), transposed to the caller's layout at
+the end.  The workspace is ``N*Wo*Hu*kw*C`` floats against im2col's
+``N*Ho*Wo*kh*kw*C``: about ``kh/sh`` times smaller.  With groups, each group
+is lowered separately (its channels are not contiguous in ``L``'s columns).
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import kernel, pick
+from .im2col import CHUNK_BYTES
+
+
+def _lower_mec(x, c0, Cg, kw, sw, pt, pl, dw, Hu, Wo, out):
+    """MEC lowering of channels ``[c0, c0+Cg)`` of an NHWC batch.
+
+    Parameters
+    ----------
+    x : float32 array (N, H, W, C), any strides (an NCHW array's transposed
+        view works, only slower)
+    c0, Cg : int
+        First channel and channel count of the group.
+    kw, sw, pt, pl, dw : int
+        Kernel width, horizontal stride, top/left padding, horizontal dilation.
+    Hu, Wo : int
+        Padded rows used and output width.
+    out : float32 array (N*Wo, Hu*kw*Cg), written:
+        ``out[n*Wo + w, (h*kw + j)*Cg + c] = xpad[n, h, w*sw + j*dw, c0 + c]``
+
+    Notes
+    -----
+    Parallel over the rows of ``out``; reads and writes run along ``c``.
+    """
+    N, H, W, C = x.shape
+    for t in prange(N * Wo):
+        n = t // Wo
+        w = t - n * Wo
+        for h in range(Hu):
+            ih = h - pt
+            for j in range(kw):
+                iw = w * sw + j * dw - pl
+                base = (h * kw + j) * Cg
+                if ih < 0 or ih >= H or iw < 0 or iw >= W:
+                    for c in range(Cg):
+                        out[t, base + c] = 0.0
+                else:
+                    for c in range(Cg):
+                        out[t, base + c] = x[n, ih, iw, c0 + c]
+    return out
+
+
+lower_mec = kernel(_lower_mec)
+
+
+def conv2d_mec(x, weight, bias, stride, padding, dilation, groups, layout, out_hw):
+    """Convolution by MEC lowering and BLAS products (no validation).
+
+    Parameters
+    ----------
+    x : float32 array (N, C, H, W) or (N, H, W, C) per ``layout``
+    weight : float32 array (C_out, C/groups, kh, kw)
+    bias : float32 array (C_out,) or None
+    stride, dilation : (int, int)
+    padding : (top, bottom, left, right)
+    groups : int
+    layout : "NCHW" or "NHWC" (of x and of the result)
+    out_hw : (Ho, Wo)
+
+    Returns
+    -------
+    float32 array (N, C_out, Ho, Wo) or (N, Ho, Wo, C_out)
+    """
+    N = x.shape[0]
+    C_out, Cg, kh, kw = weight.shape
+    Ho, Wo = out_hw
+    sh, sw = stride
+    dh, dw = dilation
+    pt, _, pl, _ = padding
+    G = groups
+    Cog = C_out // G
+    Hu = (Ho - 1) * sh + (kh - 1) * dh + 1
+    if N == 0:
+        shape = (0, C_out, Ho, Wo) if layout == "NCHW" else (0, Ho, Wo, C_out)
+        return np.empty(shape, np.float32)
+    # NCHW input: an NHWC view (the kernel reads it strided; no copy)
+    xv = x.transpose(0, 2, 3, 1) if layout == "NCHW" else x
+    # K[g, (i*kw + j)*Cg + c, o] = weight[g*Cog + o, c, i, j]
+    Kmat = np.ascontiguousarray(
+        weight.reshape(G, Cog, Cg, kh, kw).transpose(0, 3, 4, 2, 1)).reshape(G, kh * kw * Cg, Cog)
+    Y = np.empty((Ho, N * Wo, C_out), np.float32)
+    row = Hu * kw * Cg                                  # floats per L row
+    # images per chunk: keep L near CHUNK_BYTES
+    nb = min(N, max(1, CHUNK_BYTES // max(1, Wo * row * 4)))
+    L = np.empty((nb * Wo, row), np.float32)
+    itm = L.itemsize
+    for n0 in range(0, N, nb):
+        n1 = min(N, n0 + nb)
+        Lc = L[: (n1 - n0) * Wo]
+        R = Lc.shape[0]
+        for g in range(G):
+            pick(lower_mec, Lc.size)(xv[n0:n1], g * Cg, Cg, kw, sw, pt, pl, dw, Hu, Wo, Lc)
+            Yg = Y[:, n0 * Wo:n1 * Wo, g * Cog:(g + 1) * Cog]   # (Ho, R, Cog)
+            if dh == 1:
+                # windows[h] = Lc[:, h*sh*kw*Cg : (h*sh + kh)*kw*Cg], all h at once
+                win = np.lib.stride_tricks.as_strided(
+                    Lc, shape=(Ho, R, kh * kw * Cg),
+                    strides=(sh * kw * Cg * itm, row * itm, itm), writeable=False)
+                np.matmul(win, Kmat[g], out=Yg)
+            else:
+                for i in range(kh):
+                    # kernel row i reads padded row h*sh + i*dh
+                    win = np.lib.stride_tricks.as_strided(
+                        Lc[:, i * dh * kw * Cg:], shape=(Ho, R, kw * Cg),
+                        strides=(sh * kw * Cg * itm, row * itm, itm), writeable=False)
+                    Ki = Kmat[g, i * kw * Cg:(i + 1) * kw * Cg]
+                    if i == 0:
+                        np.matmul(win, Ki, out=Yg)
+                    else:
+                        Yg += win @ Ki
+    Y4 = Y.reshape(Ho, N, Wo, C_out)
+    if layout == "NCHW":
+        out = np.ascontiguousarray(Y4.transpose(1, 3, 0, 2))
+        if bias is not None:
+            out += bias.reshape(1, C_out, 1, 1)
+    else:
+        out = np.ascontiguousarray(Y4.transpose(1, 0, 2, 3))
+        if bias is not None:
+            out += bias
+    return out
