@@ -1,0 +1,57 @@
+"""Shared test setup.
+
+* Hypothesis profile ``tabconv`` (loaded by default; pick another with
+  ``HYPOTHESIS_PROFILE``): no per-example deadline, because the first call of
+  a Numba kernel compiles it (or loads it from the cache) and would trip
+  Hypothesis's 200 ms deadline; 50 examples per test unless a test says
+  otherwise.  ``HYPOTHESIS_PROFILE=thorough`` runs 500.
+* ``warm_conv_jit``: a session fixture that compiles (or loads from the
+  on-disk cache) every convolution kernel, serial and parallel, for the array
+  layouts the drivers pass, so that timings and deadlines inside tests see
+  warm kernels.
+"""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "tabconv", deadline=None, max_examples=50,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "thorough", deadline=None, max_examples=500,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tabconv"))
+
+
+@pytest.fixture(scope="session")
+def warm_conv_jit():
+    """Compile or cache-load every conv kernel once per test session."""
+    from tabconv_np.functional import conv2d, im2col_rows
+    from tabconv_np.kernels import direct, im2col, mec
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 6, 5)).astype(np.float32)
+    w = rng.standard_normal((4, 2, 3, 2)).astype(np.float32)
+    b = np.ones(4, np.float32)
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    for method in ("im2col", "mec", "direct"):
+        conv2d(x, w, b, stride=(1, 2), padding=1, groups=2, method=method)
+        conv2d(xh, w, b, stride=(1, 2), padding=1, groups=2, method=method, layout="NHWC")
+    im2col_rows(x, 3, padding=1)
+    im2col_rows(xh, 3, padding=1, layout="NHWC")
+    # the parallel variants, which small calls never reach through pick()
+    rows = np.empty((2 * 6 * 5, 4 * 9), np.float32)
+    for k in im2col.lower_nchw:
+        k(x, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
+    for k in im2col.lower_nhwc:
+        k(xh, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
+    L = np.empty((2 * 5, 8 * 3 * 2), np.float32)
+    for k in mec.lower_mec:
+        k(xh, 0, 2, 3, 1, 1, 1, 1, 8, 5, L)
+        k(x.transpose(0, 2, 3, 1), 0, 2, 3, 1, 1, 1, 1, 8, 5, L)
+    out = np.empty((2, 4, 6, 3), np.float32)
+    for k in direct.direct_nchw:
+        k(x, w, b, 1, 2, 1, 1, 1, 1, 2, out)
+    return True
