@@ -47,10 +47,15 @@ def warm_conv_jit():
         k(x, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
     for k in im2col.lower_nhwc:
         k(xh, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
+    for k in im2col.lower_gijc:
+        k(xh, 2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
+    for k in im2col.nchw_to_nhwc_k:
+        k(x, np.empty_like(xh))
+    for k in im2col.nhwc_to_nchw_k:
+        k(xh, np.empty_like(x))
     L = np.empty((2 * 5, 8 * 3 * 2), np.float32)
     for k in mec.lower_mec:
         k(xh, 0, 2, 3, 1, 1, 1, 1, 8, 5, L)
-        k(x.transpose(0, 2, 3, 1), 0, 2, 3, 1, 1, 1, 1, 8, 5, L)
     out = np.empty((2, 4, 6, 3), np.float32)
     for k in direct.direct_nchw:
         k(x, w, b, 1, 2, 1, 1, 1, 1, 2, out)

@@ -24,7 +24,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, pick
-from .im2col import _valid_range
+from .im2col import _valid_range, to_nchw, to_nhwc
 
 
 def _direct_nchw(x, weight, bias, sh, sw, pt, pl, dh, dw, groups, out):
@@ -93,7 +93,7 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, layout, ou
     C_out, Cg, kh, kw = weight.shape
     Ho, Wo = out_hw
     if layout == "NHWC":
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x = to_nchw(x)
     if bias is None:
         bias = np.zeros(C_out, np.float32)
     out = np.empty((N, C_out, Ho, Wo), np.float32)
@@ -101,5 +101,5 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, layout, ou
     pick(direct_nchw, work)(x, weight, bias, stride[0], stride[1], padding[0], padding[2],
                             dilation[0], dilation[1], groups, out)
     if layout == "NHWC":
-        out = np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+        out = to_nhwc(out)
     return out

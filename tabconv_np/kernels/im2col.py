@@ -48,7 +48,7 @@ _valid_range = numba.njit(inline="always", cache=CACHE)(_valid_range_py)
 
 
 def _lower_nchw(x, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out):
-    """Lower an NCHW batch to im2col rows.
+    """Lower an NCHW batch to im2col rows, columns in (C, kh, kw) order.
 
     Parameters
     ----------
@@ -62,7 +62,7 @@ def _lower_nchw(x, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out):
     Notes
     -----
     Parallel over output image rows ``(n, oh)``: each owns ``Wo`` rows of
-    ``out``.  Writes go row by row (contiguous in ``out``).
+    ``out``, written row by row.
     """
     N, C, H, W = x.shape
     for t in prange(N * Ho):
@@ -92,14 +92,15 @@ def _lower_nchw(x, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out):
 
 
 def _lower_nhwc(x, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out):
-    """Lower an NHWC batch to im2col rows (same rows as :func:`_lower_nchw`).
+    """Lower an NHWC batch to im2col rows, columns in (C, kh, kw) order.
 
     Parameters
     ----------
     x : float32 array (N, H, W, C)
     kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo : int
         As in :func:`_lower_nchw`.
-    out : float32 array (N*Ho*Wo, C*kh*kw), written; columns in (C, kh, kw) order
+    out : float32 array (N*Ho*Wo, C*kh*kw), written (same rows as
+        :func:`_lower_nchw` on the NCHW version of x)
 
     Notes
     -----
@@ -128,12 +129,101 @@ def _lower_nhwc(x, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out):
     return out
 
 
+def _lower_gijc(x, G, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out):
+    """Lower an NHWC batch to rows with columns in (group, kh, kw, C/group) order.
+
+    The convolution's own lowering: every ``(i, j)`` tap of a group is one
+    contiguous copy of ``Cg`` channels (a memcpy), several times faster than
+    the (C, kh, kw) order, which scatters each channel ``kh*kw`` apart.
+
+    Parameters
+    ----------
+    x : float32 C-contiguous array (N, H, W, C)
+    G : int
+        Groups; ``Cg = C // G``.
+    kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo : int
+        As in :func:`_lower_nchw`.
+    out : float32 array (N*Ho*Wo, C*kh*kw), written::
+
+        out[(n*Ho + oh)*Wo + ow, ((g*kh + i)*kw + j)*Cg + c]
+            = x[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, g*Cg + c]   (0 outside)
+    """
+    N, H, W, C = x.shape
+    Cg = C // G
+    for t in prange(N * Ho):
+        n = t // Ho
+        oh = t - n * Ho
+        for ow in range(Wo):
+            r = t * Wo + ow
+            for g in range(G):
+                c0 = g * Cg
+                for i in range(kh):
+                    ih = oh * sh - pt + i * dh
+                    for j in range(kw):
+                        iw = ow * sw - pl + j * dw
+                        base = ((g * kh + i) * kw + j) * Cg
+                        if ih < 0 or ih >= H or iw < 0 or iw >= W:
+                            for c in range(Cg):
+                                out[r, base + c] = 0.0
+                        else:
+                            for c in range(Cg):
+                                out[r, base + c] = x[n, ih, iw, c0 + c]
+    return out
+
+
+def _nchw_to_nhwc(x, out):
+    """``out[n, h, w, c] = x[n, c, h, w]``; x (N, C, H, W), out (N, H, W, C).
+
+    Parallel over ``(n, h)``: each task transposes a (C, W) slab, which fits
+    in L1 for ResNet-sized layers.
+    """
+    N, C, H, W = x.shape
+    for t in prange(N * H):
+        n = t // H
+        h = t - n * H
+        for w in range(W):
+            for c in range(C):
+                out[n, h, w, c] = x[n, c, h, w]
+    return out
+
+
+def _nhwc_to_nchw(x, out):
+    """``out[n, c, h, w] = x[n, h, w, c]``; x (N, H, W, C), out (N, C, H, W)."""
+    N, H, W, C = x.shape
+    for t in prange(N * H):
+        n = t // H
+        h = t - n * H
+        for c in range(C):
+            for w in range(W):
+                out[n, c, h, w] = x[n, h, w, c]
+    return out
+
+
 lower_nchw = kernel(_lower_nchw)
 lower_nhwc = kernel(_lower_nhwc)
+lower_gijc = kernel(_lower_gijc)
+nchw_to_nhwc_k = kernel(_nchw_to_nhwc)
+nhwc_to_nchw_k = kernel(_nhwc_to_nchw)
+
+
+def to_nhwc(x):
+    """C-contiguous NHWC copy of an NCHW float32 array (parallel when large)."""
+    N, C, H, W = x.shape
+    out = np.empty((N, H, W, C), np.float32)
+    pick(nchw_to_nhwc_k, x.size)(x, out)
+    return out
+
+
+def to_nchw(x):
+    """C-contiguous NCHW copy of an NHWC float32 array (parallel when large)."""
+    N, H, W, C = x.shape
+    out = np.empty((N, C, H, W), np.float32)
+    pick(nhwc_to_nchw_k, x.size)(x, out)
+    return out
 
 
 def lower(x, kh, kw, stride, padding, dilation, out_hw, layout, out):
-    """Run the lowering kernel for ``layout`` into ``out`` (no validation).
+    """Public-layout im2col rows of ``x`` into ``out`` (no validation).
 
     Parameters
     ----------
@@ -143,7 +233,7 @@ def lower(x, kh, kw, stride, padding, dilation, out_hw, layout, out):
     padding : (top, bottom, left, right)
     out_hw : (Ho, Wo)
     layout : "NCHW" or "NHWC"
-    out : float32 array (N*Ho*Wo, C*kh*kw)
+    out : float32 array (N*Ho*Wo, C*kh*kw), columns in (C, kh, kw) order
     """
     Ho, Wo = out_hw
     pair = lower_nchw if layout == "NCHW" else lower_nhwc
@@ -161,7 +251,7 @@ def _images_per_chunk(N, P, K):
 
 
 def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, out_hw):
-    """Convolution by im2col lowering and a BLAS matrix product per group.
+    """Convolution by im2col lowering and BLAS matrix products (no validation).
 
     Parameters
     ----------
@@ -180,13 +270,22 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
 
     Notes
     -----
-    With groups ``G``, group ``g`` uses the row columns
-    ``[g*Kg, (g+1)*Kg)`` (``Kg = C/G*kh*kw``, contiguous because columns are in
-    (C, kh, kw) order) and weight rows ``[g*Cg_out, (g+1)*Cg_out)``; all groups
-    go to one stacked ``np.matmul`` call::
+    The lowering here uses column order (group, kh, kw, C/group) from an NHWC
+    copy of x (:func:`_lower_gijc`; NCHW input is transposed first, one pass
+    over the input), with the weight permuted to match; it is the same matrix
+    as the public (C, kh, kw) rows up to a permutation of columns, but
+    several times faster to build.  The batch goes a few images at a time
+    (``CHUNK_BYTES``) so the rows are still in cache for the GEMM.  Group
+    ``g`` uses columns ``[g*Kg, (g+1)*Kg)``, ``Kg = C/G*kh*kw``; all groups go
+    to one stacked ``np.matmul``::
 
         for g in range(G):
-            y[:, g*Cog:(g+1)*Cog] = rows[:, g*Kg:(g+1)*Kg] @ wmat[g*Cog:(g+1)*Cog].T
+            y[:, g*Cog:(g+1)*Cog] = rows[:, g*Kg:(g+1)*Kg] @ wmat[g].T
+
+    NCHW output is written by per-image products ``wmat[g] @ rows_n.T``
+    straight into ``out[n]`` when an image has at least ``MIN_CHUNK_ROWS``
+    output positions, else through a (rows, C_out) buffer and a transpose.
+    1x1 stride-1 unpadded convolutions skip the lowering (x is its own rows).
     """
     N = x.shape[0]
     C_out, Cg, kh, kw = weight.shape
@@ -197,55 +296,58 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
     Cog = C_out // G
     Kg = Cg * kh * kw
     K = C * kh * kw
-    # (G, Kg, Cog): the weights of group g as the right operand of rows @ w
-    wT = weight.reshape(G, Cog, Kg).transpose(0, 2, 1)
     if layout == "NCHW":
         out = np.empty((N, C_out, Ho, Wo), np.float32)
     else:
         out = np.empty((N, Ho, Wo, C_out), np.float32)
     if N == 0:
         return out
-    pointwise = (kh == 1 and kw == 1 and stride == (1, 1) and padding == (0, 0, 0, 0))
-
-    if layout == "NHWC":
-        y = out.reshape(N * P, G, Cog).transpose(1, 0, 2)           # (G, rows, Cog)
-        if pointwise:                                                 # rows are x itself
-            np.matmul(x.reshape(N * P, G, Kg).transpose(1, 0, 2), wT, out=y)
+    pointwise = (kh == 1 and kw == 1 and tuple(stride) == (1, 1)
+                 and tuple(padding) == (0, 0, 0, 0))
+    if pointwise and layout == "NCHW":
+        # out[n, g] (Cog, P) = w[g] (Cog, Cg) @ x[n, g] (Cg, P)
+        np.matmul(weight.reshape(G, Cog, Kg), x.reshape(N, G, Kg, P),
+                  out=out.reshape(N, G, Cog, P))
+    elif pointwise:
+        # y[g] (N*P, Cog) = x[:, g] (N*P, Cg) @ w[g].T
+        np.matmul(x.reshape(N * P, G, Kg).transpose(1, 0, 2),
+                  weight.reshape(G, Cog, Kg).transpose(0, 2, 1),
+                  out=out.reshape(N * P, G, Cog).transpose(1, 0, 2))
+    else:
+        xh = to_nhwc(x) if layout == "NCHW" else x
+        # wmat[g, o, (i*kw + j)*Cg + c] = weight[g*Cog + o, c, i, j]
+        wmat = np.ascontiguousarray(
+            weight.reshape(G, Cog, Cg, kh, kw).transpose(0, 1, 3, 4, 2)).reshape(G, Cog, Kg)
+        wT = wmat.transpose(0, 2, 1)                                   # (G, Kg, Cog)
+        nb = _images_per_chunk(N, P, K)
+        buf = np.empty((nb * P, K), np.float32)
+        lowk = pick(lower_gijc, buf.size)
+        direct_out = layout == "NCHW" and P >= MIN_CHUNK_ROWS
+        if layout == "NHWC":
+            y = out.reshape(N * P, G, Cog).transpose(1, 0, 2)          # (G, N*P, Cog)
+        elif direct_out:
+            o4 = out.reshape(N, G, Cog, P)
         else:
-            nb = _images_per_chunk(N, P, K)
-            buf = np.empty((nb * P, K), np.float32)
-            for n0 in range(0, N, nb):
-                n1 = min(N, n0 + nb)
-                rows = buf[: (n1 - n0) * P]
-                lower(x[n0:n1], kh, kw, stride, padding, dilation, out_hw, layout, rows)
+            tmp = np.empty((nb * P, C_out), np.float32)
+        for n0 in range(0, N, nb):
+            n1 = min(N, n0 + nb)
+            m = n1 - n0
+            rows = buf[: m * P]
+            lowk(xh[n0:n1], G, kh, kw, stride[0], stride[1], padding[0], padding[2],
+                 dilation[0], dilation[1], Ho, Wo, rows)
+            if layout == "NHWC":
                 np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT,
                           out=y[:, n0 * P:n1 * P])
-    else:
-        wg = weight.reshape(G, Cog, Kg)
-        o3 = out.reshape(N, G, Cog, P)
-        if pointwise:                                                 # out[n] = W @ x[n]
-            np.matmul(wg, x.reshape(N, G, Kg, P), out=o3)
-        else:
-            nb = _images_per_chunk(N, P, K)
-            buf = np.empty((nb * P, K), np.float32)
-            tmp = None
-            for n0 in range(0, N, nb):
-                n1 = min(N, n0 + nb)
-                m = n1 - n0
-                rows = buf[: m * P]
-                lower(x[n0:n1], kh, kw, stride, padding, dilation, out_hw, layout, rows)
-                if m == 1:
-                    # out[n, g] (Cog, P) = wg[g] (Cog, Kg) @ rows[:, g-cols].T (Kg, P)
-                    np.matmul(wg, rows.reshape(P, G, Kg).transpose(1, 2, 0), out=o3[n0])
-                else:
-                    # several small images: one GEMM over all their rows, then
-                    # (m, P, C_out) -> (m, C_out, P)
-                    if tmp is None:
-                        tmp = np.empty((nb * P, C_out), np.float32)
-                    t = tmp[: m * P]
-                    np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT,
-                              out=t.reshape(-1, G, Cog).transpose(1, 0, 2))
-                    o3[n0:n1] = t.reshape(m, P, G, Cog).transpose(0, 2, 3, 1)
+            elif direct_out:
+                # out[n, g] (Cog, P) = wmat[g] (Cog, Kg) @ rows_n[:, g-cols].T (Kg, P)
+                np.matmul(wmat, rows.reshape(m, P, G, Kg).transpose(0, 2, 3, 1),
+                          out=o4[n0:n1])
+            else:
+                t = tmp[: m * P]
+                np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT,
+                          out=t.reshape(-1, G, Cog).transpose(1, 0, 2))
+                # (m, P, C_out) -> (m, C_out, P)
+                out[n0:n1] = t.reshape(m, Ho, Wo, C_out).transpose(0, 3, 1, 2)
     if bias is not None:
         if layout == "NCHW":
             out += bias.reshape(1, C_out, 1, 1)

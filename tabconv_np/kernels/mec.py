@@ -23,7 +23,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, pick
-from .im2col import CHUNK_BYTES
+from .im2col import CHUNK_BYTES, to_nhwc
 
 
 def _lower_mec(x, c0, Cg, kw, sw, pt, pl, dw, Hu, Wo, out):
@@ -97,8 +97,9 @@ def conv2d_mec(x, weight, bias, stride, padding, dilation, groups, layout, out_h
     if N == 0:
         shape = (0, C_out, Ho, Wo) if layout == "NCHW" else (0, Ho, Wo, C_out)
         return np.empty(shape, np.float32)
-    # NCHW input: an NHWC view (the kernel reads it strided; no copy)
-    xv = x.transpose(0, 2, 3, 1) if layout == "NCHW" else x
+    # NCHW input: an NHWC copy (one pass over x; reading the transposed view
+    # in the kernel instead is several times slower)
+    xv = to_nhwc(x) if layout == "NCHW" else x
     # K[g, (i*kw + j)*Cg + c, o] = weight[g*Cog + o, c, i, j]
     Kmat = np.ascontiguousarray(
         weight.reshape(G, Cog, Cg, kh, kw).transpose(0, 3, 4, 2, 1)).reshape(G, kh * kw * Cg, Cog)

@@ -1,0 +1,333 @@
+"""Time every convolution method on the distinct conv layers of ResNet-18.
+
+Usage::
+
+    python bench/conv_layers.py [--threads 2] [--batch 1,32] [--repeat 7] [--quick]
+                                [--variants cifar,paper] [--inputs 1x28x28,3x32x32]
+                                [--methods im2col,mec,direct] [--no-compile] [--out FILE]
+
+For each ResNet-18 variant ("cifar": 3x3 stride-1 stem, stages at strides
+1, 2, 2, 2; "paper": 3x3 stride-2 stem, every stage starting at stride 2),
+each input size and each batch size, every distinct conv shape (3x3 convs and
+the 1x1 downsample convs) is timed with
+
+* ``numpy``: a pure-NumPy im2col (``sliding_window_view`` + reshape copy)
+  and one BLAS ``matmul``: the baseline every ratio is relative to;
+* the package's methods (``tabconv_np.functional.conv2d(method=...)``);
+* ``torch.nn.functional.conv2d`` when torch is installed, at the same thread
+  count (``torch.set_num_threads``), as the second reference.
+
+Each time is the median over ``--repeat`` samples, each sample averaging
+enough calls to last >= 10 ms.  Summaries are geometric means over layers of
+the per-layer time ratios.  The script also measures the JIT compile time of
+each method cold (fresh ``NUMBA_CACHE_DIR``, in a subprocess) and loaded from
+the cache, and lists the lowering workspace of im2col vs MEC per layer.
+
+Output is a markdown report on stdout (and in ``--out FILE``).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="numba, BLAS and torch threads")
+    p.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
+    p.add_argument("--repeat", type=int, default=7, help="samples per timing (median)")
+    p.add_argument("--quick", action="store_true",
+                   help="3 samples, input 3x32x32 only, no compile-time subprocesses")
+    p.add_argument("--variants", default="cifar,paper")
+    p.add_argument("--inputs", default="1x28x28,3x32x32")
+    p.add_argument("--methods", default="im2col,mec,direct")
+    p.add_argument("--no-compile", action="store_true", help="skip the JIT compile timing")
+    p.add_argument("--out", help="also write the markdown report here")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.repeat = min(a.repeat, 3)
+        a.inputs = "3x32x32"
+        a.no_compile = True
+    return a
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:
+    # BLAS reads its thread count when numpy is first imported
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(ARGS.threads)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, ROOT)
+from tabconv_np import functional as F  # noqa: E402
+
+
+# ------------------------------------------------------------------ layers
+def resnet18_convs(variant, in_shape):
+    """Distinct conv layers of ResNet-18 as dicts (name, C, H, W, C_out, k, s, p, count)."""
+    C, H, W = in_shape
+    stem_s, strides = {"cifar": (1, (1, 2, 2, 2)), "paper": (2, (2, 2, 2, 2))}[variant]
+    layers = []
+
+    def add(name, C, H, W, C_out, k, s, p):
+        key = (C, H, W, C_out, k, s, p)
+        for L in layers:
+            if L["key"] == key:
+                L["count"] += 1
+                L["name"] += "," + name
+                return
+        layers.append(dict(key=key, name=name, C=C, H=H, W=W, C_out=C_out, k=k, s=s, p=p, count=1))
+
+    add("stem", C, H, W, 64, 3, stem_s, 1)
+    H, W = F.conv_output_size((H, W), 3, stem_s, 1)
+    c_in = 64
+    for stage, (planes, s) in enumerate(zip((64, 128, 256, 512), strides), 1):
+        for blk in range(2):
+            st = s if blk == 0 else 1
+            Ho, Wo = F.conv_output_size((H, W), 3, st, 1)
+            add(f"l{stage}.{blk}.conv1", c_in, H, W, planes, 3, st, 1)
+            add(f"l{stage}.{blk}.conv2", planes, Ho, Wo, planes, 3, 1, 1)
+            if st != 1 or c_in != planes:
+                add(f"l{stage}.{blk}.down", c_in, H, W, planes, 1, st, 0)
+            c_in, H, W = planes, Ho, Wo
+    for L in layers:
+        if L["count"] > 1:        # "l1.0.conv1,l1.0.conv2,..." -> "l1.0.conv1 (x4)"
+            L["name"] = L["name"].split(",")[0] + f" (x{L['count']})"
+    return layers
+
+
+# ----------------------------------------------------------------- methods
+def numpy_im2col_conv(x, w, stride, padding):
+    """Baseline: pure NumPy im2col (sliding_window_view) + one BLAS matmul, NCHW."""
+    N, C, H, W = x.shape
+    C_out, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    win = win[:, :, ::stride, ::stride]                        # (N, C, Ho, Wo, kh, kw)
+    Ho, Wo = win.shape[2:4]
+    rows = win.transpose(0, 2, 3, 1, 4, 5).reshape(N * Ho * Wo, C * kh * kw)
+    y = rows @ w.reshape(C_out, -1).T                          # (N*Ho*Wo, C_out)
+    return np.ascontiguousarray(y.reshape(N, Ho, Wo, C_out).transpose(0, 3, 1, 2))
+
+
+def make_runners(methods, torch):
+    runners = {"numpy": lambda x, w, s, p, xt, wt: numpy_im2col_conv(x, w, s, p)}
+    for m in methods:
+        runners[m] = (lambda m: lambda x, w, s, p, xt, wt: F.conv2d(x, w, None, s, p, method=m))(m)
+    if torch is not None:
+        tF = torch.nn.functional
+        runners["torch"] = lambda x, w, s, p, xt, wt: tF.conv2d(xt, wt, None, s, p)
+    return runners
+
+
+def time_call(fn, repeat, min_sample=0.01):
+    """Median seconds per call over ``repeat`` samples of >= min_sample seconds each."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    loops = max(1, int(min_sample / one))
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        samples.append((time.perf_counter() - t0) / loops)
+    return statistics.median(samples)
+
+
+def geomean(v):
+    v = [x for x in v if x > 0]
+    return float(np.exp(np.mean(np.log(v)))) if v else float("nan")
+
+
+# ---------------------------------------------------------- compile times
+COMPILE_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+sys.path.insert(0, {root!r})
+from tabconv_np import functional as F
+res = {{"import": time.perf_counter() - t0}}
+big = np.ones((8, 64, 32, 32), np.float32); wb = np.ones((64, 64, 3, 3), np.float32)
+small = np.ones((1, 2, 4, 4), np.float32); ws = np.ones((2, 2, 3, 3), np.float32)
+for m in ("im2col", "mec", "direct"):
+    t0 = time.perf_counter()
+    F.conv2d(big, wb, None, 1, 1, method=m)      # parallel kernel
+    F.conv2d(small, ws, None, 1, 1, method=m)    # serial kernel
+    res[m] = time.perf_counter() - t0
+print(json.dumps(res))
+"""
+
+
+def compile_times(threads):
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+    env.pop("TABCONV_NO_CACHE", None)
+    script = COMPILE_SCRIPT.format(root=ROOT)
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        env["NUMBA_CACHE_DIR"] = d
+        for label in ("cold", "cached"):
+            r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                               text=True, timeout=900)
+            if r.returncode:
+                raise RuntimeError(r.stderr[-2000:])
+            out[label] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+# -------------------------------------------------------------------- main
+def machine_info(threads, torch):
+    import numba
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+        "python": platform.python_version(), "numpy": np.__version__,
+        "numba": numba.__version__, "numba threading layer": None,
+        "torch": torch.__version__ if torch is not None else "not installed",
+        "load average at start": "%.2f %.2f %.2f" % os.getloadavg(),
+    }
+
+
+def fmt_ms(t):
+    return f"{t * 1e3:.3f}" if t < 0.01 else f"{t * 1e3:.2f}" if t < 1 else f"{t * 1e3:.0f}"
+
+
+def main(args):
+    import numba
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    numba.set_num_threads(args.threads)
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    batches = [int(b) for b in args.batch.split(",")]
+    inputs = [tuple(int(v) for v in s.split("x")) for s in args.inputs.split(",")]
+    variants = args.variants.split(",")
+    runners = make_runners(methods, torch)
+    cols = list(runners)
+    info = machine_info(args.threads, torch)
+    rng = np.random.default_rng(0)
+    lines = ["# Convolution methods on ResNet-18 layers", ""]
+    ratios = {}           # (batch, method) -> list of (t / t_numpy, t / t_torch)
+    net_total = {}        # (variant, input, batch, method) -> summed time incl. multiplicity
+    ws_rows = []
+    t_start = time.time()
+    for variant in variants:
+        for shp in inputs:
+            layers = resnet18_convs(variant, shp)
+            for N in batches:
+                lines += [f"## {variant}, input {'x'.join(map(str, shp))}, batch {N}", "",
+                          "| layer | C_in→C_out, k/s | H×W in | MMACs | "
+                          + " | ".join(f"{c} ms" for c in cols) + " |",
+                          "|---|---|---|---:|" + "---:|" * len(cols)]
+                for L in layers:
+                    x = rng.standard_normal((N, L["C"], L["H"], L["W"])).astype(np.float32)
+                    w = rng.standard_normal((L["C_out"], L["C"], L["k"], L["k"])).astype(np.float32)
+                    xt = wt = None
+                    if torch is not None:
+                        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+                    Ho, Wo = F.conv_output_size((L["H"], L["W"]), L["k"], L["s"], L["p"])
+                    macs = N * L["C_out"] * Ho * Wo * L["C"] * L["k"] ** 2
+                    times = {}
+                    ctx = torch.inference_mode() if torch is not None else None
+                    if ctx is not None:
+                        ctx.__enter__()
+                    try:
+                        for c in cols:
+                            fn = runners[c]
+                            times[c] = time_call(
+                                lambda: fn(x, w, L["s"], L["p"], xt, wt), args.repeat)
+                    finally:
+                        if ctx is not None:
+                            ctx.__exit__(None, None, None)
+                    cells = []
+                    for c in cols:
+                        r = times[c] / times["numpy"]
+                        cell = fmt_ms(times[c])
+                        if c != "numpy":
+                            cell += f" ({r:.2f}"
+                            if "torch" in times and c != "torch":
+                                cell += f", {times[c] / times['torch']:.2f}t"
+                            cell += ")"
+                        cells.append(cell)
+                        tr = times[c] / times["torch"] if "torch" in times else float("nan")
+                        ratios.setdefault((N, c), []).append((r, tr))
+                        key = (variant, shp, N, c)
+                        net_total[key] = net_total.get(key, 0.0) + times[c] * L["count"]
+                    lines.append(f"| {L['name']} | {L['C']}→{L['C_out']}, {L['k']}/{L['s']} | "
+                                 f"{L['H']}×{L['W']} | {macs / 1e6:.1f} | " + " | ".join(cells) + " |")
+                    if N == batches[0]:
+                        ws = F.lowering_workspace_bytes(L["C"], L["H"], L["W"], L["k"], L["k"],
+                                                        L["s"], L["p"], 1, N=1)
+                        ws_rows.append((variant, shp, L, ws))
+                    print(f"[{time.time() - t_start:6.1f}s] {variant} {shp} N={N} {L['name']}: "
+                          + " ".join(f"{c}={fmt_ms(times[c])}" for c in cols), file=sys.stderr)
+                tot = "| **all convs** (with repeats) | | | | " + " | ".join(
+                    fmt_ms(net_total[(variant, shp, N, c)]) for c in cols) + " |"
+                lines += [tot, "", "Cells: ms per call (ratio to numpy, ratio to torch `t`).", ""]
+    # summary
+    info["load average at end"] = "%.2f %.2f %.2f" % os.getloadavg()
+    info["numba threading layer"] = numba.threading_layer()
+    head = ["## Summary: geometric mean over layers of time / baseline time", "",
+            "| batch | method | vs numpy im2col | vs torch |", "|---:|---|---:|---:|"]
+    for N in batches:
+        for c in cols:
+            if c == "numpy":
+                continue
+            rs = ratios[(N, c)]
+            g1 = geomean([r for r, _ in rs])
+            g2 = geomean([t for _, t in rs])
+            head.append(f"| {N} | {c} | {g1:.2f} | {'–' if g2 != g2 else f'{g2:.2f}'} |")
+    head += ["", "Below 1 is faster than the baseline."]
+    meta = ["Machine and settings:", ""] + [f"- {k}: {v}" for k, v in info.items()]
+    meta += [f"- repeats: median of {args.repeat} samples (each >= 10 ms of calls)",
+             f"- command: `python bench/conv_layers.py {' '.join(sys.argv[1:])}`", ""]
+    lines = lines[:2] + meta + head + [""] + lines[2:]
+    # workspace
+    lines += ["## Lowering workspace per image (float32)", "",
+              "| variant | input | layer | im2col KiB | MEC KiB | MEC / im2col |",
+              "|---|---|---|---:|---:|---:|"]
+    for variant, shp, L, ws in ws_rows:
+        lines.append(f"| {variant} | {'x'.join(map(str, shp))} | {L['name']} | "
+                     f"{ws['im2col'] / 1024:.1f} | {ws['mec'] / 1024:.1f} | "
+                     f"{ws['mec'] / ws['im2col']:.2f} |")
+    lines.append("")
+    if not args.no_compile:
+        ct = compile_times(args.threads)
+        lines += ["## JIT compile time (s): first calls, parallel + serial kernels, NCHW", "",
+                  "| | import | im2col | mec | direct |", "|---|---:|---:|---:|---:|"]
+        for label in ("cold", "cached"):
+            r = ct[label]
+            lines.append(f"| {label} | {r['import']:.2f} | {r['im2col']:.2f} | {r['mec']:.2f} | "
+                         f"{r['direct']:.2f} |")
+        lines += ["", "cold: empty NUMBA_CACHE_DIR (a fresh subprocess); cached: a second "
+                  "subprocess on the same cache directory.", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main(ARGS)
