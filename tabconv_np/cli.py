@@ -4,6 +4,7 @@
     tabconv ops MODEL.h5 [--input 1x28x28] [--json]
     tabconv eval MODEL.h5 [--dataset sample] [--split test] [--limit N] [--batch B] [--json]
     tabconv warmup
+    tabconv import SOURCE -o MODEL.h5 [--arch NAME | --spec SPEC.json] [--input 1x28x28] [--classes N]
 """
 import argparse
 import json
@@ -97,6 +98,11 @@ def build_parser():
 
     w = sub.add_parser("warmup", help="compile and cache every kernel (run once on a new machine)")
     w.set_defaults(func=_cmd_warmup)
+
+    i = sub.add_parser("import", help="import PyTorch / ONNX / Keras weights (no framework needed)")
+    from .importers.dispatch import add_arguments, cli_import
+    add_arguments(i)
+    i.set_defaults(func=cli_import)
     return p
 
 

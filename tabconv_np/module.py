@@ -41,6 +41,9 @@ def from_config(cfg):
         if importlib.util.find_spec(__package__ + ".tables"):
             from . import tables  # noqa: F401
     if kind not in REGISTRY:
+        # so do the extra layers of imported models (Graph, Clip)
+        from .importers import graph  # noqa: F401
+    if kind not in REGISTRY:
         raise ConfigError(f"unknown layer type {kind!r} (known: {', '.join(sorted(REGISTRY))})")
     return REGISTRY[kind].from_config(cfg)
 

@@ -1,0 +1,202 @@
+"""Format detection, :func:`import_model` and the ``tabconv import`` command.
+
+The source format is told by content, not by file name:
+
+=========================  =====================================================
+zip with ``*/data.pkl``     PyTorch ``torch.save`` (torch >= 1.6)
+zip with ``config.json``    Keras 3 ``.keras``
+pickle with torch's magic   PyTorch legacy ``torch.save`` (``_use_new_zipfile_serialization=False``)
+HDF5 signature              Keras 2 ``.h5`` / Keras 3 ``.weights.h5``
+protobuf (``ir_version``)   ONNX
+=========================  =====================================================
+"""
+import math
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from ..errors import ConfigError, ShapeError, TabConvError, WeightFileError
+
+FORMATS = ("torch-zip", "torch-legacy", "keras-zip", "hdf5", "onnx")
+_HDF5 = b"\x89HDF\r\n\x1a\n"
+
+
+def detect_format(path):
+    """One of ``FORMATS`` for the file at ``path``, judged by its content.
+
+    Raises
+    ------
+    WeightFileError
+        Missing, empty or unrecognised file (the message says what was found).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise WeightFileError(f"{path}: cannot read: {e}") from None
+    if not head:
+        raise WeightFileError(f"{path}: empty file")
+    if head[:4] == b"PK\x03\x04":
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except Exception as e:
+            raise WeightFileError(f"{path}: a zip archive that cannot be read (truncated?): {e}") from None
+        if any(n.endswith("data.pkl") and n.count("/") <= 1 for n in names):
+            return "torch-zip"
+        if "config.json" in names and "model.weights.h5" in names:
+            return "keras-zip"
+        raise WeightFileError(f"{path}: a zip archive of unknown kind (neither torch.save nor .keras)")
+    if any(head[o:o + 8] == _HDF5 for o in (0, 512, 1024, 2048)):
+        return "hdf5"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch-legacy"
+    if head[257:262] == b"ustar":
+        raise WeightFileError(f"{path}: a tar archive: the torch.save format of torch < 0.4 is not "
+                              f"supported; load and re-save it with a newer torch")
+    if head[:1] == b"\x08" and len(head) > 2:
+        return "onnx"
+    raise WeightFileError(f"{path}: unrecognised file: not a torch.save file (zip or pickle), not "
+                          f"ONNX, not HDF5 (Keras)")
+
+
+def _preprocess(mean, std, channels):
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise ConfigError("give both --mean and --std (one value per input channel)")
+    vals = []
+    for what, v in (("mean", mean), ("std", std)):
+        try:
+            v = [float(x) for x in (v.split(",") if isinstance(v, str) else v)]
+        except (TypeError, ValueError):
+            raise ConfigError(f"--{what} must be comma-separated numbers, got {v!r}") from None
+        if len(v) == 1:
+            v = v * channels
+        if len(v) != channels or not all(math.isfinite(x) for x in v):
+            raise ConfigError(f"--{what} needs {channels} finite value(s), got {v}")
+        vals.append(v)
+    if min(vals[1]) <= 0:
+        raise ConfigError(f"--std values must be positive, got {vals[1]}")
+    return {"mean": vals[0], "std": vals[1]}
+
+
+def import_model(source, arch=None, spec=None, input_shape=None, num_classes=None,
+                 mean=None, std=None):
+    """A :class:`~tabconv_np.network.Network` from a PyTorch, ONNX or Keras file.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        ``torch.save`` file (zip or legacy), ONNX model, Keras ``.h5`` /
+        ``.weights.h5`` / ``.keras``.
+    arch : str, optional
+        A bundled architecture (PyTorch state dicts only; guessed when unique).
+    spec : dict, JSON string or path, optional
+        Layer spec (``docs/import_spec.md``) for other PyTorch models and for
+        Keras weights-only files.
+    input_shape : (C, H, W) or "CxHxW", optional
+    num_classes : int, optional
+        Checked against the imported network's output.
+    mean, std : per-channel lists or comma-separated strings, optional
+        Input normalisation stored with the network (for ``tabconv eval``).
+
+    Raises
+    ------
+    TabConvError
+        A subclass for every failure: :class:`WeightFileError` (unreadable,
+        truncated or corrupt file; :class:`UnsafePickleError` for pickles that
+        ask for code), :class:`ConfigError` (unsupported layer or option),
+        :class:`ShapeError` (weights that do not fit).
+    """
+    source = os.fspath(source)
+    if isinstance(input_shape, str):
+        from ..models import parse_input
+        input_shape = parse_input(input_shape)
+    if input_shape is not None:
+        input_shape = tuple(int(v) for v in input_shape)[-3:]
+    if arch is not None and spec is not None:
+        raise ConfigError("give either --arch or --spec, not both")
+    fmt = detect_format(source)
+    try:
+        net = _import(fmt, source, arch, spec, input_shape)
+        if num_classes is not None and tuple(net.out_shape) != (int(num_classes),):
+            raise ShapeError(f"{source}: the imported network outputs shape {tuple(net.out_shape)}, "
+                             f"not {num_classes} classes")
+        for k, v in net.state_dict().items():
+            if v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise WeightFileError(f"{source}: tensor {k!r} contains NaN or Inf (corrupt file?)")
+    except TabConvError:
+        raise
+    except Exception as e:  # anything else a corrupt file provokes
+        raise WeightFileError(f"{source}: cannot import (corrupt or unusual file?): "
+                              f"{type(e).__name__}: {e}") from None
+    net.preprocess = _preprocess(mean, std, net.input_shape[0]) or net.preprocess
+    net.meta.update(source=os.path.basename(source), source_format=fmt)
+    return net
+
+
+def _import(fmt, source, arch, spec, input_shape):
+    if fmt in ("torch-zip", "torch-legacy"):
+        from .torch_pickle import read_torch
+        state = read_torch(source)
+        if spec is not None:
+            from .spec import build_from_spec
+            return build_from_spec(spec, state, input_shape=input_shape)
+        from .statedict import network_from_state_dict
+        return network_from_state_dict(state, arch, input_shape=input_shape)
+    if arch is not None:
+        raise ConfigError(f"--arch applies to PyTorch state dicts only; {source} is "
+                          f"{'an ONNX model' if fmt == 'onnx' else 'a Keras file'}")
+    if fmt == "onnx":
+        if spec is not None:
+            raise ConfigError(f"--spec does not apply to ONNX models (the graph describes the layers)")
+        from .onnx_import import import_onnx
+        return import_onnx(source, input_shape)
+    from .keras import import_keras
+    return import_keras(source, spec, input_shape)
+
+
+# --- the command line -------------------------------------------------------------------------
+def add_arguments(p):
+    """The arguments of ``tabconv import`` (the subparser itself lives in ``tabconv_np.cli``)."""
+    from ..models import ARCHS
+    p.description = ("Import a PyTorch state dict (torch.save, zip or legacy format), an ONNX model "
+                     "or a Keras model (.h5, .weights.h5, .keras) into a tabconv_np HDF5 file, "
+                     "without torch, onnxruntime or TensorFlow. The format is detected from the "
+                     "file's content. See docs/byo_model.md.")
+    p.add_argument("source", help="the file to import")
+    p.add_argument("-o", "--output", required=True, help="the tabconv_np HDF5 file to write")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--arch", choices=ARCHS, help="a bundled architecture the state dict fits")
+    g.add_argument("--spec", help="a JSON layer spec (docs/import_spec.md) for other models")
+    p.add_argument("--input", help="C x H x W of one image, e.g. 1x28x28 (default: from the file)")
+    p.add_argument("--classes", type=int, help="number of classes (checked against the weights)")
+    p.add_argument("--mean", help="input normalisation mean per channel, e.g. 0.2860")
+    p.add_argument("--std", help="input normalisation std per channel, e.g. 0.3530")
+
+
+def cli_import(args):
+    """``tabconv import``: import, save, print a summary and what to do next."""
+    from ..io import save
+    if os.path.abspath(args.output) == os.path.abspath(args.source):
+        raise ConfigError("the output file would overwrite the source; choose another -o")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = import_model(args.source, arch=args.arch, spec=args.spec, input_shape=args.input,
+                           num_classes=args.classes, mean=args.mean, std=args.std)
+    for w in caught:
+        print(f"tabconv import: warning: {w.message}", file=sys.stderr)
+    try:
+        save(net, args.output)
+    except OSError as e:
+        raise WeightFileError(f"{args.output}: cannot write: {e}") from None
+    what = net.meta.get("arch") or type(net.body).__name__
+    shape = "x".join(map(str, net.input_shape))
+    print(f"imported {args.source} ({net.meta['source_format']}, {what}): input {shape}, "
+          f"output {tuple(net.out_shape)}, {net.num_params():,} parameters")
+    print(f"wrote {args.output}; next: tabconv ops {args.output}   or   tabconv eval {args.output}")

@@ -1,0 +1,621 @@
+"""Build any plain CNN from a small JSON spec plus a state dict.
+
+The spec lists the layers in order and, for layers with weights, the state
+dict key that feeds them; every shape (channels, kernel size, features) is
+read from the weights.  A LeNet-style PyTorch model needs only::
+
+    {"input": [1, 28, 28],
+     "layers": [
+       {"type": "conv", "key": "features.0", "padding": 2}, {"type": "relu"},
+       {"type": "maxpool", "kernel": 2},
+       {"type": "conv", "key": "features.3"}, {"type": "relu"},
+       {"type": "maxpool", "kernel": 2},
+       {"type": "flatten"},
+       {"type": "linear", "key": "classifier.0"}, {"type": "relu"},
+       {"type": "linear", "key": "classifier.2"}, {"type": "relu"},
+       {"type": "linear", "key": "classifier.4"}]}
+
+Top level
+---------
+``input``
+    ``[C, H, W]`` of one image (channels first, whatever the source framework);
+    ``--input`` overrides it.
+``layers``
+    The list below.
+``preprocess`` (optional)
+    ``{"mean": [...], "std": [...]}`` per channel, for ``tabconv eval``.
+``channels_last`` (optional, default false; true for Keras sources)
+    The weights come from a channels-last model: a ``linear`` right after a
+    ``flatten`` of a ``C x H x W`` map gets its input rows permuted from
+    ``H, W, C`` to ``C, H, W`` order (what Keras' Flatten feeds its Dense).
+
+Layers (``type`` is case-insensitive; aliases in brackets)
+----------------------------------------------------------
+``conv`` [conv2d]
+    ``key``; ``stride`` (1), ``padding`` (0; an int, ``[ph, pw]``,
+    ``[top, bottom, left, right]``, ``"valid"`` or ``"same"`` -- TensorFlow's
+    rule, extra pixel bottom/right), ``dilation`` (1), ``groups`` (1).
+    Reads ``<key>.weight`` (C_out, C_in/groups, kh, kw) and ``<key>.bias`` if present.
+``bn`` [batchnorm, batchnorm2d]
+    ``key``; ``eps`` (1e-5, or 1e-3 for Keras sources).  Reads
+    ``<key>.running_mean``, ``<key>.running_var`` and, if present,
+    ``<key>.weight``, ``<key>.bias``.
+``linear`` [dense, fc, gemm]
+    ``key``.  Reads ``<key>.weight`` (out, in) and ``<key>.bias`` if present.
+    A ``flatten`` is inserted before it if its input is still an image.
+``relu``, ``relu6``, ``clip`` (``min``, ``max``)
+``maxpool`` / ``avgpool`` [maxpool2d, avgpool2d]
+    ``kernel``; ``stride`` (= kernel), ``padding`` (0, or ``"same"`` /
+    ``"valid"``; only symmetric padding; average pooling counts the padding).
+``globalavgpool`` [gap, adaptiveavgpool]
+    Mean over H and W (keeps a 1x1 map; follow it with ``flatten``).
+``flatten``
+    ``order``: ``"chw"`` (default) or ``"hwc"`` (default when ``channels_last``).
+``dropout``, ``identity``
+    No-ops at inference.
+``basicblock``
+    ResNet basic block: ``key``, ``stride`` (1); reads ``<key>.conv1``,
+    ``<key>.bn1``, ``<key>.conv2``, ``<key>.bn2`` and, for a projection
+    shortcut, ``<key>.downsample.0/1`` (or ``<key>.shortcut.0/1``).
+``add``
+    Element-wise sum of the layers named in ``inputs`` (graph specs, below).
+
+Every layer may also have ``name`` (default: derived from its key or type) and
+``inputs`` (a list of layer names, ``"input"`` for the network input; default:
+the layer before).  With ``inputs`` a spec describes a graph; residual
+patterns that form a ResNet basic block become ``BasicBlock`` layers, anything
+else a :class:`~tabconv_np.importers.graph.Graph`.
+
+Errors: a missing key, a weight of the wrong rank, or a shape that does not
+follow from the layer before raise :class:`~tabconv_np.errors.ShapeError`
+naming the key and the expected and found shapes; a malformed spec raises
+:class:`~tabconv_np.errors.ConfigError` naming the layer.
+"""
+import json
+import math
+import os
+import re
+import warnings
+
+import numpy as np
+
+from ..errors import ConfigError, ShapeError, TabConvError
+from ..layers import (AvgPool2d, BasicBlock, BatchNorm2d, Conv2d, Dropout, Flatten,
+                      GlobalAvgPool2d, Linear, MaxPool2d, ReLU, Sequential)
+from ..network import Network
+from .graph import INPUT, Clip, Graph
+
+_ALIASES = {
+    "conv": "conv", "conv2d": "conv",
+    "bn": "bn", "batchnorm": "bn", "batchnorm2d": "bn", "batchnormalization": "bn",
+    "linear": "linear", "dense": "linear", "fc": "linear", "gemm": "linear",
+    "relu": "relu", "relu6": "relu6", "clip": "clip",
+    "maxpool": "maxpool", "maxpool2d": "maxpool", "avgpool": "avgpool", "avgpool2d": "avgpool",
+    "averagepool": "avgpool",
+    "globalavgpool": "gap", "globalavgpool2d": "gap", "gap": "gap", "adaptiveavgpool": "gap",
+    "globalaveragepool": "gap",
+    "flatten": "flatten", "dropout": "dropout", "identity": "identity",
+    "basicblock": "basicblock", "add": "add",
+}
+
+
+# --- small helpers shared with the other importers ------------------------------------------
+def same_padding(in_hw, kernel, stride, dilation=(1, 1)):
+    """TensorFlow/Keras ``padding='same'``: ``(top, bottom, left, right)``, extra at the end."""
+    pads = []
+    for n, k, s, d in zip(in_hw, kernel, stride, dilation):
+        total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        pads += [total // 2, total - total // 2]
+    return tuple(pads)
+
+
+def simple_padding(pads):
+    """``(top, bottom, left, right)`` in the simplest form Conv2d takes: int, pair or 4-tuple."""
+    t, b, l, r = (int(p) for p in pads)
+    if t == b and l == r:
+        return t if t == l else (t, l)
+    return (t, b, l, r)
+
+
+def _pool_padding(kind, pads, kernel, where):
+    t, b, l, r = pads
+    if t != b or l != r:
+        raise ConfigError(f"{where}: {kind} with asymmetric padding {pads} (top, bottom, left, right) "
+                          f"is not supported")
+    if 2 * t > kernel[0] or 2 * l > kernel[1]:
+        raise ConfigError(f"{where}: {kind} padding {pads} exceeds half the kernel {kernel}")
+    return (t, l)
+
+
+def _pair(v, what, where):
+    if isinstance(v, bool):
+        raise ConfigError(f"{where}: {what} must be an int or a pair, got {v!r}")
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(a, (int, np.integer))
+                                                           and not isinstance(a, bool) for a in v):
+        return int(v[0]), int(v[1])
+    raise ConfigError(f"{where}: {what} must be an int or a pair, got {v!r:.60}")
+
+
+def sanitize(raw):
+    """A child-module name from any label: word characters only, no dots."""
+    return re.sub(r"\W+", "_", str(raw)).strip("_") or "layer"
+
+
+def _config_key(m):
+    """What makes two layers interchangeable (conv padding normalised, method ignored)."""
+    cfg = dict(m.config())
+    cfg.pop("method", None)
+    if isinstance(m, Conv2d):
+        from ..functional import normalize_padding
+        cfg["padding"] = list(normalize_padding(m.padding))
+    return json.dumps(cfg, sort_keys=True)
+
+
+# --- the graph builder ------------------------------------------------------------------------
+class _Node:
+    __slots__ = ("name", "raw", "inputs", "module")
+
+    def __init__(self, name, raw, inputs, module):
+        self.name, self.raw, self.inputs, self.module = name, raw, inputs, module
+
+
+class Builder:
+    """Collects layers (with shape inference) and assembles the simplest equivalent body.
+
+    ``layer(raw_name, module, inp)`` appends a layer fed by node ``inp``
+    (default: the last one), ``add(raw_name, inputs)`` an element-wise sum;
+    both return the new node's name.  :meth:`body` returns a ``Sequential``
+    when the nodes form a chain (after turning ResNet residual patterns into
+    ``BasicBlock``\\ s), else a :class:`Graph`.
+    """
+
+    def __init__(self, input_shape):
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.nodes, self.shapes, self.flat_src = [], {INPUT: self.input_shape}, {}
+        self.last = INPUT
+        self._names = {INPUT}
+        self.aliases = {}   # user-given names -> node names
+
+    def unique(self, raw):
+        base = sanitize(raw)
+        name, i = base, 1
+        while name in self._names:
+            name, i = f"{base}_{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def shape(self, value=None):
+        return self.shapes[self.last if value is None else value]
+
+    def layer(self, raw, module, inp=None):
+        inp = self.last if inp is None else inp
+        if inp not in self.shapes:
+            raise ConfigError(f"layer {raw!r}: unknown input {inp!r}")
+        try:
+            out = tuple(module.out_shape(self.shapes[inp]))
+        except TabConvError as e:
+            raise ShapeError(f"layer {raw!r} ({type(module).__name__}) cannot take input of shape "
+                             f"{self.shapes[inp]}: {e}") from None
+        if isinstance(module, BatchNorm2d) and (len(self.shapes[inp]) != 3
+                                                or self.shapes[inp][0] != module.num_features):
+            raise ShapeError(f"layer {raw!r}: batch norm of {module.num_features} channels cannot take "
+                             f"input of shape {self.shapes[inp]} (only image batch norm is supported)")
+        name = self.unique(raw)
+        self.nodes.append(_Node(name, str(raw), [inp], module))
+        self.shapes[name] = out
+        self.last = name
+        return name
+
+    def add(self, raw, inputs):
+        inputs = list(inputs)
+        for v in inputs:
+            if v not in self.shapes:
+                raise ConfigError(f"add {raw!r}: unknown input {v!r}")
+        shapes = [self.shapes[v] for v in inputs]
+        if len(inputs) < 2 or len(set(shapes)) != 1:
+            raise ShapeError(f"add {raw!r}: needs two or more inputs of one shape, got {shapes}")
+        name = self.unique(raw)
+        self.nodes.append(_Node(name, str(raw), inputs, None))
+        self.shapes[name] = shapes[0]
+        self.last = name
+        return name
+
+    # -- assembling ------------------------------------------------------------------------
+    def body(self, output=None):
+        output = self.last if output is None else output
+        if output == INPUT or not self.nodes:
+            raise ConfigError("the model has no layers")
+        nodes = _fold_blocks(list(self.nodes), output, self.unique)
+        # drop nodes that do not lead to the output
+        need, keep = {output}, []
+        for n in reversed(nodes):
+            if n.name in need:
+                keep.append(n)
+                need.update(n.inputs)
+        nodes = keep[::-1]
+        chain = all(n.module is not None and n.inputs == [nodes[i - 1].name if i else INPUT]
+                    for i, n in enumerate(nodes)) and nodes[-1].name == output
+        if chain:
+            return Sequential([(n.name, n.module) for n in nodes])
+        return Graph([(n.name, n.inputs, n.module) for n in nodes], output)
+
+
+def _fold_blocks(nodes, output, unique):
+    """Replace every ``relu(main(x) + shortcut(x))`` that is a ResNet BasicBlock by one."""
+    while True:
+        uses = {}
+        for n in nodes:
+            for v in n.inputs:
+                uses[v] = uses.get(v, 0) + 1
+        uses[output] = uses.get(output, 0) + 1
+        byname = {n.name: n for n in nodes}
+
+        def trace(v):
+            path = []
+            while v != INPUT and uses.get(v) == 1 and byname[v].module is not None:
+                path.insert(0, byname[v])
+                v = byname[v].inputs[0]
+            return v, path
+
+        for a in nodes:
+            if a.module is not None or len(a.inputs) != 2 or uses.get(a.name) != 1 or a.name == output:
+                continue
+            relu = next(n for n in nodes if a.name in n.inputs)
+            if type(relu.module) is not ReLU:
+                continue
+            (x0, p0), (x1, p1) = trace(a.inputs[0]), trace(a.inputs[1])
+            if x0 != x1:
+                continue
+            for main, short in ((p0, p1), (p1, p0)):
+                block = _match_block(main, short)
+                if block is not None:
+                    break
+            else:
+                continue
+            parts = main + short + [a, relu]
+            prefix = os.path.commonprefix([p.raw for p in parts])
+            prefix = prefix[:max(prefix.rfind("/"), prefix.rfind("."), 0)] if len(parts) > 1 else prefix
+            name = unique(prefix or "block")
+            new = _Node(name, prefix, [x0], block)
+            gone = {id(p) for p in parts}
+            out = []
+            for n in nodes:
+                if n is relu:
+                    out.append(new)
+                elif id(n) not in gone:
+                    n.inputs = [name if v == relu.name else v for v in n.inputs]
+                    out.append(n)
+            if output == relu.name:
+                output = name
+            nodes = out
+            break
+        else:
+            return nodes
+
+
+def _match_block(main, short):
+    """A BasicBlock equal to ``main`` (conv-bn-relu-conv-bn) plus ``short`` (none or conv-bn), or None."""
+    mods = [n.module for n in main]
+    smods = [n.module for n in short]
+    bn = len(mods) == 5
+    want = [Conv2d, BatchNorm2d, ReLU, Conv2d, BatchNorm2d] if bn else [Conv2d, ReLU, Conv2d]
+    if [type(m) for m in mods] != want:
+        return None
+    if smods and [type(m) for m in smods] != ([Conv2d, BatchNorm2d] if bn else [Conv2d]):
+        return None
+    c1 = mods[0]
+    if c1.stride[0] != c1.stride[1]:
+        return None
+    eps = mods[1].eps if bn else 1e-5
+    if bn and any(m.eps != eps for m in mods + smods if isinstance(m, BatchNorm2d)):
+        return None
+    block = BasicBlock(c1.in_channels, c1.out_channels, c1.stride[0], eps, batchnorm=bn)
+    if ("downsample" in block.children) != bool(smods):
+        return None
+    names = ["conv1", "bn1", None, "conv2", "bn2"] if bn else ["conv1", None, "conv2"]
+    pairs = [(block.children, n, m) for n, m in zip(names, mods) if n]
+    if smods:
+        ds = block.children["downsample"].children
+        pairs += [(ds, str(i), m) for i, m in enumerate(smods)]
+    for holder, n, m in pairs:
+        if _config_key(holder[n]) != _config_key(m):
+            return None
+    for holder, n, m in pairs:
+        holder[n] = m
+    return block
+
+
+# --- reading a spec ---------------------------------------------------------------------------
+def load_spec(spec):
+    """A spec dict from a dict, a JSON string or a path to a JSON file."""
+    if isinstance(spec, dict):
+        return spec
+    text = spec
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and not spec.lstrip().startswith("{")):
+        try:
+            with open(spec, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read the spec file {os.fspath(spec)}: {e}") from None
+    try:
+        spec = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"the spec is not valid JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError("the spec must be a JSON object with 'input' and 'layers'")
+    return spec
+
+
+class _State:
+    """The state dict seen by a spec: lookups by ``key.param`` that remember what was used."""
+
+    def __init__(self, state, where):
+        self.state, self.where, self.used = state, where, set()
+
+    def get(self, key, param, ndim=None, required=True):
+        full = f"{key}.{param}"
+        if full not in self.state:
+            if not required:
+                return None
+            near = [k for k in self.state if k.startswith(f"{key}.")] or list(self.state)[:6]
+            raise ShapeError(f"{self.where}: the weights have no tensor {full!r} (nearby keys: "
+                             f"{', '.join(near[:6])})")
+        v = np.asarray(self.state[full])
+        if v.dtype.kind not in "fiu":
+            raise ShapeError(f"{self.where}: tensor {full!r} has dtype {v.dtype}, expected numbers")
+        if ndim is not None and v.ndim != ndim:
+            raise ShapeError(f"{self.where}: tensor {full!r} has shape {v.shape}, expected {ndim} "
+                             f"dimensions")
+        self.used.add(full)
+        return v.astype(np.float32)
+
+
+def _expect(key, param, found, expected):
+    if tuple(found) != tuple(expected):
+        raise ShapeError(f"tensor '{key}.{param}': expected shape {tuple(expected)}, found {tuple(found)}")
+
+
+def make_conv(st, key, in_shape, stride=1, padding=0, dilation=1, groups=1, where=""):
+    """A Conv2d filled from ``<key>.weight`` / ``<key>.bias`` for input ``in_shape`` (C, H, W)."""
+    w = st.get(key, "weight", 4)
+    b = st.get(key, "bias", 1, required=False)
+    stride, dilation = _pair(stride, "stride", where), _pair(dilation, "dilation", where)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ConfigError(f"{where}: groups must be a positive int, got {groups!r}")
+    if len(in_shape) != 3:
+        raise ShapeError(f"{where}: conv '{key}' needs an image input (C, H, W), got {in_shape}")
+    c_out, c_in_g, kh, kw = w.shape
+    _expect(key, "weight", (c_out, c_in_g * groups), (c_out, in_shape[0]))
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ConfigError(f"{where}: padding must be an int, a list, 'same' or 'valid', got {padding!r}")
+        pads = same_padding(in_shape[1:], (kh, kw), stride, dilation) if padding == "same" else (0,) * 4
+    elif isinstance(padding, (list, tuple)) and len(padding) == 4:
+        pads = tuple(padding)
+    else:
+        ph, pw = _pair(padding, "padding", where)
+        pads = (ph, ph, pw, pw)
+    if any(isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0 for p in pads):
+        raise ConfigError(f"{where}: bad padding {padding!r}")
+    if b is not None:
+        _expect(key, "bias", b.shape, (c_out,))
+    conv = Conv2d(in_shape[0], c_out, (kh, kw), stride, simple_padding(pads), dilation, groups,
+                  bias=b is not None)
+    conv.params["weight"][...] = w
+    if b is not None:
+        conv.params["bias"][...] = b
+    return conv
+
+
+def make_bn(st, key, channels, eps):
+    mean = st.get(key, "running_mean", 1)
+    _expect(key, "running_mean", mean.shape, (channels,))
+    bn = BatchNorm2d(channels, eps)
+    bn.params["running_mean"][...] = mean
+    for p in ("running_var", "weight", "bias"):
+        v = st.get(key, p, 1, required=p == "running_var")
+        if v is not None:
+            _expect(key, p, v.shape, (channels,))
+            bn.params[p][...] = v
+    return bn
+
+
+def make_linear(st, key, in_features, hwc_from=None):
+    """A Linear from ``<key>.weight`` (out, in); ``hwc_from`` = (C, H, W): permute HWC -> CHW rows."""
+    w = st.get(key, "weight", 2)
+    b = st.get(key, "bias", 1, required=False)
+    _expect(key, "weight", w.shape[1:], (in_features,))
+    if hwc_from is not None:
+        c, h, wd = hwc_from
+        w = w.reshape(-1, h, wd, c).transpose(0, 3, 1, 2).reshape(w.shape[0], -1)
+    lin = Linear(w.shape[1], w.shape[0], bias=b is not None)
+    lin.params["weight"][...] = w
+    if b is not None:
+        _expect(key, "bias", b.shape, (w.shape[0],))
+        lin.params["bias"][...] = b
+    return lin
+
+
+def _opt(entry, name, default, where):
+    v = entry.get(name, default)
+    if v is None:
+        raise ConfigError(f"{where}: '{name}' may not be null")
+    return v
+
+
+def build_from_spec(spec, state, input_shape=None, channels_last=None, default_eps=1e-5, meta=None):
+    """A :class:`~tabconv_np.network.Network` from a spec (see the module docstring) and a state dict.
+
+    Parameters
+    ----------
+    spec : dict, JSON string or path
+    state : dict of name -> array
+        PyTorch-convention weights (conv OIHW, linear (out, in), BN
+        ``weight/bias/running_mean/running_var``).
+    input_shape : (C, H, W), optional
+        Overrides the spec's ``input``.
+    channels_last : bool, optional
+        Overrides the spec's ``channels_last``.
+    default_eps : float
+        Batch-norm epsilon where a ``bn`` layer gives none.
+    meta : dict, optional
+        Extra network metadata.
+    """
+    from .statedict import clean_state
+    spec = load_spec(spec)
+    if not isinstance(spec.get("layers"), list) or not spec["layers"]:
+        raise ConfigError("the spec needs a non-empty 'layers' list")
+    shape = input_shape if input_shape is not None else spec.get("input")
+    if shape is None:
+        raise ConfigError("the spec has no 'input' shape [C, H, W]; add one or pass --input CxHxW")
+    try:
+        shape = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) == 4:
+        shape = shape[1:]
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"the input shape must be [C, H, W], got {spec.get('input')!r:.60}")
+    if channels_last is None:
+        channels_last = bool(spec.get("channels_last", False))
+    st = _State(clean_state(state), "spec")
+    b = Builder(shape)
+    for i, entry in enumerate(spec["layers"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            raise ConfigError(f"spec layer {i}: must be an object with a 'type', got {entry!r:.80}")
+        kind = _ALIASES.get(entry["type"].lower().replace("_", ""))
+        where = f"spec layer {i} ({entry['type']})"
+        st.where = where
+        if kind is None:
+            raise ConfigError(f"{where}: unknown layer type; known: {', '.join(sorted(set(_ALIASES.values())))}")
+        key = entry.get("key")
+        if kind in ("conv", "bn", "linear", "basicblock") and not isinstance(key, str):
+            raise ConfigError(f"{where}: needs a 'key' naming its weights, e.g. \"features.0\"")
+        inputs = entry.get("inputs")
+        if inputs is not None and (not isinstance(inputs, list)
+                                   or not all(isinstance(v, str) for v in inputs)):
+            raise ConfigError(f"{where}: 'inputs' must be a list of layer names")
+        raw = entry.get("name") or key or f"{kind}{i}"
+        if entry.get("name") and entry["name"] in b.aliases:
+            raise ConfigError(f"{where}: the name {entry['name']!r} is used twice")
+        inp = None
+        if inputs is not None and kind != "add":
+            if len(inputs) != 1:
+                raise ConfigError(f"{where}: takes exactly one input, got {inputs}")
+            inp = _resolve(b, inputs[0], where)
+        if kind == "add":
+            if inputs is None or len(inputs) < 2:
+                raise ConfigError(f"{where}: 'add' needs 'inputs': [two or more layer names]")
+            node = b.add(raw, [_resolve(b, v, where) for v in inputs])
+        elif kind == "identity":
+            node = inp if inp is not None else b.last
+            b.last = node
+        else:
+            node = _spec_layer(kind, entry, key, st, b, inp, raw, where, channels_last, default_eps)
+        if entry.get("name"):
+            b.aliases[str(entry["name"])] = node
+    body = b.body()
+    unused = [k for k in st.state if k not in st.used]
+    if unused:
+        warnings.warn(f"{len(unused)} tensor(s) of the weights are not used by the spec: "
+                      f"{', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}", stacklevel=2)
+    return Network(body, shape, spec.get("preprocess"), meta=dict(meta or {}))
+
+
+def _resolve(b, name, where):
+    if name == INPUT:
+        return INPUT
+    node = b.aliases.get(name, name)
+    if node not in b.shapes or node == INPUT:
+        raise ConfigError(f"{where}: input {name!r} is not a layer named before it")
+    return node
+
+
+def _spec_layer(kind, e, key, st, b, inp, raw, where, channels_last, default_eps):
+    in_shape = b.shape(inp)
+    if kind == "conv":
+        m = make_conv(st, key, in_shape, _opt(e, "stride", 1, where), _opt(e, "padding", 0, where),
+                      _opt(e, "dilation", 1, where), _opt(e, "groups", 1, where), where)
+    elif kind == "bn":
+        if len(in_shape) != 3:
+            raise ShapeError(f"{where}: batch norm '{key}' needs an image input (C, H, W), got {in_shape}")
+        m = make_bn(st, key, in_shape[0], float(_opt(e, "eps", default_eps, where)))
+    elif kind == "linear":
+        if len(in_shape) == 3:
+            inp = b.layer(f"flatten_{raw}", Flatten(), inp)
+            b.flat_src[inp] = (in_shape, "hwc" if channels_last else "chw")
+            in_shape = b.shape(inp)
+        src = _flatten_source(b, inp)
+        hwc = src[0] if src and src[1] == "hwc" and src[0][1] * src[0][2] > 1 else None
+        m = make_linear(st, key, in_shape[0], hwc)
+    elif kind == "relu":
+        m = ReLU()
+    elif kind in ("relu6", "clip"):
+        m = Clip(_opt(e, "min", 0.0, where), e.get("max", 6.0))
+    elif kind in ("maxpool", "avgpool"):
+        k = _pair(_opt(e, "kernel", 2, where), "kernel", where)
+        s = _pair(e.get("stride") or k, "stride", where)
+        pad = _opt(e, "padding", 0, where)
+        if len(in_shape) != 3:
+            raise ShapeError(f"{where}: pooling needs an image input (C, H, W), got {in_shape}")
+        if pad == "same":
+            pads = same_padding(in_shape[1:], k, s)
+            if kind == "avgpool" and any(pads):
+                raise ConfigError(f"{where}: average pooling with 'same' padding {pads} excludes the "
+                                  f"padding from the mean, which is not supported")
+            pad = _pool_padding(kind, pads, k, where)
+        elif pad == "valid":
+            pad = 0
+        else:
+            pad = _pair(pad, "padding", where)
+        m = (MaxPool2d if kind == "maxpool" else AvgPool2d)(k, s, pad)
+    elif kind == "gap":
+        m = GlobalAvgPool2d()
+    elif kind == "flatten":
+        order = e.get("order", "hwc" if channels_last else "chw")
+        if order not in ("chw", "hwc"):
+            raise ConfigError(f"{where}: flatten 'order' must be 'chw' or 'hwc', got {order!r}")
+        node = b.layer(raw, Flatten(), inp)
+        if len(in_shape) == 3:
+            b.flat_src[node] = (in_shape, order)
+        return node
+    elif kind == "dropout":
+        m = Dropout(float(e.get("p", e.get("rate", 0.5)) or 0.0))
+    elif kind == "basicblock":
+        m = make_basic_block(st, key, in_shape, _opt(e, "stride", 1, where),
+                             float(_opt(e, "eps", default_eps, where)), where)
+    else:  # pragma: no cover - _ALIASES and this function list the same kinds
+        raise ConfigError(f"{where}: unsupported layer type")
+    return b.layer(raw, m, inp)
+
+
+def _flatten_source(b, node):
+    """``((C, H, W), order)`` of the flatten feeding ``node`` through no-op layers, or None."""
+    byname = {n.name: n for n in b.nodes}
+    while node in byname:
+        if node in b.flat_src:
+            return b.flat_src[node]
+        n = byname[node]
+        if not isinstance(n.module, Dropout):
+            return None
+        node = n.inputs[0]
+    return None
+
+
+def make_basic_block(st, key, in_shape, stride, eps, where):
+    """A ResNet BasicBlock from ``<key>.conv1`` ... (``downsample`` or ``shortcut``)."""
+    if len(in_shape) != 3:
+        raise ShapeError(f"{where}: a basic block needs an image input (C, H, W), got {in_shape}")
+    w = st.get(f"{key}.conv1", "weight", 4)
+    bn = f"{key}.bn1.running_mean" in st.state
+    block = BasicBlock(in_shape[0], w.shape[0], int(stride), eps, batchnorm=bn)
+    short = "shortcut" if f"{key}.shortcut.0.weight" in st.state else "downsample"
+    for name, param in block.state_dict().items():
+        src = name.replace("downsample.", f"{short}.", 1)
+        k, p = src.rsplit(".", 1)
+        v = st.get(f"{key}.{k}", p)
+        _expect(f"{key}.{k}", p, v.shape, param.shape)
+        param[...] = v
+    return block
