@@ -123,7 +123,7 @@ def import_model(source, arch=None, spec=None, input_shape=None, num_classes=Non
         raise ConfigError("give either --arch or --spec, not both")
     fmt = detect_format(source)
     try:
-        net = _import(fmt, source, arch, spec, input_shape)
+        net = _import(fmt, source, arch, spec, input_shape, num_classes)
         if num_classes is not None and tuple(net.out_shape) != (int(num_classes),):
             raise ShapeError(f"{source}: the imported network outputs shape {tuple(net.out_shape)}, "
                              f"not {num_classes} classes")
@@ -140,7 +140,7 @@ def import_model(source, arch=None, spec=None, input_shape=None, num_classes=Non
     return net
 
 
-def _import(fmt, source, arch, spec, input_shape):
+def _import(fmt, source, arch, spec, input_shape, num_classes):
     if fmt in ("torch-zip", "torch-legacy"):
         from .torch_pickle import read_torch
         state = read_torch(source)
@@ -148,7 +148,7 @@ def _import(fmt, source, arch, spec, input_shape):
             from .spec import build_from_spec
             return build_from_spec(spec, state, input_shape=input_shape)
         from .statedict import network_from_state_dict
-        return network_from_state_dict(state, arch, input_shape=input_shape)
+        return network_from_state_dict(state, arch, num_classes=num_classes, input_shape=input_shape)
     if arch is not None:
         raise ConfigError(f"--arch applies to PyTorch state dicts only; {source} is "
                           f"{'an ONNX model' if fmt == 'onnx' else 'a Keras file'}")

@@ -227,7 +227,7 @@ class Builder:
         output = self.last if output is None else output
         if output == INPUT or not self.nodes:
             raise ConfigError("the model has no layers")
-        nodes = _fold_blocks(list(self.nodes), output, self.unique)
+        nodes = _fold_blocks(list(self.nodes), output, self)
         # drop nodes that do not lead to the output
         need, keep = {output}, []
         for n in reversed(nodes):
@@ -242,7 +242,7 @@ class Builder:
         return Graph([(n.name, n.inputs, n.module) for n in nodes], output)
 
 
-def _fold_blocks(nodes, output, unique):
+def _fold_blocks(nodes, output, builder):
     """Replace every ``relu(main(x) + shortcut(x))`` that is a ResNet BasicBlock by one."""
     while True:
         uses = {}
@@ -275,10 +275,9 @@ def _fold_blocks(nodes, output, unique):
             else:
                 continue
             parts = main + short + [a, relu]
-            prefix = os.path.commonprefix([p.raw for p in parts])
-            prefix = prefix[:max(prefix.rfind("/"), prefix.rfind("."), 0)] if len(parts) > 1 else prefix
-            name = unique(prefix or "block")
-            new = _Node(name, prefix, [x0], block)
+            builder._names.difference_update(p.name for p in parts)   # their names are free again
+            name = builder.unique(_common_scope([p.raw for p in parts]) or "block")
+            new = _Node(name, name, [x0], block)
             gone = {id(p) for p in parts}
             out = []
             for n in nodes:
@@ -293,6 +292,14 @@ def _fold_blocks(nodes, output, unique):
             break
         else:
             return nodes
+
+
+def _common_scope(raws):
+    """The longest dotted or slashed scope shared by all ``raws`` ("layer1.0" of "layer1.0.conv1", ...)."""
+    prefix = os.path.commonprefix(raws)
+    if not all(len(r) == len(prefix) or r[len(prefix)] in "./" for r in raws):
+        prefix = prefix[:max(prefix.rfind("/"), prefix.rfind("."), 0)]
+    return prefix.strip("./")
 
 
 def _match_block(main, short):

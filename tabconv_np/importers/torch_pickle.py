@@ -220,7 +220,39 @@ class _Unpickler(pickle.Unpickler):
                            view=(ref, _index(view[1], "view offset")))
 
 
+_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GETS = {"GET", "BINGET", "LONG_BINGET"}
+
+
+def _prescan(f, where):
+    """Walk the opcodes of the pickle at ``f``'s position (pure Python, builds nothing).
+
+    Rejects what could make the C unpickler allocate without bound before it
+    notices the damage: memo indices that were never written or that jump ahead
+    (a corrupt ``LONG_BINPUT`` would size the memo to its index).  Truncated
+    data and unknown opcodes fail here too.  ``f`` is left where it was.
+    """
+    import pickletools
+    start, memo = f.tell(), set()
+    try:
+        for op, arg, _ in pickletools.genops(f):
+            if op.name in _PUTS or op.name == "MEMOIZE":
+                idx = len(memo) if op.name == "MEMOIZE" else arg
+                if not isinstance(idx, int) or idx < 0 or idx > len(memo):
+                    raise WeightFileError(f"{where}: corrupt pickle (memo index {idx!r:.20} out of order)")
+                memo.add(idx)
+            elif op.name in _GETS and arg not in memo:
+                raise WeightFileError(f"{where}: corrupt pickle (memo index {arg!r:.20} never stored)")
+    except TabConvError:
+        raise
+    except Exception as e:
+        raise WeightFileError(f"{where}: corrupt or truncated pickle: {type(e).__name__}: {e}") from None
+    finally:
+        f.seek(start)
+
+
 def _load_pickle(f, where, storages=None):
+    _prescan(f, where)
     return _Unpickler(f, where, storages).load()
 
 
