@@ -1,73 +1,124 @@
 """Direct convolution: reordered loops, no lowering buffer.
 
 The textbook loop nest is ``for n, o, p, q: for c, i, j: y += w * x``: the
-innermost loops jump between channels and rows.  Here the loops are reordered
-so that the innermost loop runs along an output row (contiguous in NCHW) and
-the weight is a scalar held in a register::
+innermost loops jump between channels and rows and cannot be vectorised.
+Here the loops are reordered so that the weight is a scalar in a register
+and the innermost loop is one long contiguous run over the output plane::
 
-    for n, o:                         # prange: one output plane per task
-        y[n, o] = bias[o]
+    for n, o:                                  # prange: one output plane per task
+        acc = bias[o]                          # (Ho, Wq) "wide" plane, flat
         for c in group(o), i < kh, j < kw:
-            w_ = weight[o, c, i, j]
-            for p (valid rows):
-                for q (valid columns):   # vectorised when sw == 1
-                    y[n, o, p, q] += w_ * x[n, c, p*sh - pt + i*dh, q*sw - pl + j*dw]
+            acc.flat[:] += weight[o, c, i, j] * xs[n, c, phase(i, j)].flat[offset(i, j):][:len]
+        y[n, o] = acc[:, :Wo]
 
-The plane ``y[n, o]`` stays in L1 while all ``Cg*kh*kw`` terms are added, and
-the padded border is handled by the loop bounds, not by a padded copy.  No
-extra memory; each task does ``Cg*kh*kw*Ho*Wo`` multiply-adds, which makes it
+Two input transformations make that inner loop contiguous for every stride
+and dilation, with no bounds tests:
+
+* zero padding is materialised (a padded copy of x, the size of the input);
+* a stride ``(sh, sw)`` is removed by splitting the padded input into
+  ``sh*sw`` phases ("space to depth")::
+
+      xs[n, c, rh, rw, a, b] = xpad[n, c, a*sh + rh, b*sw + rw]
+
+  so that ``xpad[n, c, p*sh + i*dh, q*sw + j*dw]`` is
+  ``xs[n, c, (i*dh) % sh, (j*dw) % sw, p + (i*dh)//sh, q + (j*dw)//sw]``:
+  a stride-1 correlation of one phase plane.
+
+Within a phase plane of width ``Wq``, output ``(p, q)`` reads element
+``(p + ai)*Wq + q + bj``, so the whole plane is one run of
+``(Ho-1)*Wq + Wo`` elements; the ``Wq - Wo`` wrap-around columns of each row
+are computed and thrown away.  The plane stays in L1/L2 while all
+``Cg*kh*kw`` taps are added, and no lowering buffer is built, which makes this
 the method of choice for depthwise and small-group convolutions, where GEMMs
-would be tiny.  Each element's sum runs in the same order whatever the thread
-count, so the parallel and serial kernels agree bitwise.
+would be tiny.  Each element's sum runs in the same order (bias, then taps in
+``(c, i, j)`` order) whatever the thread count, so the parallel and serial
+kernels agree bitwise.
 """
 import numpy as np
 from numba import prange
 
 from ._jit import kernel, pick
-from .im2col import _valid_range, to_nchw, to_nhwc
+from .im2col import to_nchw, to_nhwc
 
 
-def _direct_nchw(x, weight, bias, sh, sw, pt, pl, dh, dw, groups, out):
-    """Direct NCHW convolution into ``out``.
+def _direct_phases(xs, weight, bias, dh, dw, groups, Ho, Wo, out):
+    """Direct convolution on a phase-split padded input.
 
     Parameters
     ----------
-    x : float32 array (N, C, H, W)
+    xs : float32 C-contiguous array (N, C, sh, sw, Hq, Wq)
+        ``xs[n, c, rh, rw, a, b] = xpad[n, c, a*sh + rh, b*sw + rw]`` (zero
+        beyond the padded input).
     weight : float32 array (C_out, C/groups, kh, kw)
     bias : float32 array (C_out,) (zeros for no bias)
-    sh, sw, pt, pl, dh, dw : int
-        Stride, top/left padding, dilation.
-    groups : int
+    dh, dw : int
+        Dilation.
+    groups, Ho, Wo : int
     out : float32 array (N, C_out, Ho, Wo), written
     """
-    N, C, H, W = x.shape
+    N, C, sh, sw, Hq, Wq = xs.shape
     C_out, Cg, kh, kw = weight.shape
-    Ho = out.shape[2]
-    Wo = out.shape[3]
     Cog = C_out // groups
+    L = (Ho - 1) * Wq + Wo
     for t in prange(N * C_out):
         n = t // C_out
         o = t - n * C_out
         c0 = (o // Cog) * Cg
-        y = out[n, o]
-        y[:, :] = bias[o]
+        acc = np.empty(L, np.float32)
+        acc[:] = bias[o]
         for c in range(Cg):
-            xc = x[n, c0 + c]
             for i in range(kh):
-                plo, phi = _valid_range(i * dh - pt, sh, H, Ho)
+                rh = (i * dh) % sh
+                ai = (i * dh) // sh
                 for j in range(kw):
-                    off = j * dw - pl
-                    qlo, qhi = _valid_range(off, sw, W, Wo)
+                    rw = (j * dw) % sw
+                    b0 = ai * Wq + (j * dw) // sw
                     wv = weight[o, c, i, j]
-                    for p in range(plo, phi):
-                        xr = xc[p * sh - pt + i * dh]
-                        yr = y[p]
-                        for q in range(qlo, qhi):
-                            yr[q] += wv * xr[q * sw + off]
+                    xf = xs[n, c0 + c, rh, rw].reshape(Hq * Wq)[b0:b0 + L]
+                    for q in range(L):             # contiguous, vectorised
+                        acc[q] += wv * xf[q]
+        for p in range(Ho):
+            out[n, o, p, :] = acc[p * Wq:p * Wq + Wo]
     return out
 
 
-direct_nchw = kernel(_direct_nchw)
+direct_phases = kernel(_direct_phases)
+
+
+def phase_split(x, stride, padding, dilation, kernel_hw, out_hw):
+    """Padded, phase-split copy of an NCHW batch for :func:`_direct_phases`.
+
+    Parameters
+    ----------
+    x : float32 array (N, C, H, W)
+    stride : (sh, sw)
+    padding : (top, bottom, left, right)
+    dilation : (dh, dw)
+    kernel_hw, out_hw : (kh, kw), (Ho, Wo)
+
+    Returns
+    -------
+    float32 C-contiguous array (N, C, sh, sw, Hq, Wq) with
+    ``xs[n, c, rh, rw, a, b] = xpad[n, c, a*sh + rh, b*sw + rw]``, covering
+    the padded rows/columns the kernel reads.
+    """
+    N, C, H, W = x.shape
+    sh, sw = stride
+    top, _, left, _ = padding
+    (kh, kw), (Ho, Wo) = kernel_hw, out_hw
+    # padded extent actually read, rounded up to whole phases
+    Hq = -(-((Ho - 1) * sh + (kh - 1) * dilation[0] + 1) // sh)
+    Wq = -(-((Wo - 1) * sw + (kw - 1) * dilation[1] + 1) // sw)
+    if (sh, sw) == (1, 1) and padding == (0, 0, 0, 0) and (Hq, Wq) == (H, W):
+        return x.reshape(N, C, 1, 1, H, W)
+    Hp, Wp = Hq * sh, Wq * sw
+    xp = np.zeros((N, C, Hp, Wp), np.float32)
+    h1, w1 = max(0, min(H, Hp - top)), max(0, min(W, Wp - left))
+    xp[:, :, top:top + h1, left:left + w1] = x[:, :, :h1, :w1]
+    if (sh, sw) == (1, 1):
+        return xp.reshape(N, C, 1, 1, Hp, Wp)
+    return np.ascontiguousarray(
+        xp.reshape(N, C, Hq, sh, Wq, sw).transpose(0, 1, 3, 5, 2, 4))
 
 
 def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, layout, out_hw):
@@ -82,7 +133,7 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, layout, ou
     padding : (top, bottom, left, right)
     groups : int
     layout : "NCHW" or "NHWC" (of x and of the result; NHWC is converted to
-        NCHW and back, the kernel runs along W rows)
+        NCHW and back: the kernel's contiguous runs are along W)
     out_hw : (Ho, Wo)
 
     Returns
@@ -97,9 +148,9 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, layout, ou
     if bias is None:
         bias = np.zeros(C_out, np.float32)
     out = np.empty((N, C_out, Ho, Wo), np.float32)
+    xs = phase_split(x, tuple(stride), tuple(padding), dilation, (kh, kw), out_hw)
     work = N * C_out * Ho * Wo * Cg * kh * kw
-    pick(direct_nchw, work)(x, weight, bias, stride[0], stride[1], padding[0], padding[2],
-                            dilation[0], dilation[1], groups, out)
+    pick(direct_phases, work)(xs, weight, bias, dilation[0], dilation[1], groups, Ho, Wo, out)
     if layout == "NHWC":
         out = to_nhwc(out)
     return out

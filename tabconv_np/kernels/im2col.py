@@ -171,54 +171,51 @@ def _lower_gijc(x, G, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out):
     return out
 
 
-def _nchw_to_nhwc(x, out):
-    """``out[n, h, w, c] = x[n, c, h, w]``; x (N, C, H, W), out (N, H, W, C).
+def _swap_last2(x, out, B):
+    """``out[n, p, a] = x[n, a, p]``: x (N, A, P), out (N, P, A).
 
-    Parallel over ``(n, h)``: each task transposes a (C, W) slab, which fits
-    in L1 for ResNet-sized layers.
+    NCHW -> NHWC is this with ``A = C``, ``P = H*W``.  Parallel over blocks
+    of ``B`` columns ``p``; the inner loop reads along ``p`` and the writes
+    land in the task's contiguous ``B*A`` block of ``out`` (L1/L2 resident).
+    Running the inner loop along ``a`` instead reads lines ``P*4`` bytes
+    apart (4 KiB for a 32x32 map), which alias in the cache: 2-3x slower.
     """
-    N, C, H, W = x.shape
-    for t in prange(N * H):
-        n = t // H
-        h = t - n * H
-        for w in range(W):
-            for c in range(C):
-                out[n, h, w, c] = x[n, c, h, w]
-    return out
-
-
-def _nhwc_to_nchw(x, out):
-    """``out[n, c, h, w] = x[n, h, w, c]``; x (N, H, W, C), out (N, C, H, W)."""
-    N, H, W, C = x.shape
-    for t in prange(N * H):
-        n = t // H
-        h = t - n * H
-        for c in range(C):
-            for w in range(W):
-                out[n, c, h, w] = x[n, h, w, c]
+    N, A, P = x.shape
+    nblk = (P + B - 1) // B
+    for t in prange(N * nblk):
+        n = t // nblk
+        p0 = (t - n * nblk) * B
+        p1 = min(P, p0 + B)
+        for a in range(A):
+            for p in range(p0, p1):
+                out[n, p, a] = x[n, a, p]
     return out
 
 
 lower_nchw = kernel(_lower_nchw)
 lower_nhwc = kernel(_lower_nhwc)
 lower_gijc = kernel(_lower_gijc)
-nchw_to_nhwc_k = kernel(_nchw_to_nhwc)
-nhwc_to_nchw_k = kernel(_nhwc_to_nchw)
+swap_last2 = kernel(_swap_last2)
+#: Columns per task of :func:`_swap_last2`.
+SWAP_BLOCK = 256
 
 
 def to_nhwc(x):
     """C-contiguous NHWC copy of an NCHW float32 array (parallel when large)."""
     N, C, H, W = x.shape
     out = np.empty((N, H, W, C), np.float32)
-    pick(nchw_to_nhwc_k, x.size)(x, out)
+    pick(swap_last2, x.size)(x.reshape(N, C, H * W), out.reshape(N, H * W, C), SWAP_BLOCK)
     return out
 
 
 def to_nchw(x):
-    """C-contiguous NCHW copy of an NHWC float32 array (parallel when large)."""
-    N, H, W, C = x.shape
-    out = np.empty((N, C, H, W), np.float32)
-    pick(nhwc_to_nchw_k, x.size)(x, out)
+    """C-contiguous NCHW copy of an NHWC float32 array.
+
+    NumPy's strided copy is faster in this direction than the blocked kernel
+    (measured: 0.4 vs 1.1 ms for 8x32x32x64, one thread).
+    """
+    out = np.empty((x.shape[0], x.shape[3], x.shape[1], x.shape[2]), np.float32)
+    np.copyto(out, x.transpose(0, 3, 1, 2))
     return out
 
 
@@ -282,10 +279,9 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
         for g in range(G):
             y[:, g*Cog:(g+1)*Cog] = rows[:, g*Kg:(g+1)*Kg] @ wmat[g].T
 
-    NCHW output is written by per-image products ``wmat[g] @ rows_n.T``
-    straight into ``out[n]`` when an image has at least ``MIN_CHUNK_ROWS``
-    output positions, else through a (rows, C_out) buffer and a transpose.
-    1x1 stride-1 unpadded convolutions skip the lowering (x is its own rows).
+    NCHW input is computed in NHWC and the result transposed back.  1x1
+    stride-1 unpadded convolutions skip the lowering (x is its own rows; in
+    NCHW ``out[n] = wmat @ x[n]``, no transposes).
     """
     N = x.shape[0]
     C_out, Cg, kh, kw = weight.shape
@@ -314,7 +310,11 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
                   weight.reshape(G, Cog, Kg).transpose(0, 2, 1),
                   out=out.reshape(N * P, G, Cog).transpose(1, 0, 2))
     else:
+        # NCHW goes through NHWC: transposing x and the result (one pass
+        # each, with fast kernels) costs less than per-image products
+        # ``wmat @ rows_n.T`` written straight into an NCHW result.
         xh = to_nhwc(x) if layout == "NCHW" else x
+        yh = out if layout == "NHWC" else np.empty((N, Ho, Wo, C_out), np.float32)
         # wmat[g, o, (i*kw + j)*Cg + c] = weight[g*Cog + o, c, i, j]
         wmat = np.ascontiguousarray(
             weight.reshape(G, Cog, Cg, kh, kw).transpose(0, 1, 3, 4, 2)).reshape(G, Cog, Kg)
@@ -322,32 +322,15 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
         nb = _images_per_chunk(N, P, K)
         buf = np.empty((nb * P, K), np.float32)
         lowk = pick(lower_gijc, buf.size)
-        direct_out = layout == "NCHW" and P >= MIN_CHUNK_ROWS
-        if layout == "NHWC":
-            y = out.reshape(N * P, G, Cog).transpose(1, 0, 2)          # (G, N*P, Cog)
-        elif direct_out:
-            o4 = out.reshape(N, G, Cog, P)
-        else:
-            tmp = np.empty((nb * P, C_out), np.float32)
+        y = yh.reshape(N * P, G, Cog).transpose(1, 0, 2)               # (G, N*P, Cog)
         for n0 in range(0, N, nb):
             n1 = min(N, n0 + nb)
-            m = n1 - n0
-            rows = buf[: m * P]
+            rows = buf[: (n1 - n0) * P]
             lowk(xh[n0:n1], G, kh, kw, stride[0], stride[1], padding[0], padding[2],
                  dilation[0], dilation[1], Ho, Wo, rows)
-            if layout == "NHWC":
-                np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT,
-                          out=y[:, n0 * P:n1 * P])
-            elif direct_out:
-                # out[n, g] (Cog, P) = wmat[g] (Cog, Kg) @ rows_n[:, g-cols].T (Kg, P)
-                np.matmul(wmat, rows.reshape(m, P, G, Kg).transpose(0, 2, 3, 1),
-                          out=o4[n0:n1])
-            else:
-                t = tmp[: m * P]
-                np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT,
-                          out=t.reshape(-1, G, Cog).transpose(1, 0, 2))
-                # (m, P, C_out) -> (m, C_out, P)
-                out[n0:n1] = t.reshape(m, Ho, Wo, C_out).transpose(0, 3, 1, 2)
+            np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT, out=y[:, n0 * P:n1 * P])
+        if layout == "NCHW":
+            np.copyto(out, yh.transpose(0, 3, 1, 2))
     if bias is not None:
         if layout == "NCHW":
             out += bias.reshape(1, C_out, 1, 1)
