@@ -12,6 +12,7 @@ environment variable ``TABCONV_NO_CACHE`` is set to a non-empty value other
 than ``0``.
 """
 import os
+import types
 
 import numba
 
@@ -22,10 +23,26 @@ CACHE = os.environ.get("TABCONV_NO_CACHE", "") in ("", "0")
 PARALLEL_MIN_WORK = 200_000
 
 
+def _renamed(fn, suffix):
+    """A copy of ``fn`` whose qualified name ends in ``suffix``.
+
+    Numba's on-disk cache names its files after the function's qualified name
+    and keys entries by signature and CPU, not by the ``parallel`` flag: two
+    dispatchers of one function would share (and overwrite) one cache entry,
+    so after a cache load the "serial" kernel could run the threaded code.
+    The serial kernel is compiled from a renamed copy to keep them apart.
+    """
+    g = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
+                           fn.__defaults__, fn.__closure__)
+    g.__qualname__ = fn.__qualname__ + suffix
+    g.__module__, g.__doc__ = fn.__module__, fn.__doc__
+    return g
+
+
 def kernel(fn):
     """Compile ``fn`` twice: ``(parallel, serial)``; see the module docstring."""
     par = numba.njit(parallel=True, cache=CACHE, nogil=True)(fn)
-    ser = numba.njit(parallel=False, cache=CACHE, nogil=True)(fn)
+    ser = numba.njit(parallel=False, cache=CACHE, nogil=True)(_renamed(fn, "__serial"))
     return par, ser
 
 
