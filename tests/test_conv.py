@@ -132,18 +132,32 @@ def test_chunking_paths(monkeypatch, chunk_bytes, min_rows, layout):
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_pointwise_fast_path(layout, groups):
+@pytest.mark.parametrize("stride", [1, 2, (3, 2)])
+def test_pointwise_fast_path(layout, groups, stride):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 4, 5, 6)).astype(np.float32)
     w = rng.standard_normal((6, 4 // groups, 1, 1)).astype(np.float32)
     b = rng.standard_normal(6).astype(np.float32)
-    cfg = dict(stride=1, padding=0, dilation=1, groups=groups)
+    cfg = dict(stride=stride, padding=0, dilation=1, groups=groups)
     ref = conv2d_naive(x, w, b, **cfg)
     got = F.conv2d(x if layout == "NCHW" else _nhwc(x), w, b, method="im2col",
                    layout=layout, **cfg)
     if layout == "NHWC":
         got = got.transpose(0, 3, 1, 2)
     assert_conv_close(got, ref, _bound(x, w, b, cfg))
+
+
+@pytest.mark.parametrize("method", ["im2col", "mec", "direct"])
+def test_outputs_reading_only_padding(method):
+    """Strides larger than the input: output rows that see only padding."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 3, 2, 3)).astype(np.float32)
+    w = rng.standard_normal((2, 3, 1, 2)).astype(np.float32)
+    b = rng.standard_normal(2).astype(np.float32)
+    cfg = dict(stride=(5, 4), padding=(6, 0, 0, 5), dilation=(1, 3), groups=1)
+    ref = conv2d_naive(x, w, b, **cfg)
+    assert ref.shape == (2, 2, 2, 2)
+    assert_conv_close(F.conv2d(x, w, b, method=method, **cfg), ref, _bound(x, w, b, cfg))
 
 
 def test_resnet_sized_layer():

@@ -50,17 +50,19 @@ def _lower_mec(x, c0, Cg, kw, sw, pt, pl, dw, Hu, Wo, out):
     for t in prange(N * Wo):
         n = t // Wo
         w = t - n * Wo
+        orow = out[t]
         for h in range(Hu):
             ih = h - pt
             for j in range(kw):
                 iw = w * sw + j * dw - pl
                 base = (h * kw + j) * Cg
+                dst = orow[base:base + Cg]          # views: vectorised copies
                 if ih < 0 or ih >= H or iw < 0 or iw >= W:
-                    for c in range(Cg):
-                        out[t, base + c] = 0.0
+                    dst[:] = 0.0
                 else:
+                    src = x[n, ih, iw, c0:c0 + Cg]
                     for c in range(Cg):
-                        out[t, base + c] = x[n, ih, iw, c0 + c]
+                        dst[c] = src[c]
     return out
 
 
