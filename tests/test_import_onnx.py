@@ -149,6 +149,40 @@ def test_resnet_blocks_become_basic_blocks(tmp_path, bn):
     np.testing.assert_allclose(tabconv_np.fold_batchnorm(net)(x), net(x), atol=1e-4, rtol=1e-4)
 
 
+def test_torch_onnx_export_of_a_resnet(tmp_path):
+    torch = pytest.importorskip("torch")
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights"))
+    try:
+        from models_torch import BasicBlock as TorchBlock
+    finally:
+        sys.path.pop(0)
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, 1, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          TorchBlock(4, 4, 1), TorchBlock(4, 8, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.normal_(0, 0.2)
+    model.eval()
+    x = torch.randn(2, 1, 8, 8)
+    path = str(tmp_path / "torch.onnx")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, x[:1], path, dynamo=False, input_names=["x"],
+                              dynamic_axes={"x": {0: "N"}})
+    except Exception as e:  # the legacy exporter may be gone in some torch version
+        pytest.skip(f"torch.onnx.export(dynamo=False) unavailable: {e}")
+    net = import_model(path)
+    assert sum(isinstance(m, BasicBlock) for m in net.body.children.values()) == 2
+    with torch.no_grad():
+        np.testing.assert_allclose(net(x.numpy()), model(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
 def test_other_residual_graphs_use_graph_layer(tmp_path):
     g = _G((4, 6, 6))
     a = g.node("Relu", [g.conv("x", 4, 4, 1)])

@@ -541,6 +541,7 @@ def _resolve(b, name, where):
 
 
 def _spec_layer(kind, e, key, st, b, inp, raw, where, channels_last, default_eps):
+    inp = b.last if inp is None else inp
     in_shape = b.shape(inp)
     if kind == "conv":
         m = make_conv(st, key, in_shape, _opt(e, "stride", 1, where), _opt(e, "padding", 0, where),

@@ -105,9 +105,11 @@ def network_from_state_dict(state, arch=None, in_channels=None, num_classes=None
             if found:
                 raise ConfigError(f"the weights fit {' and '.join(found)} (they differ only in strides); "
                                   f"choose one with --arch")
+            listing = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in list(state.items())[:8])
             raise ConfigError("the weights match none of the bundled architectures "
                               f"({', '.join(ARCHS)}); describe the model with --spec "
-                              f"(see docs/import_spec.md)")
+                              f"(see docs/import_spec.md). The file's tensors: {listing}"
+                              f"{' ...' if len(state) > 8 else ''}")
         arch = found[0]
     if arch not in ARCHS:
         raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
