@@ -1,0 +1,246 @@
+"""Product-quantization kernels: encoding, table construction, lookup-accumulate.
+
+Three jobs, one kernel each (``(parallel, serial)`` pairs from ``_jit.kernel``):
+
+* :data:`encode` -- exhaustive nearest prototype of every row in every subspace;
+* :data:`build_table` -- ``T[c, k, m] = <prototype(c, k), weight column m on subspace c>``;
+* :data:`lookup` -- ``y[n, m] = sum_c T[c, code[n, c], m] (+ bias[m])``.
+
+Shapes follow :mod:`tabconv_np.pq`: ``D`` columns split into ``C`` contiguous
+subspaces of ``Ds = ceil(D / C)`` columns; the columns past ``D`` of the last
+subspace(s) are zeros (never materialised here: the kernels treat them as 0).
+
+Like every kernel in this package these do no validation: float32 C-contiguous
+inputs, codes ``< K`` and preallocated ``out`` of the right shape are the
+caller's job (:mod:`tabconv_np.pq`, :mod:`tabconv_np.tables`).  Every output
+element is computed by one thread with a fixed sequence of float32
+operations, so the serial and the parallel kernel agree bitwise.
+
+The ``*_naive`` functions are the plain NumPy versions of the same maths, for
+tests and for reading.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import kernel
+
+#: Rows encoded together: each prototype value is loaded once per block and
+#: the inner loops run over the block's rows (contiguous, vectorised).
+ENCODE_BLOCK = 64
+#: Rows per vector register group: a partial block is rounded up to this.
+_LANES = 16
+
+
+def _encode(X, P, out):
+    """Nearest prototype in each subspace.
+
+    Parameters
+    ----------
+    X : float32 array (N, D)
+        Rows to encode.
+    P : float32 array (C, K, Ds)
+        Prototypes; subspace ``c`` covers columns ``[c*Ds, min((c+1)*Ds, D))``
+        of ``X``, the rest of its ``Ds`` columns being zeros.
+    out : uint8/uint16/int array (N, C), written
+        ``out[n, c] = argmin_k ||X[n, subspace c] - P[c, k]||^2`` (first k on ties).
+
+    Notes
+    -----
+    The score minimised is ``0.5*||p||^2 - <x, p>`` (half the squared distance
+    minus the constant ``0.5*||x||^2``): one multiply-add per dimension and
+    prototype, ``K*Ds`` per row and subspace.  It is accumulated in float32 in
+    the fixed order ``d = 0..Ds-1`` for every (row, prototype), so the result
+    does not depend on blocking or threads.  Work items are (block of
+    ``ENCODE_BLOCK`` rows, subspace) pairs, so even one row keeps ``C``
+    threads busy; four prototypes are scored per pass over the block (each
+    row value loaded once for four multiply-adds).  The plain loop this
+    stands for::
+
+        for n in range(N):
+            for c in range(C):
+                out[n, c] = argmin(0.5*(P[c]**2).sum(1) - P[c] @ xpad[n, c*Ds:(c+1)*Ds])
+    """
+    N, D = X.shape
+    C, K, Ds = P.shape
+    B = ENCODE_BLOCK
+    nb = (N + B - 1) // B
+    for t in prange(nb * C):
+        b = t // C
+        c = t - b * C
+        r0 = b * B
+        R = min(N, r0 + B) - r0
+        Rp = min(B, (R + _LANES - 1) // _LANES * _LANES)   # rows computed (zeros past R)
+        d0 = c * Ds
+        dn = min(Ds, max(0, D - d0))          # real (non-padding) columns
+        xt = np.zeros((Ds, B), np.float32)     # the block's sub-rows, transposed
+        acc = np.empty((4, B), np.float32)
+        best = np.empty(B, np.float32)
+        arg = np.zeros(B, np.int64)
+        for d in range(dn):
+            for r in range(R):
+                xt[d, r] = X[r0 + r, d0 + d]
+        for r in range(Rp):
+            best[r] = np.inf
+        for k0 in range(0, K, 4):
+            nk = min(4, K - k0)
+            for j in range(nk):
+                h = np.float32(0.0)
+                for d in range(Ds):
+                    h += P[c, k0 + j, d] * P[c, k0 + j, d]
+                h = h * np.float32(0.5)
+                for r in range(Rp):
+                    acc[j, r] = h
+            if nk == 4:
+                for d in range(Ds):
+                    p0 = P[c, k0, d]
+                    p1 = P[c, k0 + 1, d]
+                    p2 = P[c, k0 + 2, d]
+                    p3 = P[c, k0 + 3, d]
+                    for r in range(Rp):
+                        x = xt[d, r]
+                        acc[0, r] -= x * p0
+                        acc[1, r] -= x * p1
+                        acc[2, r] -= x * p2
+                        acc[3, r] -= x * p3
+            else:
+                for j in range(nk):
+                    for d in range(Ds):
+                        p = P[c, k0 + j, d]
+                        for r in range(Rp):
+                            acc[j, r] -= xt[d, r] * p
+            for j in range(nk):
+                for r in range(Rp):
+                    if acc[j, r] < best[r]:
+                        best[r] = acc[j, r]
+                        arg[r] = k0 + j
+        for r in range(R):
+            out[r0 + r, c] = arg[r]
+    return out
+
+
+def _build_table(P, W, out):
+    """Dot products of every prototype with every weight column, per subspace.
+
+    Parameters
+    ----------
+    P : float32 array (C, K, Ds)
+        Prototypes.
+    W : float32 array (D, M)
+        Weight matrix (``B = weight.reshape(M, D).T``, BN already folded).
+    out : float32 array (C, K, M), written
+        ``out[c, k, m] = sum_{d < Ds, c*Ds+d < D} P[c, k, d] * W[c*Ds + d, m]``,
+        summed in order of ``d``.
+
+    Notes
+    -----
+    The plain loop::
+
+        for c in range(C):
+            out[c] = P[c, :, :dn] @ W[c*Ds : c*Ds + dn]     # dn real columns
+    """
+    C, K, Ds = P.shape
+    D, M = W.shape
+    for t in prange(C * K):
+        c = t // K
+        k = t - c * K
+        d0 = c * Ds
+        dn = min(Ds, max(0, D - d0))
+        for m in range(M):
+            out[c, k, m] = 0.0
+        for d in range(dn):
+            p = P[c, k, d]
+            for m in range(M):
+                out[c, k, m] += p * W[d0 + d, m]
+    return out
+
+
+def _lookup(codes, T, bias, has_bias, out):
+    """Lookup-accumulate: ``out[n, m] = sum_c T[c, codes[n, c], m] (+ bias[m])``.
+
+    Parameters
+    ----------
+    codes : uint8/uint16/int array (N, C)
+        Prototype indices, each ``< K`` (not checked here).
+    T : float32 array (C, K, M)
+        Tables.
+    bias : float32 array (M,)
+        Added last when ``has_bias``.
+    has_bias : bool
+    out : float32 array (N, M), written
+
+    Notes
+    -----
+    ``C`` lookups and ``C - 1`` adds per output (plus one bias add), in the
+    order ``c = 0..C-1`` then bias.  The plain loop::
+
+        for n in range(N):
+            out[n] = T[0, codes[n, 0]]
+            for c in range(1, C):
+                out[n] += T[c, codes[n, c]]
+            out[n] += bias
+    """
+    N, C = codes.shape
+    M = T.shape[2]
+    for n in prange(N):
+        k0 = codes[n, 0]
+        for m in range(M):
+            out[n, m] = T[0, k0, m]
+        for c in range(1, C):
+            k = codes[n, c]
+            for m in range(M):
+                out[n, m] += T[c, k, m]
+        if has_bias:
+            for m in range(M):
+                out[n, m] += bias[m]
+    return out
+
+
+encode = kernel(_encode)
+build_table = kernel(_build_table)
+lookup = kernel(_lookup)
+
+
+# --------------------------------------------------------------- references
+def pad_columns(X, C, Ds):
+    """``X`` (N, D) with zero columns appended up to ``C*Ds`` columns, as (N, C, Ds)."""
+    N, D = X.shape
+    Xp = np.zeros((N, C * Ds), X.dtype)
+    Xp[:, :D] = X
+    return Xp.reshape(N, C, Ds)
+
+
+def encode_naive(X, P):
+    """Brute-force nearest prototype in float64: ``argmin_k ||x_c - P[c, k]||^2``.
+
+    Parameters
+    ----------
+    X : array (N, D)
+    P : array (C, K, Ds)
+
+    Returns
+    -------
+    int64 array (N, C)
+    """
+    C, K, Ds = P.shape
+    Xp = pad_columns(np.asarray(X, np.float64), C, Ds)          # (N, C, Ds)
+    # dist[n, c, k] = sum_d (Xp[n, c, d] - P[c, k, d])**2
+    dist = ((Xp[:, :, None, :] - np.asarray(P, np.float64)[None]) ** 2).sum(-1)
+    return dist.argmin(-1)
+
+
+def build_table_naive(P, W):
+    """``T[c, k, m] = sum_d P[c, k, d] * Wpad[c*Ds + d, m]`` in float64, returned as float32."""
+    C, K, Ds = P.shape
+    D, M = W.shape
+    Wp = np.zeros((C * Ds, M))
+    Wp[:D] = W
+    return np.einsum("ckd,cdm->ckm", np.asarray(P, np.float64), Wp.reshape(C, Ds, M)).astype(np.float32)
+
+
+def lookup_naive(codes, T, bias=None):
+    """``y[n, m] = sum_c T[c, codes[n, c], m] + bias[m]`` in float64, returned as float32."""
+    C = T.shape[0]
+    y = np.asarray(T, np.float64)[np.arange(C)[None, :], np.asarray(codes, np.int64)].sum(1)
+    if bias is not None:
+        y += bias
+    return y.astype(np.float32)

@@ -1,0 +1,295 @@
+"""Table-lookup layers (TabConv): ``TableConv2d`` and ``TableLinear``.
+
+A table layer replaces the matrix product of an exact layer by product
+quantization (:mod:`tabconv_np.pq`) and table lookups:
+
+1. lower the input to rows (``im2col`` for a convolution: one row of
+   ``D = C_in*kh*kw`` numbers per output position, columns in (C, kh, kw)
+   order; the input itself for a linear layer);
+2. encode each row: in each of ``C`` subspaces, the index of the nearest of
+   ``K`` prototypes (``N*K*C*Ds`` multiply-adds, ``Ds = ceil(D/C)``);
+3. ``y[n, m] = sum_c table[c, code[n, c], m] + bias[m]`` where
+   ``table[c, k, m] = <prototypes[c, k], weight column m restricted to
+   subspace c>`` was computed once, offline (``N*M*C`` lookups,
+   ``N*M*(C-1)`` adds).
+
+Parameters (saved and loaded by :mod:`tabconv_np.io` like any other):
+``prototypes`` (C, K, Ds) float32, ``table`` (C, K, M) float32 and
+``bias`` (M,) float32.  Batch norm is folded into the weights before the
+table is built (a table row is linear in the weights, so folding is exact).
+
+Both layers have the same ``forward(x, layout)`` as ``Conv2d`` / ``Linear``
+and can stand anywhere those do.  Their op-count rows (``count``) fill the
+``encode_macs``, ``encode_cmps``, ``lookups`` and ``lookup_adds`` fields of
+:mod:`tabconv_np.ops`.
+"""
+import numpy as np
+
+from .errors import ConfigError, ShapeError
+from .kernels import pq as _k
+from .kernels._jit import pick
+from .module import Module, channel_axis, pair, register
+from .pq import K_MAX, check_codes, code_dtype, encode_rows, subspace_length
+
+__all__ = ["TableConv2d", "TableLinear", "warmup", "table_from_weights"]
+
+
+def table_from_weights(prototypes, wmat):
+    """Tables ``T[c, k, m] = <prototypes[c, k], wmat[subspace c, m]>``.
+
+    Parameters
+    ----------
+    prototypes : float32 array (C, K, Ds)
+    wmat : array (D, M)
+        The layer's weights as a matrix: ``weight.reshape(M, D).T`` for a conv
+        (OIHW weight), ``weight.T`` for a linear layer.
+
+    Returns
+    -------
+    float32 array (C, K, M)
+    """
+    P = np.ascontiguousarray(prototypes, dtype=np.float32)
+    W = np.ascontiguousarray(wmat, dtype=np.float32)
+    C, K, Ds = P.shape
+    if W.ndim != 2 or subspace_length(W.shape[0], C) != Ds:
+        raise ShapeError(f"table_from_weights: weight matrix {W.shape} does not fit prototypes "
+                         f"{P.shape} (need D rows with ceil(D/C) = Ds)")
+    out = np.empty((C, K, W.shape[1]), np.float32)
+    pick(_k.build_table, C * K * Ds * W.shape[1])(P, W, out)
+    return out
+
+
+class _TableMixin:
+    """What both table layers share: parameters, encoding, lookup, op counts."""
+
+    def _init_tables(self, D, M, codebooks, prototypes, bias):
+        if isinstance(codebooks, bool) or not isinstance(codebooks, (int, np.integer)) \
+                or not 1 <= codebooks <= D:
+            raise ConfigError(f"{type(self).__name__}: codebooks must be an int in [1, D = {D}], "
+                              f"got {codebooks!r}")
+        if isinstance(prototypes, bool) or not isinstance(prototypes, (int, np.integer)) \
+                or not 1 <= prototypes <= K_MAX:
+            raise ConfigError(f"{type(self).__name__}: prototypes must be an int in [1, {K_MAX}], "
+                              f"got {prototypes!r}")
+        self.D, self.M = int(D), int(M)
+        self.codebooks, self.prototypes = int(codebooks), int(prototypes)
+        self.Ds = subspace_length(D, codebooks)
+        C, K = self.codebooks, self.prototypes
+        self.params["prototypes"] = np.zeros((C, K, self.Ds), np.float32)
+        self.params["table"] = np.zeros((C, K, self.M), np.float32)
+        if bias:
+            self.params["bias"] = np.zeros(self.M, np.float32)
+
+    # -- building --------------------------------------------------------
+    def set_tables(self, prototypes, wmat, bias=None):
+        """Fill ``prototypes``, ``table`` (built from ``wmat`` (D, M)) and ``bias``."""
+        P = np.asarray(prototypes, np.float32)
+        if P.shape != self.params["prototypes"].shape:
+            raise ShapeError(f"{type(self).__name__}: prototypes of shape {P.shape}, expected "
+                             f"{self.params['prototypes'].shape}")
+        if np.shape(wmat) != (self.D, self.M):
+            raise ShapeError(f"{type(self).__name__}: weight matrix of shape {np.shape(wmat)}, "
+                             f"expected {(self.D, self.M)}")
+        self.params["prototypes"][...] = P
+        self.params["table"][...] = table_from_weights(P, wmat)
+        if "bias" in self.params:
+            self.params["bias"][...] = 0 if bias is None else bias
+        return self
+
+    # -- computing ---------------------------------------------------------
+    def encode(self, rows):
+        """Codes ``(N, C)`` (uint8 when K <= 256, else uint16) of float32 rows ``(N, D)``."""
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.D:
+            raise ShapeError(f"{type(self).__name__}.encode: expected rows (N, {self.D}), "
+                             f"got {rows.shape}")
+        return encode_rows(np.ascontiguousarray(rows, dtype=np.float32), self.params["prototypes"])
+
+    def lookup(self, codes):
+        """``y[n, m] = sum_c table[c, codes[n, c], m] + bias[m]`` as float32 ``(N, M)``.
+
+        Raises
+        ------
+        ShapeError
+            ``codes`` is not an integer ``(N, C)`` array with values in ``[0, K)``.
+        """
+        codes = check_codes(codes, self.codebooks, self.prototypes,
+                            f"{type(self).__name__}.lookup: codes")
+        if codes.dtype != code_dtype(self.prototypes):
+            codes = codes.astype(code_dtype(self.prototypes))
+        return self._lookup(np.ascontiguousarray(codes))
+
+    def _lookup(self, codes):
+        """Lookup-accumulate on codes known to be in range (from :meth:`encode`)."""
+        T = self.params["table"]
+        bias = self.params.get("bias")
+        out = np.empty((codes.shape[0], self.M), np.float32)
+        if codes.shape[0]:
+            fn = pick(_k.lookup, codes.shape[0] * self.M * self.codebooks)
+            fn(codes, T, bias if bias is not None else _EMPTY, bias is not None, out)
+        return out
+
+    def _rows_forward(self, rows):
+        return self._lookup(self.encode(rows))
+
+    def table_counts(self, n_rows):
+        """Op-count fields for ``n_rows`` encoded rows (one image's worth in ``count``)."""
+        C, K, Ds, M = self.codebooks, self.prototypes, self.Ds, self.M
+        return dict(encode_macs=n_rows * K * C * Ds, encode_cmps=n_rows * C * (K - 1),
+                    lookups=n_rows * M * C, lookup_adds=n_rows * M * (C - 1),
+                    bias_adds=n_rows * M if "bias" in self.params else 0)
+
+
+_EMPTY = np.zeros(0, np.float32)
+
+
+@register
+class TableConv2d(_TableMixin, Module):
+    """Convolution computed by table lookups (interchangeable with :class:`~tabconv_np.layers.Conv2d`).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation :
+        As in ``Conv2d`` (groups are not supported).
+    codebooks : int
+        ``C``, subspaces of the ``D = in_channels*kh*kw`` row.
+    prototypes : int
+        ``K``, prototypes per subspace.
+    bias : bool
+
+    Parameters (``params``): ``prototypes`` (C, K, Ds), ``table`` (C, K, out_channels),
+    ``bias`` (out_channels,).
+
+    Op counts per output position: ``K*C*Ds`` encoding multiply-adds,
+    ``C*(K-1)`` comparisons, ``C*M`` lookups and ``(C-1)*M`` adds (+ ``M``
+    bias adds), ``M = out_channels``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 codebooks=8, prototypes=256, bias=True):
+        Module.__init__(self)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = tuple(int(p) for p in padding) if isinstance(padding, (list, tuple)) else int(padding)
+        self.dilation = pair(dilation, "dilation")
+        D = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self._init_tables(D, self.out_channels, codebooks, prototypes, bias)
+
+    @classmethod
+    def from_conv(cls, conv, prototypes):
+        """The table version of ``conv`` (a ``Conv2d``, BN already folded) with the given
+        prototypes ``(C, K, Ds)``; the table is built from ``conv``'s weights."""
+        if conv.groups != 1:
+            raise ConfigError(f"TableConv2d: grouped convolutions (groups={conv.groups}) are not supported")
+        P = np.asarray(prototypes, np.float32)
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, codebooks=P.shape[0], prototypes=P.shape[1], bias="bias" in conv.params)
+        w = conv.params["weight"]
+        return layer.set_tables(P, w.reshape(w.shape[0], -1).T, conv.params.get("bias"))
+
+    def config(self):
+        return {"type": "TableConv2d", "in_channels": self.in_channels,
+                "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride),
+                "padding": list(self.padding) if isinstance(self.padding, tuple) else self.padding,
+                "dilation": list(self.dilation), "codebooks": self.codebooks,
+                "prototypes": self.prototypes, "bias": "bias" in self.params}
+
+    def lower(self, x, layout="NCHW"):
+        """im2col rows ``(N*Ho*Wo, D)`` of a batch and ``(N, Ho, Wo)``."""
+        from .functional import im2col_rows
+        c = x.shape[channel_axis(layout)] if np.ndim(x) == 4 else None
+        if c != self.in_channels:
+            raise ShapeError(f"TableConv2d: expected a 4-d {layout} batch with {self.in_channels} "
+                             f"channels, got shape {np.shape(x)}")
+        return im2col_rows(x, self.kernel_size, self.stride, self.padding, self.dilation, layout)
+
+    def forward(self, x, layout):
+        rows, (N, Ho, Wo) = self.lower(x, layout)
+        y = self._rows_forward(rows).reshape(N, Ho, Wo, self.M)
+        if layout == "NCHW":
+            return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        return y
+
+    def out_shape(self, in_shape):
+        from .functional import conv_output_size
+        c, h, w = in_shape
+        if c != self.in_channels:
+            raise ShapeError(f"TableConv2d: expected {self.in_channels} input channels, got shape {in_shape}")
+        ho, wo = conv_output_size((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
+        return (self.out_channels, ho, wo)
+
+    def count(self, in_shape, name):
+        from .functional import lowering_workspace_bytes
+        from .ops import row
+        out = self.out_shape(in_shape)
+        ws = lowering_workspace_bytes(in_shape[0], in_shape[1], in_shape[2], self.kernel_size[0],
+                                      self.kernel_size[1], self.stride, self.padding, self.dilation)
+        return [row(name, self, in_shape, out, im2col_bytes=ws["im2col"],
+                    **self.table_counts(out[1] * out[2]))]
+
+
+@register
+class TableLinear(_TableMixin, Module):
+    """Linear layer computed by table lookups (interchangeable with :class:`~tabconv_np.layers.Linear`).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    codebooks, prototypes : int
+        ``C`` subspaces of the ``D = in_features`` input, ``K`` prototypes each.
+    bias : bool
+    """
+
+    def __init__(self, in_features, out_features, codebooks=8, prototypes=256, bias=True):
+        Module.__init__(self)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self._init_tables(self.in_features, self.out_features, codebooks, prototypes, bias)
+
+    @classmethod
+    def from_linear(cls, linear, prototypes):
+        """The table version of ``linear`` with the given prototypes ``(C, K, Ds)``."""
+        P = np.asarray(prototypes, np.float32)
+        layer = cls(linear.in_features, linear.out_features, codebooks=P.shape[0],
+                    prototypes=P.shape[1], bias="bias" in linear.params)
+        return layer.set_tables(P, linear.params["weight"].T, linear.params.get("bias"))
+
+    def config(self):
+        return {"type": "TableLinear", "in_features": self.in_features,
+                "out_features": self.out_features, "codebooks": self.codebooks,
+                "prototypes": self.prototypes, "bias": "bias" in self.params}
+
+    def forward(self, x, layout):
+        if np.ndim(x) != 2 or x.shape[1] != self.in_features:
+            raise ShapeError(f"TableLinear: expected a (N, {self.in_features}) batch, got {np.shape(x)}")
+        return self._rows_forward(x)
+
+    def out_shape(self, in_shape):
+        if tuple(in_shape) != (self.in_features,):
+            raise ShapeError(f"TableLinear: expected input ({self.in_features},), got {tuple(in_shape)}")
+        return (self.out_features,)
+
+    def count(self, in_shape, name):
+        from .ops import row
+        return [row(name, self, in_shape, self.out_shape(in_shape), **self.table_counts(1))]
+
+
+def warmup():
+    """Compile (or load from the on-disk cache) every table kernel, serial and parallel,
+    for both code dtypes (uint8 for K <= 256, uint16 above)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3, 10)).astype(np.float32)
+    P = rng.standard_normal((3, 4, 4)).astype(np.float32)
+    W = rng.standard_normal((10, 5)).astype(np.float32)
+    T = np.empty((3, 4, 5), np.float32)
+    y = np.empty((3, 5), np.float32)
+    b = np.zeros(5, np.float32)
+    for par_ser in range(2):
+        _k.build_table[par_ser](P, W, T)
+        for dt in (np.uint8, np.uint16):
+            codes = np.empty((3, 3), dt)
+            _k.encode[par_ser](X, P, codes)
+            _k.lookup[par_ser](codes, T, b, True, y)
+    return True
