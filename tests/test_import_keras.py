@@ -299,7 +299,7 @@ def test_damaged_keras_files_raise_project_errors(data, tmp_path_factory, layout
     blob = src.read_bytes()
     n, path = len(blob), str(d / "damaged.h5")
 
-    @settings(max_examples=50, deadline=None, derandomize=True,
+    @settings(max_examples=50, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.data())
     def run(data):

@@ -282,7 +282,7 @@ def test_damaged_onnx_files_raise_project_errors(blob, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("fuzz") / "damaged.onnx")
     n = len(blob)
 
-    @settings(max_examples=80, deadline=None, derandomize=True,
+    @settings(max_examples=80, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.data())
     def run(data):
