@@ -5,6 +5,8 @@
     tabconv eval MODEL.h5 [--dataset sample] [--split test] [--limit N] [--batch B] [--json]
     tabconv warmup
     tabconv import SOURCE -o MODEL.h5 [--arch NAME | --spec SPEC.json] [--input 1x28x28] [--classes N]
+    tabconv convert MODEL.h5 -o TABLE.h5 --codebooks C --prototypes K [--mask-rate M] [--switches 1,0,...]
+    tabconv demo [--json]
 """
 import argparse
 import json
@@ -103,6 +105,9 @@ def build_parser():
     from .importers.dispatch import add_arguments, cli_import
     add_arguments(i)
     i.set_defaults(func=cli_import)
+
+    from .demo import add_cli_parsers as add_tabconv_parsers  # convert, demo
+    add_tabconv_parsers(sub)
     return p
 
 

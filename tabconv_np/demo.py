@@ -1,0 +1,265 @@
+"""``tabconv demo`` and ``tabconv convert``: TabConv end to end on the shipped model.
+
+The demo loads ``weights/resnet18-paper_fashion-mnist.h5``, converts it to a
+table network on the 1000 shipped Fashion-MNIST *training* images (the
+calibration sample), and compares exact and table accuracy on the 1000
+shipped *test* images, with the operation reduction under both conventions
+(see :func:`tabconv_np.convert.op_reduction`), storage and latency::
+
+    tabconv demo            # text report
+    tabconv demo --json     # one JSON object
+
+This module imports nothing heavy at load time: the CLI builds its parser
+from :func:`add_cli_parsers` on every invocation.
+"""
+import json
+import os
+import sys
+import time
+
+#: The default demo model, relative to the repository root.
+DEFAULT_MODEL = os.path.join("weights", "resnet18-paper_fashion-mnist.h5")
+
+#: Default conversion of the demo (ResNet-18 "paper", 1x28x28): every switch
+#: a table except the stem (D = 9: 0.35% of the MACs; kept exact by
+#: ``DEMO_SWITCHES``); subspaces of about 32 columns (``"D/32"``); K = 256.
+DEMO_SETTINGS = {"codebooks": "D/32", "prototypes": 256, "switches": None, "mask_rate": None,
+                 "max_rows": 20_000, "iters": 8}
+
+
+def repo_root():
+    """The directory holding ``tabconv_np/`` (the repository root in a checkout)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def find_model(path=None):
+    """``path`` if given, else the shipped demo model; TabConvError when it is missing."""
+    from .errors import WeightFileError
+    p = path or os.path.join(repo_root(), DEFAULT_MODEL)
+    if not os.path.exists(p):
+        raise WeightFileError(f"{p}: no such file; the demo needs the trained ResNet-18 "
+                              f"({DEFAULT_MODEL} in the repository) or --model PATH")
+    return p
+
+
+def _parse_list(text, kind):
+    """``"8"`` -> 8, ``"D/32"`` -> "D/32", ``"4,8,D/32"`` -> [4, 8, "D/32"] (one per switch)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    vals = []
+    for p in parts:
+        if kind is int or not p.lower().startswith("d/"):
+            try:
+                vals.append(int(p))
+                continue
+            except ValueError:
+                from .errors import ConfigError
+                raise ConfigError(f"expected an int{' or D/<ds>' if kind is not int else ''}, "
+                                  f"got {p!r}") from None
+        vals.append(p)
+    return vals[0] if len(vals) == 1 else vals
+
+
+def accuracy(net, images, labels, batch=250):
+    """Top-1 accuracy of ``net`` and the seconds ``predict`` took."""
+    import numpy as np
+    t0 = time.perf_counter()
+    logits = net.predict(images, batch=batch)
+    dt = time.perf_counter() - t0
+    return float(np.mean(logits.argmax(1) == labels)), dt
+
+
+def batch1_latency(net, image, repeats=5):
+    """Median seconds of one single-image ``predict`` (after one warm-up call)."""
+    import numpy as np
+    net.predict(image[None])
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        net.predict(image[None])
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None, switches=None,
+             mask_rate=None, seed=0, progress=None, max_rows=None, iters=None, calibrate="approx",
+             latency=True):
+    """Convert the demo model and measure it; returns the report dict (see ``tabconv demo --json``).
+
+    Parameters mirror :func:`tabconv_np.convert.convert`; ``None`` takes the
+    value of ``DEMO_SETTINGS``.  ``calib`` / ``test``: how many of the shipped
+    sample's training / test images to use (at most 1000 each).
+    """
+    from .convert import convert, op_reduction
+    from .data import load_dataset
+    from .io import load
+    t0 = time.perf_counter()
+    path = find_model(model)
+    net = load(path)
+    xc, _ = load_dataset("sample", "train", limit=calib)
+    xt, yt = load_dataset("sample", "test", limit=test)
+    s = DEMO_SETTINGS
+    opts = dict(codebooks=s["codebooks"] if codebooks is None else codebooks,
+                prototypes=s["prototypes"] if prototypes is None else prototypes,
+                switches=s["switches"] if switches is None else switches,
+                mask_rate=s["mask_rate"] if mask_rate is None else mask_rate,
+                max_rows=s["max_rows"] if max_rows is None else max_rows,
+                iters=s["iters"] if iters is None else iters)
+    res = convert(net, xc, seed=seed, progress=progress, calibrate=calibrate, **opts)
+    exact_acc, exact_s = accuracy(res.exact, xt, yt)
+    table_acc, table_s = accuracy(res.network, xt, yt)
+    norefit_acc = None
+    if res.refit:
+        norefit_acc, _ = accuracy(res.network_without_refit(), xt, yt)
+    red = op_reduction(res.network, res.exact)
+    out = {
+        "model": os.path.relpath(path) if not os.path.isabs(model or "") else path,
+        "arch": net.meta.get("arch"), "dataset": net.meta.get("dataset"),
+        "calibration_images": int(len(xc)), "test_images": int(len(xt)),
+        "settings": {k: v for k, v in opts.items()},
+        "switches": res.switches, "on": [int(v) for v in res.on], "masked": res.masked,
+        "layers": [{k: r[k] for k in ("name", "D", "C", "K", "rows", "rows_used", "rel_error")}
+                   for r in res.layers],
+        "exact_accuracy": exact_acc, "table_accuracy": table_acc,
+        "retention": table_acc / exact_acc if exact_acc else 0.0,
+        "table_accuracy_without_refit": norefit_acc,
+        "op_reduction": {"paper": red["paper"]["reduction"], "full": red["full"]["reduction"]},
+        "ops": {k: {kk: red[k][kk] for kk in ("cost", "exact", "convention")} for k in ("paper", "full")},
+        "storage_bytes": red["storage"]["network_bytes"],
+        "storage": red["storage"],
+        "conversion_seconds": res.seconds,
+        "throughput": {"exact_ms_per_image": 1e3 * exact_s / len(xt),
+                       "table_ms_per_image": 1e3 * table_s / len(xt), "batch": 250},
+        "notes": res.notes,
+    }
+    if latency:
+        out["latency_batch1_ms"] = {"exact": 1e3 * batch1_latency(res.exact, xt[0]),
+                                    "table": 1e3 * batch1_latency(res.network, xt[0])}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def format_report(r):
+    """The text report of :func:`run_demo`'s dict."""
+    mb = 1 / 2**20
+    st = r["storage"]
+    lines = [
+        f"model      {r['model']} ({r['arch']}, {r['dataset']})",
+        f"data       calibration: {r['calibration_images']} shipped Fashion-MNIST training images; "
+        f"test: {r['test_images']} shipped test images",
+        f"settings   codebooks={r['settings']['codebooks']} prototypes={r['settings']['prototypes']} "
+        f"mask_rate={r['settings']['mask_rate']} switches on: "
+        f"{sum(r['on'])}/{len(r['on'])} ({', '.join(n for n, o in zip(r['switches'], r['on']) if not o) or 'none'} exact)",
+        f"accuracy   exact {100 * r['exact_accuracy']:.2f}%   table {100 * r['table_accuracy']:.2f}%   "
+        f"retention {100 * r['retention']:.1f}%"
+        + (f"   (table without classifier refit: {100 * r['table_accuracy_without_refit']:.2f}%)"
+           if r.get("table_accuracy_without_refit") is not None else ""),
+        f"ops        paper convention: {100 * r['op_reduction']['paper']:.2f}% fewer "
+        f"({r['ops']['paper']['cost'] / 1e6:.2f} M lookups+adds+exact MACs vs "
+        f"{r['ops']['paper']['exact'] / 1e6:.2f} M MACs)",
+        f"           full convention:  {100 * r['op_reduction']['full']:.2f}% fewer "
+        f"({r['ops']['full']['cost'] / 1e6:.2f} M vs {r['ops']['full']['exact'] / 1e6:.2f} M "
+        f"arithmetic ops, encoding included)",
+        f"storage    network {r['storage_bytes'] * mb:.1f} MiB (exact {st['exact_network_bytes'] * mb:.1f} MiB); "
+        f"table layers {st['table_bytes'] * mb:.1f} MiB replace {st['replaced_weight_bytes'] * mb:.1f} MiB of weights",
+        f"speed      batch 250: exact {r['throughput']['exact_ms_per_image']:.3f} ms/image, "
+        f"table {r['throughput']['table_ms_per_image']:.3f} ms/image"
+        + (f"; batch 1: exact {r['latency_batch1_ms']['exact']:.2f} ms, table "
+           f"{r['latency_batch1_ms']['table']:.2f} ms" if "latency_batch1_ms" in r else ""),
+        f"time       conversion {r['conversion_seconds']:.1f} s, whole demo {r['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ CLI
+def _cmd_demo(args):
+    r = run_demo(args.model, calib=args.calib, test=args.test,
+                 codebooks=_parse_list(args.codebooks, str), prototypes=_parse_list(args.prototypes, int),
+                 switches=args.switches, mask_rate=args.mask_rate, seed=args.seed,
+                 progress=False if args.json else None, calibrate=args.calibrate,
+                 latency=not args.no_latency)
+    print(json.dumps(r) if args.json else format_report(r))
+
+
+def _calibration_images(net, dataset, n, seed):
+    """``n`` training images for calibration: the sample's, or a seeded subset of ``dataset``."""
+    import numpy as np
+    from .data import load_dataset
+    if dataset is None:
+        ds = net.meta.get("dataset")
+        dataset = "sample" if ds in (None, "fashion-mnist", "sample") else ds
+    x, _ = load_dataset(dataset, "train")
+    if n is not None and n < len(x):
+        idx = np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))
+        x = x[idx]
+    return x, dataset
+
+
+def _cmd_convert(args):
+    from .convert import convert, op_reduction
+    from .io import load, save
+    net = load(args.model)
+    xc, dataset = _calibration_images(net, args.calib_dataset, args.calib, args.seed)
+    res = convert(net, xc, codebooks=_parse_list(args.codebooks, str),
+                  prototypes=_parse_list(args.prototypes, int), switches=args.switches,
+                  mask_rate=args.mask_rate, refit_classifier=not args.no_refit, seed=args.seed,
+                  progress=None if not args.json else False, calibrate=args.calibrate,
+                  max_rows=args.max_rows, iters=args.iters)
+    res.network.meta["tabconv"]["calibration_dataset"] = dataset
+    save(res.network, args.output)
+    red = op_reduction(res.network, res.exact)
+    if args.json:
+        d = res.to_dict()
+        d.update(output=args.output, op_reduction=red, calibration_dataset=dataset)
+        print(json.dumps(d))
+        return
+    print(res.summary())
+    print(f"op reduction: paper {100 * red['paper']['reduction']:.2f}% "
+          f"(lookups+adds+exact MACs vs exact MACs), full {100 * red['full']['reduction']:.2f}% "
+          f"(all arithmetic, encoding included)")
+    st = red["storage"]
+    print(f"storage: {st['network_bytes'] / 2**20:.1f} MiB (exact network {st['exact_network_bytes'] / 2**20:.1f} MiB)")
+    print(f"calibrated on {len(xc)} {dataset} training images in {res.seconds:.1f} s; wrote {args.output}")
+
+
+def add_cli_parsers(sub):
+    """Add the ``convert`` and ``demo`` subcommands to the ``tabconv`` parser's subparsers."""
+    c = sub.add_parser("convert", help="convert a network to table lookups (TabConv)")
+    c.add_argument("model", help="a tabconv_np HDF5 file")
+    c.add_argument("-o", "--output", required=True, help="where to write the table network (HDF5)")
+    c.add_argument("--codebooks", default="8",
+                   help="C per layer: an int, D/<ds> (ceil(D/ds) subspaces), or a comma list per switch")
+    c.add_argument("--prototypes", default="256", help="K per layer (2..16384), or a comma list per switch")
+    c.add_argument("--mask-rate", type=float, help="priority masking rate M in percent")
+    c.add_argument("--switches", help="comma list of 0/1, one per switch (1: table)")
+    c.add_argument("--calib", type=int, default=1000, help="calibration images (training split)")
+    c.add_argument("--calib-dataset", help="data set of the calibration images (default: the shipped "
+                   "sample for Fashion-MNIST models, else the model's data set)")
+    c.add_argument("--calibrate", default="approx", choices=["approx", "exact"],
+                   help="learn prototypes from the table network's activations (approx) or the exact ones")
+    c.add_argument("--max-rows", type=int, default=50_000, help="k-means rows per layer (seeded subsample)")
+    c.add_argument("--iters", type=int, default=16, help="Lloyd iterations")
+    c.add_argument("--no-refit", action="store_true", help="do not refit the final Linear")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cmd_convert)
+
+    d = sub.add_parser("demo", help="convert the shipped ResNet-18 and compare it with the exact one")
+    d.add_argument("--model", help=f"model file (default {DEFAULT_MODEL} in the repository)")
+    d.add_argument("--calib", type=int, default=1000, help="calibration images (shipped training sample)")
+    d.add_argument("--test", type=int, default=1000, help="test images (shipped test sample)")
+    d.add_argument("--codebooks", help=f"default {DEMO_SETTINGS['codebooks']}")
+    d.add_argument("--prototypes", help=f"default {DEMO_SETTINGS['prototypes']}")
+    d.add_argument("--mask-rate", type=float)
+    d.add_argument("--switches", help="comma list of 0/1, one per switch")
+    d.add_argument("--calibrate", default="approx", choices=["approx", "exact"])
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency measurement")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=_cmd_demo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from .cli import main
+    sys.exit(main(["demo"] + sys.argv[1:]))
