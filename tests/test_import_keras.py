@@ -97,22 +97,27 @@ def _keras_forward(layers, x_nhwc):
 
 
 # --- writing the files (the layouts Keras writes) ------------------------------------------------------
-def _keras2_config(layers):
+def _keras2_config(layers, functional=False):
     body = [{"class_name": "InputLayer", "config": {"batch_input_shape": [None, *INPUT], "name": "input_1"}}]
     body += [{"class_name": c, "config": cfg} for c, cfg, _ in layers]
-    return {"class_name": "Sequential", "config": {"name": "sequential", "layers": body},
-            "keras_version": "2.13.1", "backend": "tensorflow"}
+    if functional:          # Keras 2 functional form: every layer names the layer it is called on
+        for prev, layer in zip(body, body[1:]):
+            layer["name"] = layer["config"]["name"]
+            layer["inbound_nodes"] = [[[prev["config"]["name"], 0, 0, {}]]]
+        body[0]["inbound_nodes"] = []
+    return {"class_name": "Functional" if functional else "Sequential",
+            "config": {"name": "model", "layers": body}, "keras_version": "2.13.1", "backend": "tensorflow"}
 
 
 _K2_NAMES = {"Conv2D": ["kernel", "bias"], "Dense": ["kernel", "bias"],
              "BatchNormalization": ["gamma", "beta", "moving_mean", "moving_variance"]}
 
 
-def _write_keras2(path, layers, with_config=True):
+def _write_keras2(path, layers, with_config=True, config=None):
     with h5py.File(path, "w") as f:
         root = f.create_group("model_weights") if with_config else f
         if with_config:
-            f.attrs["model_config"] = json.dumps(_keras2_config(layers))
+            f.attrs["model_config"] = json.dumps(config or _keras2_config(layers))
             f.attrs["keras_version"] = "2.13.1"
         root.attrs["layer_names"] = np.array([cfg["name"].encode() for _, cfg, _ in layers])
         for cls, cfg, ws in layers:
@@ -226,6 +231,17 @@ def test_cli_keras2_model(data, tmp_path, capsys):
     assert main(["import", src, "-o", out, "--classes", "5"]) == 0
     assert "final softmax" in capsys.readouterr().err
     _check(tabconv_np.load(out), x, ref)
+
+
+def test_functional_models(data, tmp_path):
+    layers, x, ref = data
+    cfg = _keras2_config(layers, functional=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _check(import_model(_write_keras2(tmp_path / "f.h5", layers, config=cfg)), x, ref)
+    cfg["config"]["layers"][5]["inbound_nodes"] = [[["batch_normalization", 0, 0, {}]]]   # a skip
+    with pytest.raises(ConfigError, match="'re_lu' \\(ReLU\\) takes \\['batch_normalization'\\].*chain-shaped"):
+        import_model(_write_keras2(tmp_path / "branch.h5", layers, config=cfg))
 
 
 def test_gap_relu6_avgpool_asymmetric_same_and_epsilon(tmp_path):

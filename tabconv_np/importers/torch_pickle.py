@@ -170,6 +170,10 @@ _MODEL_MODULES = ("__main__", "__torch__", "torch.nn", "torch.jit", "torchvision
 def refusal_message(module, name, where):
     """Why the global ``module.name`` is refused, and what to do instead."""
     full = f"{module}.{name}"
+    if module == "torch._utils" and name.startswith("_rebuild_"):
+        return (f"{where}: the pickle holds a kind of tensor this reader does not support ({full}: "
+                f"quantized, sparse or nested); convert the state dict's tensors to dense float "
+                f"tensors before torch.save")
     if module.split(".")[0] in ("__main__", "__torch__") or module.startswith(_MODEL_MODULES) \
             or name[:1].isupper():
         what = (f"{where}: the pickle holds an object of class {full!r} (a whole model saved with "
