@@ -159,20 +159,39 @@ def _layout(layout):
 
 
 # ------------------------------------------------------------------ methods
-#: Below this many input channels per group the direct kernel beats a GEMM
-#: (depthwise and narrow grouped convolutions); set from bench/conv_layers.py.
+#: Grouped convolutions with at most this many input channels per group
+#: (depthwise included) go to the direct kernel; wider groups to MEC.
+#: From bench/conv_layers.py-style timings (docs/bench_conv.md): with 8-64
+#: groups im2col's stacked per-group GEMMs are tiny and slow, direct wins up
+#: to about 4-8 channels per group, MEC beyond.
 DIRECT_MAX_GROUP_CHANNELS = 4
 
 
 def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N=1):
     """The method ``method="auto"`` uses for this convolution.
 
-    ``direct`` when each group has few input channels (depthwise, narrow
-    groups: the GEMMs would be tiny), ``im2col`` otherwise (fastest in
-    ``docs/bench_conv.md`` on every ResNet-18 layer).
+    * ``groups > 1`` and at most ``DIRECT_MAX_GROUP_CHANNELS`` input channels
+      per group (depthwise, narrow groups): ``direct``;
+    * other grouped convolutions: ``mec`` (one GEMM per group and output
+      row instead of one per group and image chunk);
+    * ``groups == 1``: ``im2col``, the fastest on every ResNet-18 layer in
+      ``docs/bench_conv.md``.
+
+    Parameters
+    ----------
+    C, H, W : int
+        Input channels and size.
+    C_out : int
+    kernel_size, stride, dilation : int or pair
+    groups, N : int
+
+    Returns
+    -------
+    str
+        One of ``"im2col"``, ``"mec"``, ``"direct"``.
     """
-    if C // groups <= DIRECT_MAX_GROUP_CHANNELS and groups > 1:
-        return "direct"
+    if groups > 1:
+        return "direct" if C // groups <= DIRECT_MAX_GROUP_CHANNELS else "mec"
     return "im2col"
 
 

@@ -366,6 +366,7 @@ def test_dtype_cast_and_empty_batch():
 
 def test_auto_picks_direct_for_depthwise():
     assert F.choose_method(32, 8, 8, 32, 3, groups=32) == "direct"
+    assert F.choose_method(64, 8, 8, 64, 3, groups=4) == "mec"
     assert F.choose_method(64, 8, 8, 64, 3) == "im2col"
 
 

@@ -9,11 +9,19 @@ so ``rows`` has shape ``(N*Ho*Wo, C*kh*kw)`` and column order ``(C, kh, kw)``,
 the same as ``weight.reshape(C_out, -1)``.  The convolution is then one matrix
 product per group: ``rows[:, group columns] @ weight_g.reshape(C_out_g, -1).T``.
 This exact row layout is also what the table-lookup (TabConv/PQ) layers
-encode, so ``lower_nchw`` / ``lower_nhwc`` are shared with them through
+encode, so ``lower_nchw`` / ``lower_nhwc`` build it for
 :func:`tabconv_np.functional.im2col_rows`.
 
+The convolution itself (:func:`conv2d_im2col`) lowers to the same matrix with
+its columns permuted to (group, kh, kw, C/group) order (:func:`_lower_gijc`),
+from NHWC data: every kernel tap is then one contiguous copy of the channels,
+several times faster to build, and the weight is permuted to match.
+
 Kernels here do no validation: the caller passes float32 arrays of the right
-shapes, non-negative paddings and a preallocated ``out``.
+shapes, non-negative paddings and a preallocated ``out``.  Inner copy loops
+run over views indexed from 0, so that Numba can prove the index
+non-negative, drop its negative-index wraparound test and vectorise
+(RESEARCH.md section 5 lists the other Numba rules followed here).
 """
 import numba
 import numpy as np
