@@ -1,0 +1,55 @@
+"""Accuracy and throughput of a network on a labelled image set."""
+import time
+
+import numpy as np
+
+from .errors import ShapeError
+from .progress import Progress
+
+__all__ = ["evaluate"]
+
+
+def evaluate(net, images, labels, batch=64, progress=None):
+    """Top-1 accuracy of ``net`` on ``images`` / ``labels``.
+
+    Parameters
+    ----------
+    net : Network
+        Anything with ``predict(images) -> logits`` (tabconv_np.Network, including
+        converted table networks).
+    images : ndarray (N, C, H, W)
+        uint8, or floats in [0, 1]; ``net.predict`` applies the network's preprocess.
+    labels : ndarray (N,)
+        Integer class labels.
+    batch : int
+        Images per forward pass.
+    progress : None, bool
+        Show a progress bar on stderr: None = when stderr is a terminal.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (fraction), ``correct``, ``images``, ``seconds`` (wall time of
+        the forward passes), ``images_per_s``.
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels).reshape(-1)
+    if images.ndim != 4:
+        raise ShapeError(f"evaluate: images must be (N, C, H, W), got shape {images.shape}")
+    if len(images) != len(labels):
+        raise ShapeError(f"evaluate: {len(images)} images but {len(labels)} labels")
+    if not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ShapeError(f"evaluate: batch must be a positive int, got {batch!r}")
+    n = len(images)
+    correct = 0
+    seconds = 0.0
+    with Progress(n, "evaluate", enabled=progress) as bar:
+        for i in range(0, n, batch):
+            xb = images[i:i + batch]
+            t0 = time.perf_counter()
+            logits = np.asarray(net.predict(xb))
+            seconds += time.perf_counter() - t0
+            correct += int((logits.argmax(axis=1) == labels[i:i + batch]).sum())
+            bar.update(len(xb))
+    return {"accuracy": correct / n if n else float("nan"), "correct": correct, "images": n,
+            "seconds": seconds, "images_per_s": n / seconds if seconds > 0 else float("nan")}
