@@ -110,8 +110,10 @@ def test_depthwise_matches_naive(case):
 
 @pytest.mark.parametrize("chunk_bytes, min_rows", [(1, 1), (1, 10_000), (1 << 30, 1)])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_chunking_paths(monkeypatch, chunk_bytes, min_rows, layout):
-    """One image per chunk, several, and the whole batch: same result."""
+@pytest.mark.parametrize("gijc_rows", [0, 10 ** 9])
+def test_chunking_paths(monkeypatch, chunk_bytes, min_rows, layout, gijc_rows):
+    """One image per chunk, several, and the whole batch; both lowerings."""
+    monkeypatch.setattr(im2col, "GIJC_MIN_ROWS_PER_OUTPUT", gijc_rows)
     monkeypatch.setattr(im2col, "CHUNK_BYTES", chunk_bytes)
     monkeypatch.setattr(im2col, "MIN_CHUNK_ROWS", min_rows)
     monkeypatch.setattr(mec, "CHUNK_BYTES", chunk_bytes)

@@ -38,6 +38,10 @@ CHUNK_BYTES = 4 << 20
 #: (a few output positions per image in late ResNet stages) waste BLAS's
 #: packing of the weight matrix.
 MIN_CHUNK_ROWS = 256
+#: The (group, kh, kw, C) lowering (with a permuted copy of the weight) is
+#: used when the batch has at least this many output positions per output
+#: channel; below, the (C, kh, kw) lowering with the weight as it is.
+GIJC_MIN_ROWS_PER_OUTPUT = 2
 
 
 def _valid_range_py(off, step, limit, count):
@@ -214,6 +218,19 @@ swap_last2 = kernel(_swap_last2)
 SWAP_BLOCK = 64
 
 
+def weight_ijc(weight):
+    """The weight as (C_out, kh*kw*Cg) with columns in (kh, kw, Cg) order.
+
+    ``weight_ijc(w)[o, (i*kw + j)*Cg + c] == w[o, c, i, j]``; the matrix the
+    (g, kh, kw, c) lowerings multiply with (group ``g`` owns rows
+    ``[g*Cog, (g+1)*Cog)``).
+    """
+    # no copy when kh*kw == 1 or Cg == 1 (the permutation is the identity);
+    # otherwise one pass over the weight, memory-bound (a Numba kernel doing
+    # per-channel transposes in L1 was no faster)
+    return np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(weight.shape[0], -1)
+
+
 def to_nhwc(x):
     """C-contiguous NHWC copy of an NCHW float32 array (parallel when large)."""
     N, C, H, W = x.shape
@@ -330,13 +347,31 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
                   weight.reshape(G, Cog, Kg).transpose(0, 2, 1),
                   out=out.reshape(N * P, G, Cog).transpose(1, 0, 2))
     else:
-        # wmat[g, o, (i*kw + j)*Cg + c] = weight[g*Cog + o, c, i, j]
-        wmat = np.ascontiguousarray(
-            weight.reshape(G, Cog, Cg, kh, kw).transpose(0, 1, 3, 4, 2)).reshape(G, Cog, Kg)
-        wT = wmat.transpose(0, 2, 1)                                   # (G, Kg, Cog)
         nb = _images_per_chunk(N, P, K)
         buf = np.empty((nb * P, K), np.float32)
-        lowk = pick(lower_gijc, buf.size)
+        # The fast (g, kh, kw, c) lowering needs the weight permuted to match,
+        # a strided copy of C_out*K floats per call: worth it only when there
+        # are more rows than weights to copy (measured: the permuted copy
+        # costs ~0.6 ns/float, the fast lowering ~0.1 and the (C, kh, kw)
+        # one ~0.5 ns per lowered float).  Late layers at small batch lower
+        # in (C, kh, kw) order against the weight as it is.
+        fast = N * P >= GIJC_MIN_ROWS_PER_OUTPUT * C_out
+        if fast:
+            # wmat[g, o, (i*kw + j)*Cg + c] = weight[g*Cog + o, c, i, j]
+            wmat = weight_ijc(weight).reshape(G, Cog, Kg)
+            gk = pick(lower_gijc, buf.size)
+
+            def lowk(xh, rows):
+                gk(xh, G, kh, kw, stride[0], stride[1], padding[0], padding[2],
+                   dilation[0], dilation[1], Ho, Wo, rows)
+        else:
+            wmat = weight.reshape(G, Cog, Kg)
+            hk = pick(lower_nhwc, buf.size)
+
+            def lowk(xh, rows):
+                hk(xh, kh, kw, stride[0], stride[1], padding[0], padding[2],
+                   dilation[0], dilation[1], Ho, Wo, rows)
+        wT = wmat.transpose(0, 2, 1)                                   # (G, Kg, Cog)
         nchw = layout == "NCHW"
         if nchw:
             # NCHW goes through NHWC one chunk at a time: the chunk's input is
@@ -359,8 +394,7 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
             else:
                 xh = x[n0:n1]
                 yc = y[:, n0 * P:n1 * P]
-            lowk(xh, G, kh, kw, stride[0], stride[1], padding[0], padding[2],
-                 dilation[0], dilation[1], Ho, Wo, rows)
+            lowk(xh, rows)
             np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT, out=yc)
             if nchw:
                 np.copyto(out[n0:n1].reshape(m, C_out, P),

@@ -23,7 +23,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, pick
-from .im2col import CHUNK_BYTES, to_nhwc
+from .im2col import CHUNK_BYTES, to_nhwc, weight_ijc
 
 
 def _lower_mec(x, c0, Cg, kw, sw, pt, pl, dw, Hu, Wo, out):
@@ -102,9 +102,9 @@ def conv2d_mec(x, weight, bias, stride, padding, dilation, groups, layout, out_h
     # NCHW input: an NHWC copy (one pass over x; reading the transposed view
     # in the kernel instead is several times slower)
     xv = to_nhwc(x) if layout == "NCHW" else x
-    # K[g, (i*kw + j)*Cg + c, o] = weight[g*Cog + o, c, i, j]
-    Kmat = np.ascontiguousarray(
-        weight.reshape(G, Cog, Cg, kh, kw).transpose(0, 3, 4, 2, 1)).reshape(G, kh * kw * Cg, Cog)
+    # K[g, (i*kw + j)*Cg + c, o] = weight[g*Cog + o, c, i, j], as a transposed
+    # view of the (g, o, (i, j, c)) matrix (BLAS reads it with a trans flag)
+    Kmat = weight_ijc(weight).reshape(G, Cog, kh * kw * Cg).transpose(0, 2, 1)
     Y = np.empty((Ho, N * Wo, C_out), np.float32)
     row = Hu * kw * Cg                                  # floats per L row
     # images per chunk: keep L near CHUNK_BYTES
