@@ -43,6 +43,10 @@ __all__ = ["conv2d", "conv_output_size", "normalize_padding", "im2col_rows",
 # ---------------------------------------------------------------- arguments
 def _int(v, name, minimum):
     """``v`` as a Python int >= minimum (bools and floats refused)."""
+    if type(v) is int:                      # fast path (bool is not int here)
+        if v < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {v}")
+        return v
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise ConfigError(f"{name} must be an int, got {v!r} ({type(v).__name__})")
     v = operator.index(v)
@@ -53,6 +57,9 @@ def _int(v, name, minimum):
 
 def _pair(v, name, minimum=1):
     """int or pair of ints -> (int, int), each >= minimum."""
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int \
+            and v[0] >= minimum and v[1] >= minimum:
+        return v                            # fast path
     if isinstance(v, (tuple, list, np.ndarray)):
         if len(v) != 2:
             raise ConfigError(f"{name} must be an int or a pair (h, w), got {v!r}")
@@ -164,7 +171,7 @@ def _layout(layout):
 #: From bench/conv_layers.py-style timings (docs/bench_conv.md): with 8-64
 #: groups im2col's stacked per-group GEMMs are tiny and slow, direct wins up
 #: to about 4-8 channels per group, MEC beyond.
-DIRECT_MAX_GROUP_CHANNELS = 4
+DIRECT_MAX_GROUP_CHANNELS = 8
 
 
 def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N=1):

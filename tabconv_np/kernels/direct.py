@@ -60,6 +60,8 @@ def _direct_phases(xs, weight, bias, dh, dw, groups, Ho, Wo, out):
     C_out, Cg, kh, kw = weight.shape
     Cog = C_out // groups
     L = (Ho - 1) * Wq + Wo
+    plane = Hq * Wq
+    xflat = xs.reshape(N, C, sh * sw * plane)
     for t in prange(N * C_out):
         n = t // C_out
         o = t - n * C_out
@@ -67,14 +69,16 @@ def _direct_phases(xs, weight, bias, dh, dw, groups, Ho, Wo, out):
         acc = np.empty(L, np.float32)
         acc[:] = bias[o]
         for c in range(Cg):
+            xc = xflat[n, c0 + c]
+            wc = weight[o, c]
             for i in range(kh):
                 rh = (i * dh) % sh
                 ai = (i * dh) // sh
                 for j in range(kw):
-                    rw = (j * dw) % sw
-                    b0 = ai * Wq + (j * dw) // sw
-                    wv = weight[o, c, i, j]
-                    xf = xs[n, c0 + c, rh, rw].reshape(Hq * Wq)[b0:b0 + L]
+                    # phase (rh, rw), then row ai and column bj inside it
+                    b0 = (rh * sw + (j * dw) % sw) * plane + ai * Wq + (j * dw) // sw
+                    wv = wc[i, j]
+                    xf = xc[b0:b0 + L]
                     for q in range(L):             # contiguous, vectorised
                         acc[q] += wv * xf[q]
         for p in range(Ho):
