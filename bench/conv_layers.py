@@ -49,8 +49,12 @@ def parse_args(argv=None):
     p.add_argument("--variants", default="cifar,paper")
     p.add_argument("--inputs", default="1x28x28,3x32x32")
     p.add_argument("--methods", default="im2col,mec,direct")
+    p.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"],
+                   help="layout of the package's methods (numpy and torch stay NCHW)")
     p.add_argument("--no-compile", action="store_true", help="skip the JIT compile timing")
     p.add_argument("--out", help="also write the markdown report here")
+    p.add_argument("--note", action="append", default=[],
+                   help="a line for the report's machine notes (repeatable)")
     a = p.parse_args(argv)
     if a.quick:
         a.repeat = min(a.repeat, 3)
@@ -119,18 +123,20 @@ def numpy_im2col_conv(x, w, stride, padding):
     return np.ascontiguousarray(y.reshape(N, Ho, Wo, C_out).transpose(0, 3, 1, 2))
 
 
-def make_runners(methods, torch):
-    runners = {"numpy": lambda x, w, s, p, xt, wt: numpy_im2col_conv(x, w, s, p)}
+def make_runners(methods, torch, layout):
+    """name -> fn(x_nchw, x_layout, w, stride, padding, x_torch, w_torch)."""
+    runners = {"numpy": lambda x, xl, w, s, p, xt, wt: numpy_im2col_conv(x, w, s, p)}
     for m in methods:
-        runners[m] = (lambda m: lambda x, w, s, p, xt, wt: F.conv2d(x, w, None, s, p, method=m))(m)
+        runners[m] = (lambda m: lambda x, xl, w, s, p, xt, wt:
+                      F.conv2d(xl, w, None, s, p, method=m, layout=layout))(m)
     if torch is not None:
         tF = torch.nn.functional
-        runners["torch"] = lambda x, w, s, p, xt, wt: tF.conv2d(xt, wt, None, s, p)
+        runners["torch"] = lambda x, xl, w, s, p, xt, wt: tF.conv2d(xt, wt, None, s, p)
     return runners
 
 
 def time_call(fn, repeat, min_sample=0.01):
-    """Median seconds per call over ``repeat`` samples of >= min_sample seconds each."""
+    """(median, min) seconds per call over ``repeat`` samples of >= min_sample s each."""
     fn()
     t0 = time.perf_counter()
     fn()
@@ -142,7 +148,7 @@ def time_call(fn, repeat, min_sample=0.01):
         for _ in range(loops):
             fn()
         samples.append((time.perf_counter() - t0) / loops)
-    return statistics.median(samples)
+    return statistics.median(samples), min(samples)
 
 
 def geomean(v):
@@ -186,6 +192,14 @@ def compile_times(threads):
 
 
 # -------------------------------------------------------------------- main
+def _blas_name():
+    try:
+        cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{cfg.get('name')} {cfg.get('version')}"
+    except Exception:                      # older numpy: no dict mode
+        return "?"
+
+
 def machine_info(threads, torch):
     import numba
     cpu = platform.processor() or "?"
@@ -201,6 +215,7 @@ def machine_info(threads, torch):
         "cpu": cpu, "cores": os.cpu_count(), "threads": threads,
         "python": platform.python_version(), "numpy": np.__version__,
         "numba": numba.__version__, "numba threading layer": None,
+        "BLAS": _blas_name(),
         "torch": torch.__version__ if torch is not None else "not installed",
         "load average at start": "%.2f %.2f %.2f" % os.getloadavg(),
     }
@@ -223,7 +238,7 @@ def main(args):
     batches = [int(b) for b in args.batch.split(",")]
     inputs = [tuple(int(v) for v in s.split("x")) for s in args.inputs.split(",")]
     variants = args.variants.split(",")
-    runners = make_runners(methods, torch)
+    runners = make_runners(methods, torch, args.layout)
     cols = list(runners)
     info = machine_info(args.threads, torch)
     rng = np.random.default_rng(0)
@@ -243,20 +258,21 @@ def main(args):
                 for L in layers:
                     x = rng.standard_normal((N, L["C"], L["H"], L["W"])).astype(np.float32)
                     w = rng.standard_normal((L["C_out"], L["C"], L["k"], L["k"])).astype(np.float32)
+                    xl = x if args.layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
                     xt = wt = None
                     if torch is not None:
                         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
                     Ho, Wo = F.conv_output_size((L["H"], L["W"]), L["k"], L["s"], L["p"])
                     macs = N * L["C_out"] * Ho * Wo * L["C"] * L["k"] ** 2
-                    times = {}
+                    times, best = {}, {}
                     ctx = torch.inference_mode() if torch is not None else None
                     if ctx is not None:
                         ctx.__enter__()
                     try:
                         for c in cols:
                             fn = runners[c]
-                            times[c] = time_call(
-                                lambda: fn(x, w, L["s"], L["p"], xt, wt), args.repeat)
+                            times[c], best[c] = time_call(
+                                lambda: fn(x, xl, w, L["s"], L["p"], xt, wt), args.repeat)
                     finally:
                         if ctx is not None:
                             ctx.__exit__(None, None, None)
@@ -271,7 +287,9 @@ def main(args):
                             cell += ")"
                         cells.append(cell)
                         tr = times[c] / times["torch"] if "torch" in times else float("nan")
-                        ratios.setdefault((N, c), []).append((r, tr))
+                        br = best[c] / best["numpy"]
+                        btr = best[c] / best["torch"] if "torch" in best else float("nan")
+                        ratios.setdefault((N, c), []).append((r, tr, br, btr))
                         key = (variant, shp, N, c)
                         net_total[key] = net_total.get(key, 0.0) + times[c] * L["count"]
                     lines.append(f"| {L['name']} | {L['C']}→{L['C_out']}, {L['k']}/{L['s']} | "
@@ -287,19 +305,35 @@ def main(args):
                 lines += [tot, "", "Cells: ms per call (ratio to numpy, ratio to torch `t`).", ""]
     # summary
     info["load average at end"] = "%.2f %.2f %.2f" % os.getloadavg()
+    info["wall time of the timings"] = f"{time.time() - t_start:.0f} s"
     info["numba threading layer"] = numba.threading_layer()
+    def f2(v):
+        return "–" if v != v else f"{v:.2f}"
+
     head = ["## Summary: geometric mean over layers of time / baseline time", "",
-            "| batch | method | vs numpy im2col | vs torch |", "|---:|---|---:|---:|"]
+            "| batch | method | vs numpy im2col (median) | vs torch (median) "
+            "| vs numpy (best sample) | vs torch (best sample) |",
+            "|---:|---|---:|---:|---:|---:|"]
     for N in batches:
         for c in cols:
             if c == "numpy":
                 continue
             rs = ratios[(N, c)]
-            g1 = geomean([r for r, _ in rs])
-            g2 = geomean([t for _, t in rs])
-            head.append(f"| {N} | {c} | {g1:.2f} | {'–' if g2 != g2 else f'{g2:.2f}'} |")
-    head += ["", "Below 1 is faster than the baseline."]
+            g = [geomean([r[k] for r in rs]) for k in range(4)]
+            head.append(f"| {N} | {c} | " + " | ".join(f2(v) for v in g) + " |")
+        if len(methods) > 1:
+            # per layer, the fastest of the package's methods
+            per = [ratios[(N, m)] for m in methods]
+            g = [geomean([min(r[i][k] for r in per) for i in range(len(per[0]))])
+                 for k in range(4)]
+            head.append(f"| {N} | best of {'/'.join(methods)} per layer | "
+                        + " | ".join(f2(v) for v in g) + " |")
+    head += ["", f"Layouts: the package's methods take and return {args.layout}; numpy "
+             "and torch run NCHW.  Below 1 is faster than the baseline.  \"median\" "
+             "compares the medians of the samples, \"best sample\" the fastest "
+             "samples (less sensitive to other load on the machine)."]
     meta = ["Machine and settings:", ""] + [f"- {k}: {v}" for k, v in info.items()]
+    meta += [f"- note: {n}" for n in args.note]
     meta += [f"- repeats: median of {args.repeat} samples (each >= 10 ms of calls)",
              f"- command: `python bench/conv_layers.py {' '.join(sys.argv[1:])}`", ""]
     lines = lines[:2] + meta + head + [""] + lines[2:]

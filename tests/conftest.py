@@ -49,11 +49,13 @@ def warm_conv_jit():
         k(xh, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
     for k in im2col.lower_gijc:
         k(xh, 2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
+    for k in im2col.lower_nchw_gijc:
+        k(x, 2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
     for k in im2col.swap_last2:
         k(x.reshape(2, 4, 30), np.empty((2, 30, 4), np.float32), 7)
-    L = np.empty((2 * 5, 8 * 3 * 2), np.float32)
+    L = np.empty((2, 2 * 5, 8 * 3 * 2), np.float32)
     for k in mec.lower_mec:
-        k(xh, 0, 2, 3, 1, 1, 1, 1, 8, 5, L)
+        k(xh, 2, 3, 1, 1, 1, 1, 8, 5, L)
     out = np.empty((2, 4, 6, 3), np.float32)
     xs = direct.phase_split(x, (1, 2), (1, 1, 1, 1), (1, 1), (3, 2), (6, 3))
     for k in direct.direct_phases:

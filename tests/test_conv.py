@@ -264,6 +264,8 @@ def test_serial_and_parallel_kernels_agree_bitwise(shape, k, s, p, d):
     for G in (1, C):
         a, b = _pair_outputs(im2col.lower_gijc, (xh, G) + args[1:], 12)
         assert np.array_equal(a, b)
+        a2, b2 = _pair_outputs(im2col.lower_nchw_gijc, (x, G) + args[1:], 12)
+        assert np.array_equal(a2, b2) and np.array_equal(a, a2)
         # the same matrix as the (C, kh, kw) rows, columns permuted
         perm = np.arange(C * kh * kw).reshape(G, C // G, kh, kw).transpose(0, 2, 3, 1).ravel()
         assert np.array_equal(a, c[:, perm])
@@ -274,9 +276,10 @@ def test_serial_and_parallel_kernels_agree_bitwise(shape, k, s, p, d):
     np.testing.assert_array_equal(im2col.to_nchw(xh), x)
 
     Hu = (Ho - 1) * s[0] + (kh - 1) * d[0] + 1
-    L = np.empty((N * Wo, Hu * kw * C), np.float32)
-    a, b = _pair_outputs(mec.lower_mec, (xh, 0, C, kw, s[1], p[0], p[1], d[1], Hu, Wo, L), 10)
-    assert np.array_equal(a, b)
+    for G in (1, C):
+        L = np.empty((G, N * Wo, Hu * kw * (C // G)), np.float32)
+        a, b = _pair_outputs(mec.lower_mec, (xh, G, kw, s[1], p[0], p[1], d[1], Hu, Wo, L), 9)
+        assert np.array_equal(a, b)
 
     for groups in (1, C):
         w = rng.standard_normal((2 * groups, C // groups, kh, kw)).astype(np.float32)

@@ -30,10 +30,12 @@ from numba import prange
 from ._jit import CACHE, kernel, pick
 
 #: Lowering buffer size per chunk (bytes).  The batch is lowered and multiplied
-#: a few images at a time so that the lowered rows are still in cache (L2/L3)
-#: when the GEMM reads them, instead of a full ``N*Ho*Wo x C*kh*kw`` matrix
-#: going through main memory.
-CHUNK_BYTES = 4 << 20
+#: a few images at a time, so the lowered rows are still in cache (L3 here)
+#: when the GEMM reads them and the workspace stays bounded, instead of a full
+#: ``N*Ho*Wo x C*kh*kw`` matrix going through main memory.  Not smaller:
+#: every chunk is one more parallel region, and a region waits for its
+#: slowest thread, which is expensive when other processes share the cores.
+CHUNK_BYTES = 16 << 20
 #: A chunk holds at least this many rows when the batch allows it: small GEMMs
 #: (a few output positions per image in late ResNet stages) waste BLAS's
 #: packing of the weight matrix.
@@ -187,6 +189,60 @@ def _lower_gijc(x, G, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out):
     return out
 
 
+def _lower_nchw_gijc(x, G, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out):
+    """:func:`_lower_gijc` reading an NCHW batch: the same rows, one region.
+
+    Parameters
+    ----------
+    x : float32 C-contiguous array (N, C, H, W)
+    G, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo : int
+        As in :func:`_lower_gijc`.
+    out : float32 array (N*Ho*Wo, C*kh*kw), written; columns in
+        (group, kh, kw, C/group) order.
+
+    Notes
+    -----
+    Each task (one output image row) first transposes the ``kh`` input rows
+    it reads into a local (kh, W, C) buffer (in L1/L2), then copies taps
+    from it as :func:`_lower_gijc` does.  Input rows are transposed up to
+    ``kh/sh`` times, but there is no separate transposition pass: one
+    parallel region per call instead of two, which matters when other
+    processes compete for the cores (each region waits for its slowest
+    thread).
+    """
+    N, C, H, W = x.shape
+    Cg = C // G
+    for t in prange(N * Ho):
+        n = t // Ho
+        oh = t - n * Ho
+        loc = np.empty((kh, W, C), np.float32)
+        for i in range(kh):
+            ih = oh * sh - pt + i * dh
+            if ih >= 0 and ih < H:
+                li = loc[i]
+                for c in range(C):
+                    xr = x[n, c, ih]
+                    for w in range(W):
+                        li[w, c] = xr[w]
+        for ow in range(Wo):
+            orow = out[t * Wo + ow]
+            for g in range(G):
+                c0 = g * Cg
+                for i in range(kh):
+                    ih = oh * sh - pt + i * dh
+                    for j in range(kw):
+                        iw = ow * sw - pl + j * dw
+                        base = ((g * kh + i) * kw + j) * Cg
+                        dst = orow[base:base + Cg]
+                        if ih < 0 or ih >= H or iw < 0 or iw >= W:
+                            dst[:] = 0.0
+                        else:
+                            src = loc[i, iw, c0:c0 + Cg]
+                            for c in range(Cg):
+                                dst[c] = src[c]
+    return out
+
+
 def _swap_last2(x, out, B):
     """``out[n, p, a] = x[n, a, p]``: x (N, A, P), out (N, P, A).
 
@@ -213,6 +269,7 @@ def _swap_last2(x, out, B):
 lower_nchw = kernel(_lower_nchw)
 lower_nhwc = kernel(_lower_nhwc)
 lower_gijc = kernel(_lower_gijc)
+lower_nchw_gijc = kernel(_lower_nchw_gijc)
 swap_last2 = kernel(_swap_last2)
 #: Columns per task of :func:`_swap_last2`.
 SWAP_BLOCK = 64
@@ -298,22 +355,25 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
 
     Notes
     -----
-    The lowering here uses column order (group, kh, kw, C/group) from an NHWC
-    copy of x (:func:`_lower_gijc`; NCHW input is transposed first, one pass
-    over the input), with the weight permuted to match; it is the same matrix
-    as the public (C, kh, kw) rows up to a permutation of columns, but
-    several times faster to build.  The batch goes a few images at a time
-    (``CHUNK_BYTES``) so the rows are still in cache for the GEMM.  Group
-    ``g`` uses columns ``[g*Kg, (g+1)*Kg)``, ``Kg = C/G*kh*kw``; all groups go
-    to one stacked ``np.matmul``::
+    The lowering here uses column order (group, kh, kw, C/group)
+    (:func:`_lower_gijc`, :func:`_lower_nchw_gijc`) with the weight permuted
+    to match: the same matrix as the public (C, kh, kw) rows up to a
+    permutation of columns, but several times faster to build.  When the
+    batch has fewer output positions than ``GIJC_MIN_ROWS_PER_OUTPUT *
+    C_out`` (late layers at batch 1) the permuted weight copy would cost more
+    than it saves, and the (C, kh, kw) lowering is used with the weight as
+    it is.  The batch goes a few images at a time (``CHUNK_BYTES``); each
+    chunk is one parallel lowering call and one stacked ``np.matmul`` over
+    the groups (group ``g`` owns columns ``[g*Kg, (g+1)*Kg)``, ``Kg =
+    C/G*kh*kw``)::
 
         for g in range(G):
             y[:, g*Cog:(g+1)*Cog] = rows[:, g*Kg:(g+1)*Kg] @ wmat[g].T
 
-    NCHW input is computed in NHWC, one chunk at a time, and the result
-    transposed back.  Unpadded 1x1 convolutions skip the lowering: x (or its
-    subsampled copy for stride > 1) is its own rows; in NCHW
-    ``out[n] = wmat @ x[n]``, no transposes.
+    The product is computed as (rows, C_out), i.e. NHWC; for NCHW each
+    chunk's result is transposed into ``out`` while still in cache.
+    Unpadded 1x1 convolutions skip the lowering: x (or its subsampled copy
+    for stride > 1) is its own rows; in NCHW ``out[n] = wmat @ x[n]``.
     """
     N = x.shape[0]
     C_out, Cg, kh, kw = weight.shape
@@ -356,49 +416,39 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
         # one ~0.5 ns per lowered float).  Late layers at small batch lower
         # in (C, kh, kw) order against the weight as it is.
         fast = N * P >= GIJC_MIN_ROWS_PER_OUTPUT * C_out
+        nchw = layout == "NCHW"
         if fast:
             # wmat[g, o, (i*kw + j)*Cg + c] = weight[g*Cog + o, c, i, j]
             wmat = weight_ijc(weight).reshape(G, Cog, Kg)
-            gk = pick(lower_gijc, buf.size)
-
-            def lowk(xh, rows):
-                gk(xh, G, kh, kw, stride[0], stride[1], padding[0], padding[2],
-                   dilation[0], dilation[1], Ho, Wo, rows)
+            k = pick(lower_nchw_gijc if nchw else lower_gijc, buf.size)
+            extra = (G,)
         else:
             wmat = weight.reshape(G, Cog, Kg)
-            hk = pick(lower_nhwc, buf.size)
-
-            def lowk(xh, rows):
-                hk(xh, kh, kw, stride[0], stride[1], padding[0], padding[2],
-                   dilation[0], dilation[1], Ho, Wo, rows)
+            k = pick(lower_nchw if nchw else lower_nhwc, buf.size)
+            extra = ()
         wT = wmat.transpose(0, 2, 1)                                   # (G, Kg, Cog)
-        nchw = layout == "NCHW"
         if nchw:
-            # NCHW goes through NHWC one chunk at a time: the chunk's input is
-            # transposed into a small buffer, and its result transposed back
-            # while both are still in cache
-            H, W = x.shape[2], x.shape[3]
-            xbuf = np.empty((nb, H, W, C), np.float32)
+            # computed in NHWC one chunk at a time; each chunk's result is
+            # transposed into out while it is still in cache
             ybuf = np.empty((nb * P, C_out), np.float32)
-            swapk = pick(swap_last2, nb * C * H * W)
         else:
             y = out.reshape(N * P, G, Cog).transpose(1, 0, 2)           # (G, N*P, Cog)
         for n0 in range(0, N, nb):
             n1 = min(N, n0 + nb)
             m = n1 - n0
             rows = buf[: m * P]
+            k(x[n0:n1], *extra, kh, kw, stride[0], stride[1], padding[0], padding[2],
+              dilation[0], dilation[1], Ho, Wo, rows)
+            # for g: y[rows, g*Cog:(g+1)*Cog] = rows[:, g*Kg:(g+1)*Kg] @ wmat[g].T
             if nchw:
-                xh = xbuf[:m]
-                swapk(x[n0:n1].reshape(m, C, H * W), xh.reshape(m, H * W, C), SWAP_BLOCK)
-                yc = ybuf[: m * P].reshape(m * P, G, Cog).transpose(1, 0, 2)
-            else:
-                xh = x[n0:n1]
-                yc = y[:, n0 * P:n1 * P]
-            lowk(xh, rows)
-            np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT, out=yc)
-            if nchw:
+                yc = ybuf[: m * P]
+                np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT,
+                          out=yc.reshape(-1, G, Cog).transpose(1, 0, 2))
                 np.copyto(out[n0:n1].reshape(m, C_out, P),
-                          ybuf[: m * P].reshape(m, P, C_out).transpose(0, 2, 1))
+                          yc.reshape(m, P, C_out).transpose(0, 2, 1))
+            else:
+                np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT,
+                          out=y[:, n0 * P:n1 * P])
     if bias is not None:
         if layout == "NCHW":
             out += bias.reshape(1, C_out, 1, 1)

@@ -17,7 +17,8 @@ vertical strip of width ``kw`` under it, over the whole padded height::
 ``Y`` is ``(Ho, N*Wo, C_out)`` ("HNWC"), transposed to the caller's layout at
 the end.  The workspace is ``N*Wo*Hu*kw*C`` floats against im2col's
 ``N*Ho*Wo*kh*kw*C``: about ``kh/sh`` times smaller.  With groups, each group
-is lowered separately (its channels are not contiguous in ``L``'s columns).
+has its own ``L`` (its channels are not contiguous in a shared ``L``'s
+columns); one kernel call lowers them all.
 """
 import numpy as np
 from numba import prange
@@ -26,43 +27,47 @@ from ._jit import kernel, pick
 from .im2col import CHUNK_BYTES, to_nhwc, weight_ijc
 
 
-def _lower_mec(x, c0, Cg, kw, sw, pt, pl, dw, Hu, Wo, out):
-    """MEC lowering of channels ``[c0, c0+Cg)`` of an NHWC batch.
+def _lower_mec(x, G, kw, sw, pt, pl, dw, Hu, Wo, out):
+    """MEC lowering of an NHWC batch, one matrix per group.
 
     Parameters
     ----------
-    x : float32 array (N, H, W, C), any strides (an NCHW array's transposed
-        view works, only slower)
-    c0, Cg : int
-        First channel and channel count of the group.
+    x : float32 array (N, H, W, C)
+    G : int
+        Groups; group ``g`` holds channels ``[g*Cg, (g+1)*Cg)``.
     kw, sw, pt, pl, dw : int
         Kernel width, horizontal stride, top/left padding, horizontal dilation.
     Hu, Wo : int
         Padded rows used and output width.
-    out : float32 array (N*Wo, Hu*kw*Cg), written:
-        ``out[n*Wo + w, (h*kw + j)*Cg + c] = xpad[n, h, w*sw + j*dw, c0 + c]``
+    out : float32 array (G, N*Wo, Hu*kw*Cg), written::
+
+        out[g, n*Wo + w, (h*kw + j)*Cg + c] = xpad[n, h, w*sw + j*dw, g*Cg + c]
 
     Notes
     -----
-    Parallel over the rows of ``out``; reads and writes run along ``c``.
+    Parallel over the rows ``n*Wo + w`` (all groups in one region); copies
+    run along ``c`` through views indexed from 0, so they vectorise.
     """
     N, H, W, C = x.shape
+    Cg = C // G
     for t in prange(N * Wo):
         n = t // Wo
         w = t - n * Wo
-        orow = out[t]
-        for h in range(Hu):
-            ih = h - pt
-            for j in range(kw):
-                iw = w * sw + j * dw - pl
-                base = (h * kw + j) * Cg
-                dst = orow[base:base + Cg]          # views: vectorised copies
-                if ih < 0 or ih >= H or iw < 0 or iw >= W:
-                    dst[:] = 0.0
-                else:
-                    src = x[n, ih, iw, c0:c0 + Cg]
-                    for c in range(Cg):
-                        dst[c] = src[c]
+        for g in range(G):
+            orow = out[g, t]
+            c0 = g * Cg
+            for h in range(Hu):
+                ih = h - pt
+                for j in range(kw):
+                    iw = w * sw + j * dw - pl
+                    base = (h * kw + j) * Cg
+                    dst = orow[base:base + Cg]
+                    if ih < 0 or ih >= H or iw < 0 or iw >= W:
+                        dst[:] = 0.0
+                    else:
+                        src = x[n, ih, iw, c0:c0 + Cg]
+                        for c in range(Cg):
+                            dst[c] = src[c]
     return out
 
 
@@ -106,29 +111,30 @@ def conv2d_mec(x, weight, bias, stride, padding, dilation, groups, layout, out_h
     # view of the (g, o, (i, j, c)) matrix (BLAS reads it with a trans flag)
     Kmat = weight_ijc(weight).reshape(G, Cog, kh * kw * Cg).transpose(0, 2, 1)
     Y = np.empty((Ho, N * Wo, C_out), np.float32)
-    row = Hu * kw * Cg                                  # floats per L row
+    row = Hu * kw * Cg                                  # floats per L row, per group
     # images per chunk: keep L near CHUNK_BYTES
-    nb = min(N, max(1, CHUNK_BYTES // max(1, Wo * row * 4)))
-    L = np.empty((nb * Wo, row), np.float32)
+    nb = min(N, max(1, CHUNK_BYTES // max(1, G * Wo * row * 4)))
+    L = np.empty((G, nb * Wo, row), np.float32)
     itm = L.itemsize
     for n0 in range(0, N, nb):
         n1 = min(N, n0 + nb)
-        Lc = L[: (n1 - n0) * Wo]
-        R = Lc.shape[0]
+        R = (n1 - n0) * Wo
+        Lc = L[:, :R]
+        pick(lower_mec, Lc.size)(xv[n0:n1], G, kw, sw, pt, pl, dw, Hu, Wo, Lc)
         for g in range(G):
-            pick(lower_mec, Lc.size)(xv[n0:n1], g * Cg, Cg, kw, sw, pt, pl, dw, Hu, Wo, Lc)
+            Lg = Lc[g]
             Yg = Y[:, n0 * Wo:n1 * Wo, g * Cog:(g + 1) * Cog]   # (Ho, R, Cog)
             if dh == 1:
-                # windows[h] = Lc[:, h*sh*kw*Cg : (h*sh + kh)*kw*Cg], all h at once
+                # windows[h] = Lg[:, h*sh*kw*Cg : (h*sh + kh)*kw*Cg], all h at once
                 win = np.lib.stride_tricks.as_strided(
-                    Lc, shape=(Ho, R, kh * kw * Cg),
+                    Lg, shape=(Ho, R, kh * kw * Cg),
                     strides=(sh * kw * Cg * itm, row * itm, itm), writeable=False)
                 np.matmul(win, Kmat[g], out=Yg)
             else:
                 for i in range(kh):
                     # kernel row i reads padded row h*sh + i*dh
                     win = np.lib.stride_tricks.as_strided(
-                        Lc[:, i * dh * kw * Cg:], shape=(Ho, R, kw * Cg),
+                        Lg[:, i * dh * kw * Cg:], shape=(Ho, R, kw * Cg),
                         strides=(sh * kw * Cg * itm, row * itm, itm), writeable=False)
                     Ki = Kmat[g, i * kw * Cg:(i + 1) * kw * Cg]
                     if i == 0:
