@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"],
                    help="layout of the package's methods (numpy and torch stay NCHW)")
     p.add_argument("--no-compile", action="store_true", help="skip the JIT compile timing")
+    p.add_argument("--no-grouped", action="store_true",
+                   help="skip the grouped/depthwise convolution table")
     p.add_argument("--out", help="also write the markdown report here")
     p.add_argument("--note", action="append", default=[],
                    help="a line for the report's machine notes (repeatable)")
@@ -60,6 +62,7 @@ def parse_args(argv=None):
         a.repeat = min(a.repeat, 3)
         a.inputs = "3x32x32"
         a.no_compile = True
+        a.no_grouped = True
     return a
 
 
@@ -154,6 +157,48 @@ def time_call(fn, repeat, min_sample=0.01):
 def geomean(v):
     v = [x for x in v if x > 0]
     return float(np.exp(np.mean(np.log(v)))) if v else float("nan")
+
+
+GROUPED = [  # (C, H, groups, stride): 3x3 convs, C_out = C, padding 1
+    (32, 32, 32, 1), (128, 16, 128, 1), (512, 4, 512, 1), (128, 16, 128, 2),
+    (64, 32, 32, 1), (64, 32, 16, 1), (64, 32, 8, 1), (64, 32, 4, 1),
+    (256, 8, 64, 1), (256, 8, 16, 1),
+]
+
+
+def grouped_table(batches, repeat, torch, layout):
+    """Markdown rows: every method on depthwise/grouped 3x3 convolutions."""
+    rng = np.random.default_rng(1)
+    methods = ["im2col", "mec", "direct"]
+    lines = ["## Grouped and depthwise 3x3 convolutions (C_out = C, padding 1)", "",
+             "Not in ResNet-18; they set `choose_method`'s rule (direct up to "
+             f"{F.DIRECT_MAX_GROUP_CHANNELS} channels per group, MEC beyond).", "",
+             "| batch | C | H×W | groups | C/group | stride | "
+             + " | ".join(f"{m} ms" for m in methods + ["torch"][:1 if torch else 0])
+             + " | auto picks |",
+             "|---:|---:|---|---:|---:|---:|" + "---:|" * (len(methods) + (1 if torch else 0))
+             + "---|"]
+    for N in batches:
+        for C, H, G, s in GROUPED:
+            x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+            w = rng.standard_normal((C, C // G, 3, 3)).astype(np.float32)
+            xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            cells = []
+            for m in methods:
+                t, _ = time_call(lambda: F.conv2d(xl, w, None, s, 1, 1, G, method=m, layout=layout),
+                                 repeat)
+                cells.append(fmt_ms(t))
+            if torch is not None:
+                xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+                with torch.inference_mode():
+                    t, _ = time_call(lambda: torch.nn.functional.conv2d(xt, wt, None, s, 1, 1, G),
+                                     repeat)
+                cells.append(fmt_ms(t))
+            pickm = F.choose_method(C, H, H, C, 3, s, 1, G, N)
+            lines.append(f"| {N} | {C} | {H}×{H} | {G} | {C // G} | {s} | " + " | ".join(cells)
+                         + f" | {pickm} |")
+            print(f"grouped N={N} C={C} H={H} G={G} s={s}: " + " ".join(cells), file=sys.stderr)
+    return lines + [""]
 
 
 # ---------------------------------------------------------- compile times
@@ -346,6 +391,8 @@ def main(args):
                      f"{ws['im2col'] / 1024:.1f} | {ws['mec'] / 1024:.1f} | "
                      f"{ws['mec'] / ws['im2col']:.2f} |")
     lines.append("")
+    if not args.no_grouped:
+        lines += grouped_table(batches, args.repeat, torch, args.layout)
     if not args.no_compile:
         ct = compile_times(args.threads)
         lines += ["## JIT compile time (s): first calls, parallel + serial kernels, NCHW", "",

@@ -167,10 +167,10 @@ def _layout(layout):
 
 # ------------------------------------------------------------------ methods
 #: Grouped convolutions with at most this many input channels per group
-#: (depthwise included) go to the direct kernel; wider groups to MEC.
-#: From bench/conv_layers.py-style timings (docs/bench_conv.md): with 8-64
-#: groups im2col's stacked per-group GEMMs are tiny and slow, direct wins up
-#: to about 4-8 channels per group, MEC beyond.
+#: (depthwise included) go to the direct kernel; wider groups to MEC.  From
+#: the grouped-convolution table of docs/bench_conv.md: with many groups
+#: im2col's per-group GEMMs are tiny and slow; direct wins up to about 8
+#: channels per group, MEC beyond.
 DIRECT_MAX_GROUP_CHANNELS = 8
 
 
@@ -179,8 +179,8 @@ def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N
 
     * ``groups > 1`` and at most ``DIRECT_MAX_GROUP_CHANNELS`` input channels
       per group (depthwise, narrow groups): ``direct``;
-    * other grouped convolutions: ``mec`` (one GEMM per group and output
-      row instead of one per group and image chunk);
+    * other grouped convolutions: ``mec`` (measured faster than im2col
+      there; its lowered matrix is about ``kh/sh`` times smaller);
     * ``groups == 1``: ``im2col``, the fastest on every ResNet-18 layer in
       ``docs/bench_conv.md``.
 
