@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import tabconv_np
+import tabconv_np.layers  # noqa: F401  (registers the layer types io.load rebuilds; see report)
 from tabconv_np.data import load_dataset
 from tabconv_np.evaluate import evaluate
 
