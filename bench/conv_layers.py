@@ -74,6 +74,14 @@ if ARGS is not None:
 
 import numpy as np  # noqa: E402
 
+try:
+    # before tabconv_np: the package sets GOMP_SPINCOUNT for Numba's libgomp
+    # (kernels/_jit.py); torch's own libgomp reads it at import and should run
+    # with its defaults here
+    import torch  # noqa: E402
+except ImportError:
+    torch = None
+
 sys.path.insert(0, ROOT)
 from tabconv_np import functional as F  # noqa: E402
 
@@ -272,10 +280,6 @@ def fmt_ms(t):
 
 def main(args):
     import numba
-    try:
-        import torch
-    except ImportError:
-        torch = None
     numba.set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)

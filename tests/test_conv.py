@@ -369,6 +369,22 @@ def test_dtype_cast_and_empty_batch():
         assert e.shape == (0, 4, 4, 4)
 
 
+@pytest.mark.parametrize("method", ["im2col", "mec", "direct"])
+def test_non_contiguous_and_half_inputs(method):
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((2, 6, 9, 16)).astype(np.float32)
+    x = base[:, ::2, :, ::2]                               # strided view (2, 3, 9, 8)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)[::2, 1:]   # (4, 3, 3, 3) view
+    ref = conv2d_naive(x, w, None, 1, 1)
+    got = F.conv2d(x, w, None, 1, 1, method=method)
+    assert_conv_close(got, ref, _bound(x, w, None, dict(padding=1)))
+    x16 = x.astype(np.float16)
+    got16 = F.conv2d(x16, w, None, 1, 1, method=method)
+    assert got16.dtype == np.float32
+    np.testing.assert_allclose(got16, conv2d_naive(x16.astype(np.float32), w, None, 1, 1),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_auto_picks_direct_for_depthwise():
     assert F.choose_method(32, 8, 8, 32, 3, groups=32) == "direct"
     assert F.choose_method(64, 8, 8, 64, 3, groups=4) == "mec"

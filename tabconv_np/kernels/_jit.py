@@ -14,7 +14,17 @@ than ``0``.
 import os
 import types
 
-import numba
+# Numba's "omp" threading layer is GNU libgomp, whose idle workers busy-wait
+# for 300,000 spins after every parallel region.  The convolution drivers
+# alternate Numba regions with multithreaded OpenBLAS calls, and on a 2-core
+# machine the spinning workers take a core from BLAS: measured on ResNet
+# layers at 2 threads, im2col ran up to 2x slower (and batch-1 layers up to
+# 5x) than with short spinning.  libgomp reads this when Numba first starts
+# its thread pool, so it must be set before the first parallel kernel runs;
+# a value the user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+import numba  # noqa: E402
 
 CACHE = os.environ.get("TABCONV_NO_CACHE", "") in ("", "0")
 
