@@ -18,7 +18,8 @@ the 1x1 downsample convs) is timed with
   count (``torch.set_num_threads``), as the second reference.
 
 Each time is the median over ``--repeat`` samples, each sample averaging
-enough calls to last >= 10 ms.  Summaries are geometric means over layers of
+enough calls to last >= 10 ms; the methods' samples are interleaved
+(round-robin), so bursts of other load hit all methods alike.  Summaries are geometric means over layers of
 the per-layer time ratios.  The script also measures the JIT compile time of
 each method cold (fresh ``NUMBA_CACHE_DIR``, in a subprocess) and loaded from
 the cache, and lists the lowering workspace of im2col vs MEC per layer.
@@ -71,13 +72,13 @@ if ARGS is not None:
     # BLAS reads its thread count when numpy is first imported
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
+    # torch and Numba share one libgomp, initialised by whoever loads it first;
+    # give both the package's short spinning (tabconv_np/kernels/_jit.py)
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import numpy as np  # noqa: E402
 
 try:
-    # before tabconv_np: the package sets GOMP_SPINCOUNT for Numba's libgomp
-    # (kernels/_jit.py); torch's own libgomp reads it at import and should run
-    # with its defaults here
     import torch  # noqa: E402
 except ImportError:
     torch = None
@@ -148,18 +149,33 @@ def make_runners(methods, torch, layout):
 
 def time_call(fn, repeat, min_sample=0.01):
     """(median, min) seconds per call over ``repeat`` samples of >= min_sample s each."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    loops = max(1, int(min_sample / one))
-    samples = []
-    for _ in range(repeat):
+    return time_calls({"f": fn}, repeat, min_sample)["f"]
+
+
+def time_calls(fns, repeat, min_sample=0.01):
+    """{name: (median, min)} seconds per call, the functions timed round-robin.
+
+    Each function is calibrated to samples of >= ``min_sample`` seconds, then
+    the ``repeat`` samples of all functions are interleaved, so that a burst
+    of other load on the machine hits every method alike and the ratios
+    between methods stay meaningful.
+    """
+    loops = {}
+    for name, fn in fns.items():
+        fn()                                   # warm-up (JIT, caches, allocator)
         t0 = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        samples.append((time.perf_counter() - t0) / loops)
-    return statistics.median(samples), min(samples)
+        fn()
+        one = max(time.perf_counter() - t0, 1e-7)
+        loops[name] = max(1, int(min_sample / one))
+    samples = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            n = loops[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / n)
+    return {name: (statistics.median(v), min(v)) for name, v in samples.items()}
 
 
 def geomean(v):
@@ -191,17 +207,16 @@ def grouped_table(batches, repeat, torch, layout):
             x = rng.standard_normal((N, C, H, H)).astype(np.float32)
             w = rng.standard_normal((C, C // G, 3, 3)).astype(np.float32)
             xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-            cells = []
-            for m in methods:
-                t, _ = time_call(lambda: F.conv2d(xl, w, None, s, 1, 1, G, method=m, layout=layout),
-                                 repeat)
-                cells.append(fmt_ms(t))
+            fns = {m: (lambda m: lambda: F.conv2d(xl, w, None, s, 1, 1, G, method=m,
+                                                  layout=layout))(m) for m in methods}
             if torch is not None:
                 xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+                fns["torch"] = lambda: torch.nn.functional.conv2d(xt, wt, None, s, 1, 1, G)
                 with torch.inference_mode():
-                    t, _ = time_call(lambda: torch.nn.functional.conv2d(xt, wt, None, s, 1, 1, G),
-                                     repeat)
-                cells.append(fmt_ms(t))
+                    res = time_calls(fns, repeat)
+            else:
+                res = time_calls(fns, repeat)
+            cells = [fmt_ms(res[m][0]) for m in fns]
             pickm = F.choose_method(C, H, H, C, 3, s, 1, G, N)
             lines.append(f"| {N} | {C} | {H}×{H} | {G} | {C // G} | {s} | " + " | ".join(cells)
                          + f" | {pickm} |")
@@ -270,6 +285,7 @@ def machine_info(threads, torch):
         "numba": numba.__version__, "numba threading layer": None,
         "BLAS": _blas_name(),
         "torch": torch.__version__ if torch is not None else "not installed",
+        "GOMP_SPINCOUNT (torch and Numba share libgomp)": os.environ.get("GOMP_SPINCOUNT"),
         "load average at start": "%.2f %.2f %.2f" % os.getloadavg(),
     }
 
@@ -313,18 +329,17 @@ def main(args):
                         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
                     Ho, Wo = F.conv_output_size((L["H"], L["W"]), L["k"], L["s"], L["p"])
                     macs = N * L["C_out"] * Ho * Wo * L["C"] * L["k"] ** 2
-                    times, best = {}, {}
                     ctx = torch.inference_mode() if torch is not None else None
                     if ctx is not None:
                         ctx.__enter__()
                     try:
-                        for c in cols:
-                            fn = runners[c]
-                            times[c], best[c] = time_call(
-                                lambda: fn(x, xl, w, L["s"], L["p"], xt, wt), args.repeat)
+                        res = time_calls({c: (lambda fn: lambda: fn(x, xl, w, L["s"], L["p"], xt, wt))(
+                            runners[c]) for c in cols}, args.repeat)
                     finally:
                         if ctx is not None:
                             ctx.__exit__(None, None, None)
+                    times = {c: res[c][0] for c in cols}
+                    best = {c: res[c][1] for c in cols}
                     cells = []
                     for c in cols:
                         r = times[c] / times["numpy"]
@@ -383,7 +398,8 @@ def main(args):
              "samples (less sensitive to other load on the machine)."]
     meta = ["Machine and settings:", ""] + [f"- {k}: {v}" for k, v in info.items()]
     meta += [f"- note: {n}" for n in args.note]
-    meta += [f"- repeats: median of {args.repeat} samples (each >= 10 ms of calls)",
+    meta += [f"- repeats: median of {args.repeat} samples (each >= 10 ms of calls), methods "
+             "interleaved round-robin",
              f"- command: `python bench/conv_layers.py {' '.join(sys.argv[1:])}`", ""]
     lines = lines[:2] + meta + head + [""] + lines[2:]
     # workspace

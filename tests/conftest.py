@@ -12,9 +12,12 @@
 """
 import os
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
+# before anything loads libgomp (torch, Numba's omp layer): see kernels/_jit.py
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "tabconv", deadline=None, max_examples=50,

@@ -18,11 +18,33 @@ import types
 # for 300,000 spins after every parallel region.  The convolution drivers
 # alternate Numba regions with multithreaded OpenBLAS calls, and on a 2-core
 # machine the spinning workers take a core from BLAS: measured on ResNet
-# layers at 2 threads, im2col ran up to 2x slower (and batch-1 layers up to
-# 5x) than with short spinning.  libgomp reads this when Numba first starts
-# its thread pool, so it must be set before the first parallel kernel runs;
-# a value the user set wins.
+# layers at 2 threads, im2col ran 2x slower (batch-1 layers up to 5x) than
+# with short spinning.  libgomp reads GOMP_SPINCOUNT once, when it is loaded
+# (Numba loads it at the first parallel kernel call), so it is set here, at
+# import; a value the user set wins.  torch ships a libgomp.so.1 too and the
+# process then shares one: if torch was imported first, libgomp is already
+# initialised with the default and this setting comes too late (measured:
+# ~10x slower im2col at 2 threads); hence the warning below.  Fix: import
+# tabconv_np before torch, or export GOMP_SPINCOUNT=1000.
+_USER_SPINCOUNT = "GOMP_SPINCOUNT" in os.environ
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+
+def _libgomp_already_loaded():
+    try:
+        with open("/proc/self/maps") as f:
+            return "libgomp" in f.read()
+    except OSError:                      # not Linux: nothing to check
+        return False
+
+
+if not _USER_SPINCOUNT and _libgomp_already_loaded():
+    import warnings
+    warnings.warn(
+        "tabconv_np: libgomp (OpenMP) was loaded before tabconv_np, probably by torch, "
+        "with its default busy-waiting; Numba's parallel kernels share it and can run "
+        "several times slower next to BLAS. Import tabconv_np before torch, or set "
+        "GOMP_SPINCOUNT=1000 in the environment.", RuntimeWarning, stacklevel=2)
 
 import numba  # noqa: E402
 

@@ -35,7 +35,7 @@ from ._jit import CACHE, kernel, pick
 #: ``N*Ho*Wo x C*kh*kw`` matrix going through main memory.  Not smaller:
 #: every chunk is one more parallel region, and a region waits for its
 #: slowest thread, which is expensive when other processes share the cores.
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 4 << 20
 #: A chunk holds at least this many rows when the batch allows it: small GEMMs
 #: (a few output positions per image in late ResNet stages) waste BLAS's
 #: packing of the weight matrix.
