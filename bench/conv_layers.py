@@ -15,11 +15,13 @@ the 1x1 downsample convs) is timed with
   and one BLAS ``matmul``: the baseline every ratio is relative to;
 * the package's methods (``tabconv_np.functional.conv2d(method=...)``);
 * ``torch.nn.functional.conv2d`` when torch is installed, at the same thread
-  count (``torch.set_num_threads``), as the second reference.
+  count (``torch.set_num_threads``), as the second reference.  torch runs in
+  a worker subprocess with libgomp's default settings (see ``TorchWorker``);
+  its samples are interleaved with the others'.
 
 Each time is the median over ``--repeat`` samples, each sample averaging
-enough calls to last >= 10 ms; the methods' samples are interleaved
-(round-robin), so bursts of other load hit all methods alike.  Summaries are geometric means over layers of
+enough calls to last >= 10 ms; the in-process methods' samples are
+interleaved (round-robin), so bursts of other load hit them alike.  Summaries are geometric means over layers of
 the per-layer time ratios.  The script also measures the JIT compile time of
 each method cold (fresh ``NUMBA_CACHE_DIR``, in a subprocess) and loaded from
 the cache, and lists the lowering workspace of im2col vs MEC per layer.
@@ -56,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--no-grouped", action="store_true",
                    help="skip the grouped/depthwise convolution table")
     p.add_argument("--out", help="also write the markdown report here")
+    p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--note", action="append", default=[],
                    help="a line for the report's machine notes (repeatable)")
     a = p.parse_args(argv)
@@ -68,23 +71,18 @@ def parse_args(argv=None):
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
+#: GOMP_SPINCOUNT as the user gave it (None: libgomp's default)
+USER_SPINCOUNT = os.environ.get("GOMP_SPINCOUNT")
 if ARGS is not None:
     # BLAS reads its thread count when numpy is first imported
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
-    # torch and Numba share one libgomp, initialised by whoever loads it first;
-    # give both the package's short spinning (tabconv_np/kernels/_jit.py)
-    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import numpy as np  # noqa: E402
 
-try:
-    import torch  # noqa: E402
-except ImportError:
-    torch = None
-
-sys.path.insert(0, ROOT)
-from tabconv_np import functional as F  # noqa: E402
+if ARGS is None or not ARGS.torch_worker:
+    sys.path.insert(0, ROOT)
+    from tabconv_np import functional as F  # noqa: E402
 
 
 # ------------------------------------------------------------------ layers
@@ -121,6 +119,118 @@ def resnet18_convs(variant, in_shape):
     return layers
 
 
+# ------------------------------------------------------------ torch worker
+# torch runs in its own process: torch and Numba would share one libgomp,
+# which reads its spin policy once, at load.  The package sets
+# GOMP_SPINCOUNT=1000 for Numba (tabconv_np/kernels/_jit.py), which would slow
+# torch's oneDNN down; here each side runs with its own settings (torch with
+# the user's environment, i.e. libgomp's defaults).  torch's samples are taken
+# in one block after the others', after a pause that lets this process's
+# OpenBLAS threads stop busy-waiting (they would steal a core from torch).
+
+def torch_worker_main(threads):
+    """Serve timing requests (JSON lines on stdin) with torch.nn.functional.conv2d."""
+    import torch
+    torch.set_num_threads(threads)
+    # warm the process up (thread pool, oneDNN, allocator) for ~1 s
+    with torch.inference_mode():
+        x, w = torch.randn(8, 64, 32, 32), torch.randn(64, 64, 3, 3)
+        t_end = time.perf_counter() + 1.0
+        while time.perf_counter() < t_end:
+            torch.nn.functional.conv2d(x, w, None, 1, 1)
+    cases = {}
+    out = sys.stdout
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["op"] == "setup":
+            cases.clear()                       # one case at a time
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(req["x"], generator=g)
+            w = torch.randn(req["w"], generator=g)
+            s, p, groups = req["stride"], req["padding"], req.get("groups", 1)
+            fn = (lambda x=x, w=w, s=s, p=p, groups=groups:
+                  torch.nn.functional.conv2d(x, w, None, s, p, 1, groups))
+            with torch.inference_mode():      # warm-up: >= 3 calls and >= 20 ms
+                t_end = time.perf_counter() + 0.02
+                for i in range(1000):
+                    fn()
+                    if i >= 2 and time.perf_counter() > t_end:
+                        break
+            cases[req["id"]] = fn
+            res = {"version": torch.__version__}
+        else:              # "time": `repeat` samples of `loops` calls, seconds per call
+            fn = cases[req["id"]]
+            ts = []
+            with torch.inference_mode():
+                for _ in range(req.get("repeat", 1)):
+                    t0 = time.perf_counter()
+                    for _ in range(req["loops"]):
+                        fn()
+                    ts.append((time.perf_counter() - t0) / req["loops"])
+            res = {"t": ts}
+        out.write(json.dumps(res) + "\n")
+        out.flush()
+
+
+class TorchWorker:
+    """A torch subprocess timing convolutions on request (None if no torch)."""
+
+    def __init__(self, threads):
+        env = dict(os.environ)
+        if USER_SPINCOUNT is None:
+            env.pop("GOMP_SPINCOUNT", None)
+        else:
+            env["GOMP_SPINCOUNT"] = USER_SPINCOUNT
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--torch-worker",
+             "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.n = 0
+        self.version = self._ask({"op": "setup", "id": -1, "x": [1, 1, 1, 1],
+                                  "w": [1, 1, 1, 1], "stride": 1, "padding": 0})["version"]
+        self.spincount = env.get("GOMP_SPINCOUNT", "libgomp default")
+
+    def _ask(self, req):
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("torch worker died")
+        return json.loads(line)
+
+    def conv(self, x_shape, w_shape, stride, padding, groups=1):
+        """A timed function: ``fn.sample(loops)`` -> seconds per call, in the worker."""
+        self.n += 1
+        cid = self.n
+        self._ask({"op": "setup", "id": cid, "x": list(x_shape), "w": list(w_shape),
+                   "stride": stride, "padding": padding, "groups": groups})
+        worker = self
+
+        class Remote:
+            def samples(self, loops, repeat=1):
+                # let this process's idle BLAS threads stop spinning first
+                # (OpenBLAS busy-waits up to ~2**28 cycles after a call)
+                time.sleep(0.15)
+                ts = worker._ask({"op": "time", "id": cid, "loops": loops, "repeat": repeat})["t"]
+                time.sleep(0.01)          # and the worker's OpenMP threads
+                return ts
+        return Remote()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def start_torch_worker(threads):
+    try:
+        import importlib.util
+        if importlib.util.find_spec("torch") is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    return TorchWorker(threads)
+
+
 # ----------------------------------------------------------------- methods
 def numpy_im2col_conv(x, w, stride, padding):
     """Baseline: pure NumPy im2col (sliding_window_view) + one BLAS matmul, NCHW."""
@@ -135,15 +245,12 @@ def numpy_im2col_conv(x, w, stride, padding):
     return np.ascontiguousarray(y.reshape(N, Ho, Wo, C_out).transpose(0, 3, 1, 2))
 
 
-def make_runners(methods, torch, layout):
-    """name -> fn(x_nchw, x_layout, w, stride, padding, x_torch, w_torch)."""
-    runners = {"numpy": lambda x, xl, w, s, p, xt, wt: numpy_im2col_conv(x, w, s, p)}
+def make_runners(methods, layout):
+    """name -> make(x_nchw, x_layout, w, stride, padding) -> timed function."""
+    runners = {"numpy": lambda x, xl, w, s, p: lambda: numpy_im2col_conv(x, w, s, p)}
     for m in methods:
-        runners[m] = (lambda m: lambda x, xl, w, s, p, xt, wt:
-                      F.conv2d(xl, w, None, s, p, method=m, layout=layout))(m)
-    if torch is not None:
-        tF = torch.nn.functional
-        runners["torch"] = lambda x, xl, w, s, p, xt, wt: tF.conv2d(xt, wt, None, s, p)
+        runners[m] = (lambda m: lambda x, xl, w, s, p:
+                      lambda: F.conv2d(xl, w, None, s, p, method=m, layout=layout))(m)
     return runners
 
 
@@ -158,24 +265,32 @@ def time_calls(fns, repeat, min_sample=0.01):
     Each function is calibrated to samples of >= ``min_sample`` seconds, then
     the ``repeat`` samples of all functions are interleaved, so that a burst
     of other load on the machine hits every method alike and the ratios
-    between methods stay meaningful.
+    between methods stay meaningful.  Functions with a ``samples(loops,
+    repeat)`` method (the torch worker) are timed by it, in one block after
+    the others.
     """
-    loops = {}
-    for name, fn in fns.items():
-        fn()                                   # warm-up (JIT, caches, allocator)
+    def sample(fn, n):
         t0 = time.perf_counter()
-        fn()
-        one = max(time.perf_counter() - t0, 1e-7)
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n
+
+    local = {k: f for k, f in fns.items() if not hasattr(f, "samples")}
+    remote = {k: f for k, f in fns.items() if hasattr(f, "samples")}
+    loops = {}
+    for name, fn in local.items():
+        sample(fn, 1)                          # warm-up (JIT, caches, allocator)
+        one = max(sample(fn, 1), 1e-7)
         loops[name] = max(1, int(min_sample / one))
-    samples = {name: [] for name in fns}
+    samples = {name: [] for name in local}
     for _ in range(repeat):
-        for name, fn in fns.items():
-            n = loops[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / n)
-    return {name: (statistics.median(v), min(v)) for name, v in samples.items()}
+        for name, fn in local.items():
+            samples[name].append(sample(fn, loops[name]))
+    for name, fn in remote.items():            # timed in another process, in one block
+        fn.samples(1)
+        one = max(fn.samples(1)[0], 1e-7)
+        samples[name] = fn.samples(max(1, int(min_sample / one)), repeat)
+    return {name: (statistics.median(samples[name]), min(samples[name])) for name in fns}
 
 
 def geomean(v):
@@ -194,14 +309,13 @@ def grouped_table(batches, repeat, torch, layout):
     """Markdown rows: every method on depthwise/grouped 3x3 convolutions."""
     rng = np.random.default_rng(1)
     methods = ["im2col", "mec", "direct"]
+    cols = methods + (["torch"] if torch is not None else [])
     lines = ["## Grouped and depthwise 3x3 convolutions (C_out = C, padding 1)", "",
              "Not in ResNet-18; they set `choose_method`'s rule (direct up to "
              f"{F.DIRECT_MAX_GROUP_CHANNELS} channels per group, MEC beyond).", "",
              "| batch | C | H×W | groups | C/group | stride | "
-             + " | ".join(f"{m} ms" for m in methods + ["torch"][:1 if torch else 0])
-             + " | auto picks |",
-             "|---:|---:|---|---:|---:|---:|" + "---:|" * (len(methods) + (1 if torch else 0))
-             + "---|"]
+             + " | ".join(f"{c} ms" for c in cols) + " | auto picks |",
+             "|---:|---:|---|---:|---:|---:|" + "---:|" * len(cols) + "---|"]
     for N in batches:
         for C, H, G, s in GROUPED:
             x = rng.standard_normal((N, C, H, H)).astype(np.float32)
@@ -210,13 +324,9 @@ def grouped_table(batches, repeat, torch, layout):
             fns = {m: (lambda m: lambda: F.conv2d(xl, w, None, s, 1, 1, G, method=m,
                                                   layout=layout))(m) for m in methods}
             if torch is not None:
-                xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-                fns["torch"] = lambda: torch.nn.functional.conv2d(xt, wt, None, s, 1, 1, G)
-                with torch.inference_mode():
-                    res = time_calls(fns, repeat)
-            else:
-                res = time_calls(fns, repeat)
-            cells = [fmt_ms(res[m][0]) for m in fns]
+                fns["torch"] = torch.conv(x.shape, w.shape, s, 1, G)
+            res = time_calls(fns, repeat)
+            cells = [fmt_ms(res[c][0]) for c in cols]
             pickm = F.choose_method(C, H, H, C, 3, s, 1, G, N)
             lines.append(f"| {N} | {C} | {H}×{H} | {G} | {C // G} | {s} | " + " | ".join(cells)
                          + f" | {pickm} |")
@@ -284,8 +394,9 @@ def machine_info(threads, torch):
         "python": platform.python_version(), "numpy": np.__version__,
         "numba": numba.__version__, "numba threading layer": None,
         "BLAS": _blas_name(),
-        "torch": torch.__version__ if torch is not None else "not installed",
-        "GOMP_SPINCOUNT (torch and Numba share libgomp)": os.environ.get("GOMP_SPINCOUNT"),
+        "torch": torch.version if torch is not None else "not installed",
+        "GOMP_SPINCOUNT": f"package/Numba process {os.environ.get('GOMP_SPINCOUNT')}, "
+                          f"torch process {torch.spincount if torch is not None else '-'}",
         "load average at start": "%.2f %.2f %.2f" % os.getloadavg(),
     }
 
@@ -297,14 +408,13 @@ def fmt_ms(t):
 def main(args):
     import numba
     numba.set_num_threads(args.threads)
-    if torch is not None:
-        torch.set_num_threads(args.threads)
+    torch = start_torch_worker(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     batches = [int(b) for b in args.batch.split(",")]
     inputs = [tuple(int(v) for v in s.split("x")) for s in args.inputs.split(",")]
     variants = args.variants.split(",")
-    runners = make_runners(methods, torch, args.layout)
-    cols = list(runners)
+    runners = make_runners(methods, args.layout)
+    cols = list(runners) + (["torch"] if torch is not None else [])
     info = machine_info(args.threads, torch)
     rng = np.random.default_rng(0)
     lines = ["# Convolution methods on ResNet-18 layers", ""]
@@ -324,20 +434,12 @@ def main(args):
                     x = rng.standard_normal((N, L["C"], L["H"], L["W"])).astype(np.float32)
                     w = rng.standard_normal((L["C_out"], L["C"], L["k"], L["k"])).astype(np.float32)
                     xl = x if args.layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-                    xt = wt = None
-                    if torch is not None:
-                        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
                     Ho, Wo = F.conv_output_size((L["H"], L["W"]), L["k"], L["s"], L["p"])
                     macs = N * L["C_out"] * Ho * Wo * L["C"] * L["k"] ** 2
-                    ctx = torch.inference_mode() if torch is not None else None
-                    if ctx is not None:
-                        ctx.__enter__()
-                    try:
-                        res = time_calls({c: (lambda fn: lambda: fn(x, xl, w, L["s"], L["p"], xt, wt))(
-                            runners[c]) for c in cols}, args.repeat)
-                    finally:
-                        if ctx is not None:
-                            ctx.__exit__(None, None, None)
+                    fns = {c: runners[c](x, xl, w, L["s"], L["p"]) for c in runners}
+                    if torch is not None:
+                        fns["torch"] = torch.conv(x.shape, w.shape, L["s"], L["p"])
+                    res = time_calls(fns, args.repeat)
                     times = {c: res[c][0] for c in cols}
                     best = {c: res[c][1] for c in cols}
                     cells = []
@@ -413,6 +515,8 @@ def main(args):
     lines.append("")
     if not args.no_grouped:
         lines += grouped_table(batches, args.repeat, torch, args.layout)
+    if torch is not None:
+        torch.close()
     if not args.no_compile:
         ct = compile_times(args.threads)
         lines += ["## JIT compile time (s): first calls, parallel + serial kernels, NCHW", "",
@@ -431,4 +535,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(ARGS)
+    if ARGS.torch_worker:
+        torch_worker_main(ARGS.threads)
+    else:
+        main(ARGS)
