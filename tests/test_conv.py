@@ -116,7 +116,6 @@ def test_chunking_paths(monkeypatch, chunk_bytes, min_rows, layout, gijc_rows):
     monkeypatch.setattr(im2col, "GIJC_MIN_ROWS_PER_OUTPUT", gijc_rows)
     monkeypatch.setattr(im2col, "CHUNK_BYTES", chunk_bytes)
     monkeypatch.setattr(im2col, "MIN_CHUNK_ROWS", min_rows)
-    monkeypatch.setattr(mec, "CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 6, 9, 7)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
@@ -130,6 +129,27 @@ def test_chunking_paths(monkeypatch, chunk_bytes, min_rows, layout, gijc_rows):
         if layout == "NHWC":
             got = got.transpose(0, 3, 1, 2)
         assert_conv_close(got, ref, bound, method)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("small_k", [0, 10 ** 6])
+@pytest.mark.parametrize("x_shape, c_out", [((3, 4, 2, 2), 32),     # few rows: "left"
+                                            ((2, 4, 9, 8), 4)])     # many rows: "right"
+def test_gemm_orientations(monkeypatch, layout, groups, small_k, x_shape, c_out):
+    """im2col's three GEMM orientations ("image", "left", "right") agree."""
+    monkeypatch.setattr(im2col, "SMALL_K", small_k)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((c_out, x_shape[1] // groups, 3, 2)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    cfg = dict(stride=1, padding=(1, 0, 1, 1), dilation=1, groups=groups)
+    ref = conv2d_naive(x, w, b, **cfg)
+    got = F.conv2d(x if layout == "NCHW" else _nhwc(x), w, b, method="im2col",
+                   layout=layout, **cfg)
+    if layout == "NHWC":
+        got = got.transpose(0, 3, 1, 2)
+    assert_conv_close(got, ref, _bound(x, w, b, cfg))
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

@@ -40,6 +40,9 @@ CHUNK_BYTES = 4 << 20
 #: (a few output positions per image in late ResNet stages) waste BLAS's
 #: packing of the weight matrix.
 MIN_CHUNK_ROWS = 256
+#: NCHW convolutions with at most this many columns per group (e.g. 3x3
+#: stems on 1-3 channels) multiply image by image straight into NCHW.
+SMALL_K = 64
 #: The (group, kh, kw, C) lowering (with a permuted copy of the weight) is
 #: used when the batch has at least this many output positions per output
 #: channel; below, the (C, kh, kw) lowering with the weight as it is.
@@ -328,11 +331,30 @@ def lower(x, kh, kw, stride, padding, dilation, out_hw, layout, out):
     return out
 
 
-def _images_per_chunk(N, P, K):
-    """Images lowered at once: about CHUNK_BYTES, at least MIN_CHUNK_ROWS rows."""
-    nb = max(1, CHUNK_BYTES // max(1, P * K * 4))
-    nb = max(nb, -(-MIN_CHUNK_ROWS // P))
-    return min(N, nb)
+def run_chunks(nchunks, work, make_buffers):
+    """Run ``work(i, buffers)`` for ``i in range(nchunks)``, in order.
+
+    Each chunk uses the parallel kernels (through ``pick``) and multithreaded
+    BLAS.  (Running chunks concurrently on a thread pool, each with a serial
+    lowering and single-threaded BLAS, was measured too: 1.2x slower in
+    geometric mean over the ResNet-18 layers at batch 32 on 2 threads, as
+    every thread packs its own copy of the weight and they compete for cache.)
+    """
+    bufs = make_buffers()
+    for i in range(nchunks):
+        work(i, bufs)
+
+
+def images_per_chunk(N, bytes_per_image, rows_per_image=None):
+    """Images per chunk: about CHUNK_BYTES each (at least ``MIN_CHUNK_ROWS``
+    rows when ``rows_per_image`` is given), spread evenly over the chunks."""
+    nb = max(1, CHUNK_BYTES // max(1, bytes_per_image))
+    if rows_per_image:
+        nb = max(nb, -(-MIN_CHUNK_ROWS // rows_per_image))
+    if N <= nb:
+        return max(1, N)
+    nchunks = -(-N // nb)
+    return -(-N // nchunks)
 
 
 def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, out_hw):
@@ -407,8 +429,7 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
                   weight.reshape(G, Cog, Kg).transpose(0, 2, 1),
                   out=out.reshape(N * P, G, Cog).transpose(1, 0, 2))
     else:
-        nb = _images_per_chunk(N, P, K)
-        buf = np.empty((nb * P, K), np.float32)
+        nb = images_per_chunk(N, P * K * 4, P)
         # The fast (g, kh, kw, c) lowering needs the weight permuted to match,
         # a strided copy of C_out*K floats per call: worth it only when there
         # are more rows than weights to copy (measured: the permuted copy
@@ -420,35 +441,71 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, layout, ou
         if fast:
             # wmat[g, o, (i*kw + j)*Cg + c] = weight[g*Cog + o, c, i, j]
             wmat = weight_ijc(weight).reshape(G, Cog, Kg)
-            k = pick(lower_nchw_gijc if nchw else lower_gijc, buf.size)
+            k = lower_nchw_gijc if nchw else lower_gijc
             extra = (G,)
         else:
             wmat = weight.reshape(G, Cog, Kg)
-            k = pick(lower_nchw if nchw else lower_nhwc, buf.size)
+            k = lower_nchw if nchw else lower_nhwc
             extra = ()
         wT = wmat.transpose(0, 2, 1)                                   # (G, Kg, Cog)
-        if nchw:
-            # computed in NHWC one chunk at a time; each chunk's result is
-            # transposed into out while it is still in cache
-            ybuf = np.empty((nb * P, C_out), np.float32)
+        # GEMM orientation (measured, 2 threads, docs/bench_conv.md):
+        # * "image": NCHW with a short contraction (Kg <= SMALL_K, e.g. a stem
+        #   on 1-3 channels): per image out[n, g] = wmat[g] @ rows_n[:, g].T
+        #   straight into out; the product is cheap and a transpose of the
+        #   result would cost more than it;
+        # * "left": few rows for the weight (rows <= 2*C_out, late layers):
+        #   yT = wmat @ rows.T, (C_out, rows), then transposed into out;
+        # * "right": rows @ wmat.T, (rows, C_out), i.e. NHWC (for NCHW
+        #   transposed into out while still in cache).
+        if nchw and Kg <= SMALL_K:
+            mode = "image"
+        elif nb * P <= 2 * C_out:
+            mode = "left"
         else:
-            y = out.reshape(N * P, G, Cog).transpose(1, 0, 2)           # (G, N*P, Cog)
-        for n0 in range(0, N, nb):
+            mode = "right"
+        low_pair = k
+
+        def make_buffers():
+            rows = np.empty((nb * P, K), np.float32)
+            if mode == "left":
+                return rows, np.empty((C_out, nb * P), np.float32)
+            if mode == "right" and nchw:
+                return rows, np.empty((nb * P, C_out), np.float32)
+            return rows, None
+
+        def work(i, bufs):
+            n0 = i * nb
             n1 = min(N, n0 + nb)
             m = n1 - n0
-            rows = buf[: m * P]
-            k(x[n0:n1], *extra, kh, kw, stride[0], stride[1], padding[0], padding[2],
-              dilation[0], dilation[1], Ho, Wo, rows)
-            # for g: y[rows, g*Cog:(g+1)*Cog] = rows[:, g*Kg:(g+1)*Kg] @ wmat[g].T
-            if nchw:
-                yc = ybuf[: m * P]
-                np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT,
-                          out=yc.reshape(-1, G, Cog).transpose(1, 0, 2))
-                np.copyto(out[n0:n1].reshape(m, C_out, P),
-                          yc.reshape(m, P, C_out).transpose(0, 2, 1))
+            R = m * P
+            rows = bufs[0][:R]
+            lowk = pick(low_pair, rows.size)
+            lowk(x[n0:n1], *extra, kh, kw, stride[0], stride[1], padding[0], padding[2],
+                 dilation[0], dilation[1], Ho, Wo, rows)
+            if mode == "image":
+                # for n, g: out[n, g*Cog:(g+1)*Cog] (Cog, P) = wmat[g] @ rows_n[:, g-cols].T
+                np.matmul(wmat, rows.reshape(m, P, G, Kg).transpose(0, 2, 3, 1),
+                          out=out[n0:n1].reshape(m, G, Cog, P))
+            elif mode == "left":
+                # for g: yT[g*Cog:(g+1)*Cog] (Cog, R) = wmat[g] @ rows[:, g-cols].T
+                yT = bufs[1][:, :R]
+                np.matmul(wmat, rows.reshape(R, G, Kg).transpose(1, 2, 0),
+                          out=yT.reshape(G, Cog, R))
+                if nchw:
+                    np.copyto(out[n0:n1].reshape(m, C_out, P),
+                              yT.reshape(C_out, m, P).transpose(1, 0, 2))
+                else:
+                    np.copyto(out.reshape(N * P, C_out)[n0 * P:n1 * P], yT.T)
             else:
-                np.matmul(rows.reshape(-1, G, Kg).transpose(1, 0, 2), wT,
-                          out=y[:, n0 * P:n1 * P])
+                # for g: y[:, g*Cog:(g+1)*Cog] (R, Cog) = rows[:, g-cols] @ wmat[g].T
+                y = bufs[1][:R] if nchw else out.reshape(N * P, C_out)[n0 * P:n1 * P]
+                np.matmul(rows.reshape(R, G, Kg).transpose(1, 0, 2), wT,
+                          out=y.reshape(R, G, Cog).transpose(1, 0, 2))
+                if nchw:
+                    np.copyto(out[n0:n1].reshape(m, C_out, P),
+                              y.reshape(m, P, C_out).transpose(0, 2, 1))
+
+        run_chunks(-(-N // nb), work, make_buffers)
     if bias is not None:
         if layout == "NCHW":
             out += bias.reshape(1, C_out, 1, 1)

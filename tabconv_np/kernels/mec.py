@@ -16,15 +16,17 @@ vertical strip of width ``kw`` under it, over the whole padded height::
 
 ``Y`` is ``(Ho, N*Wo, C_out)`` ("HNWC"), transposed to the caller's layout at
 the end.  The workspace is ``N*Wo*Hu*kw*C`` floats against im2col's
-``N*Ho*Wo*kh*kw*C``: about ``kh/sh`` times smaller.  With groups, each group
+``N*Ho*Wo*kh*kw*C``: about ``kh/sh`` times smaller.  The batch goes in
+chunks of images (``im2col.CHUNK_BYTES`` of ``L``).  With groups, each group
 has its own ``L`` (its channels are not contiguous in a shared ``L``'s
 columns); one kernel call lowers them all.
 """
 import numpy as np
 from numba import prange
 
+from . import im2col as _im2col
 from ._jit import kernel, pick
-from .im2col import CHUNK_BYTES, to_nhwc, weight_ijc
+from .im2col import run_chunks, to_nhwc, weight_ijc
 
 
 def _lower_mec(x, G, kw, sw, pt, pl, dw, Hu, Wo, out):
@@ -113,14 +115,19 @@ def conv2d_mec(x, weight, bias, stride, padding, dilation, groups, layout, out_h
     Y = np.empty((Ho, N * Wo, C_out), np.float32)
     row = Hu * kw * Cg                                  # floats per L row, per group
     # images per chunk: keep L near CHUNK_BYTES
-    nb = min(N, max(1, CHUNK_BYTES // max(1, G * Wo * row * 4)))
-    L = np.empty((G, nb * Wo, row), np.float32)
-    itm = L.itemsize
-    for n0 in range(0, N, nb):
+    nb = _im2col.images_per_chunk(N, G * Wo * row * 4)
+    itm = 4
+
+    def make_buffers():
+        return np.empty((G, nb * Wo, row), np.float32)
+
+    def work(c, L):
+        n0 = c * nb
         n1 = min(N, n0 + nb)
         R = (n1 - n0) * Wo
         Lc = L[:, :R]
-        pick(lower_mec, Lc.size)(xv[n0:n1], G, kw, sw, pt, pl, dw, Hu, Wo, Lc)
+        lowk = pick(lower_mec, Lc.size)
+        lowk(xv[n0:n1], G, kw, sw, pt, pl, dw, Hu, Wo, Lc)
         for g in range(G):
             Lg = Lc[g]
             Yg = Y[:, n0 * Wo:n1 * Wo, g * Cog:(g + 1) * Cog]   # (Ho, R, Cog)
@@ -141,6 +148,8 @@ def conv2d_mec(x, weight, bias, stride, padding, dilation, groups, layout, out_h
                         np.matmul(win, Ki, out=Yg)
                     else:
                         Yg += win @ Ki
+
+    run_chunks(-(-N // nb), work, make_buffers)
     Y4 = Y.reshape(Ho, N, Wo, C_out)
     if layout == "NCHW":
         out = np.ascontiguousarray(Y4.transpose(1, 3, 0, 2))
