@@ -172,6 +172,11 @@ def _layout(layout):
 #: im2col's per-group GEMMs are tiny and slow; direct wins up to about 8
 #: channels per group, MEC beyond.
 DIRECT_MAX_GROUP_CHANNELS = 8
+#: Ungrouped stride-1 convolutions with at most this many lowered columns
+#: (``C*kh*kw``: 3x3 stems on 1-3 channels) also go to the direct kernel:
+#: the GEMM is tiny and writing then transposing its result costs more than
+#: the arithmetic (docs/bench_conv.md, "stem" rows).
+DIRECT_MAX_COLUMNS = 32
 
 
 def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N=1):
@@ -181,8 +186,10 @@ def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N
       per group (depthwise, narrow groups): ``direct``;
     * other grouped convolutions: ``mec`` (measured faster than im2col
       there; its lowered matrix is about ``kh/sh`` times smaller);
-    * ``groups == 1``: ``im2col``, the fastest on every ResNet-18 layer in
-      ``docs/bench_conv.md``.
+    * ``groups == 1``, stride 1 and at most ``DIRECT_MAX_COLUMNS`` lowered
+      columns ``C*kh*kw`` (stems on 1-3 channels): ``direct``;
+    * otherwise ``im2col``, the fastest or near it on the other ResNet-18
+      layers in ``docs/bench_conv.md``.
 
     Parameters
     ----------
@@ -199,6 +206,9 @@ def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N
     """
     if groups > 1:
         return "direct" if C // groups <= DIRECT_MAX_GROUP_CHANNELS else "mec"
+    kh, kw = _pair(kernel_size, "kernel_size")
+    if C * kh * kw <= DIRECT_MAX_COLUMNS and _pair(stride, "stride") == (1, 1):
+        return "direct"
     return "im2col"
 
 

@@ -409,6 +409,8 @@ def test_auto_picks_direct_for_depthwise():
     assert F.choose_method(32, 8, 8, 32, 3, groups=32) == "direct"
     assert F.choose_method(64, 8, 8, 64, 3, groups=4) == "mec"
     assert F.choose_method(64, 8, 8, 64, 3) == "im2col"
+    assert F.choose_method(3, 32, 32, 64, 3) == "direct"            # stem
+    assert F.choose_method(3, 32, 32, 64, 3, stride=2) == "im2col"
 
 
 # --------------------------------------------------------------- bad inputs
