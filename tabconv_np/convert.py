@@ -46,15 +46,18 @@ from .fold import fold_batchnorm
 from .layers import BasicBlock, Conv2d, Linear, Sequential
 from .network import Network
 from .pq import K_MAX, K_MIN, ProductQuantizer
-from .tables import TableConv2d, TableLinear
+from .tables import TableConv2d, TableLinear, fit_tables
 
 __all__ = ["convert", "find_switches", "op_reduction", "ConversionResult", "Switch",
-           "priority_mask", "cosine_similarity"]
+           "priority_mask", "cosine_similarity", "table_structure", "augment_images",
+           "switch_similarities"]
 
 #: Default cap on the calibration rows k-means sees per layer (seeded subsample).
 MAX_ROWS = 50_000
 #: Images per forward chunk during calibration (bounds the im2col buffers).
 BATCH = 250
+#: Calibration images on which each layer's relative error is reported.
+REL_ERROR_IMAGES = 200
 
 
 class Switch:
@@ -128,20 +131,26 @@ def _per_switch(value, switches, what):
     """Resolve a per-switch setting to ``{leaf path: value}``.
 
     ``value`` is one value for every layer, a list with one value per switch,
-    or a dict keyed by switch name or leaf path (a leaf key wins over its
-    switch's key), with an optional ``"*"`` / ``"default"`` key for the rest.
+    or a dict keyed by leaf path, switch name or a glob pattern over leaf
+    paths (``"*.downsample.*"``), looked up in that order, with an optional
+    ``"*"`` / ``"default"`` key for the rest.
     """
     leaves = {leaf: s for s in switches for leaf in s.leaves}
     if isinstance(value, dict):
+        from fnmatch import fnmatchcase
         default = value.get("*", value.get("default"))
         known = set(leaves) | {s.name for s in switches} | {"*", "default"}
-        unknown = [k for k in value if k not in known]
-        if unknown:
-            raise ConfigError(f"{what}: unknown switch or layer name(s) {unknown}; switches are "
-                              f"{[s.name for s in switches]}")
+        patterns = [k for k in value if k not in known and any(ch in k for ch in "*?[")]
+        unknown = [k for k in value if k not in known and k not in patterns]
+        unused = [p for p in patterns if not any(fnmatchcase(leaf, p) for leaf in leaves)]
+        if unknown or unused:
+            raise ConfigError(f"{what}: unknown switch or layer name(s) {unknown + unused}; switches "
+                              f"are {[s.name for s in switches]}")
         out = {}
         for leaf, s in leaves.items():
-            v = value.get(leaf, value.get(s.name, default))
+            v = value.get(leaf, value.get(s.name))
+            if v is None:
+                v = next((value[p] for p in patterns if fnmatchcase(leaf, p)), default)
             if v is None:
                 raise ConfigError(f"{what}: no value for layer {leaf} (switch {s.name}); "
                                   f"add it or a '*' default")
@@ -273,6 +282,35 @@ def _n_rows(layer, x, layout):
     return len(x) * Ho * Wo
 
 
+def _to_rows(y, layout):
+    """Layer output ``y`` as rows ``(N*Ho*Wo, M)`` in (n, ho, wo) order (2-d output: itself)."""
+    if y.ndim == 2:
+        return y
+    if layout == "NCHW":
+        y = y.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(y).reshape(-1, y.shape[-1])
+
+
+def _from_rows(rows, like, layout):
+    """Inverse of :func:`_to_rows` for an output shaped like ``like``."""
+    if like.ndim == 2:
+        return rows
+    if layout == "NCHW":
+        N, M, Ho, Wo = like.shape
+        return np.ascontiguousarray(rows.reshape(N, Ho, Wo, M).transpose(0, 3, 1, 2))
+    return rows.reshape(like.shape)
+
+
+def _table_codes(layer, x, layout, batch=BATCH):
+    """Codes ``(rows, C)`` of the input rows of table ``layer`` on ``x``, in chunks."""
+    out = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        rows = layer.lower(xb, layout)[0] if isinstance(layer, TableConv2d) else xb
+        out.append(layer.encode(rows))
+    return np.concatenate(out)
+
+
 def _ridge(features, targets, alpha):
     """Ridge regression with an unpenalised intercept: ``(weight (M, F), bias (M,))``.
 
@@ -316,7 +354,8 @@ class ConversionResult:
     layers : list of dict
         Per converted layer: ``name, switch, D, C, K, Ds, rows, rows_used,
         rel_error`` (relative L2 error of the table layer against the exact
-        layer on the same calibration input), ``seconds``.
+        layer on the same input, the first ``REL_ERROR_IMAGES`` calibration
+        images: optimistic, they are training rows of the k-means), ``seconds``.
     refit : dict or None
         Classifier refit: ``layer, alpha, lambda, mse_before, mse_after``
         (calibration MSE to the exact logits).
@@ -336,6 +375,41 @@ class ConversionResult:
         body = _replace(self.network.body, self.refit["layer"], self._unrefit)
         return Network(body, self.network.input_shape, self.network.preprocess,
                        self.network.layout, dict(self.network.meta, classifier_refit=False))
+
+    def accuracies(self, images, labels, batch=250):
+        """Top-1 accuracy of the table network with and without the classifier refit.
+
+        When the refit layer is the last child of the body (ResNet, LeNet),
+        the features before it are computed once for both.
+
+        Returns
+        -------
+        dict
+            ``{"table": acc, "without_refit": acc or None, "seconds": s}``
+            (``seconds``: the table network's forward passes).
+        """
+        import time as _time
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim == 3 and self.network.input_shape[0] == 1:
+            images = images[:, None]
+        net = self.network
+        t0 = _time.perf_counter()
+        body = net.body
+        last = list(body.children)[-1] if isinstance(body, Sequential) and body.children else None
+        if not self.refit or self.refit["layer"] != last:
+            acc = float(np.mean(net.predict(images, batch).argmax(1) == labels))
+            dt = _time.perf_counter() - t0
+            other = (float(np.mean(self.network_without_refit().predict(images, batch).argmax(1) == labels))
+                     if self.refit else None)
+            return {"table": acc, "without_refit": other, "seconds": dt}
+        head = Sequential(list(body.children.items())[:-1])
+        fc = body.children[last]
+        feats = Network(head, net.input_shape, net.preprocess, net.layout).predict(images, batch)
+        y1 = fc.forward(feats, net.layout)
+        dt = _time.perf_counter() - t0
+        y0 = self._unrefit.forward(feats, net.layout)
+        return {"table": float(np.mean(y1.argmax(1) == labels)),
+                "without_refit": float(np.mean(y0.argmax(1) == labels)), "seconds": dt}
 
     def to_dict(self):
         keys = ("switches", "on", "masked", "similarities", "drops", "final_similarities",
@@ -379,7 +453,8 @@ class _Pass:
     """One layer-by-layer pass over the calibration data (see the module docstring)."""
 
     def __init__(self, switches, on, settings, layout, calibrate, max_rows, iters, init, seed,
-                 progress, refit_leaf, alpha, reuse, reuse_before, notes):
+                 progress, refit_leaf, alpha, reuse, reuse_before, notes, refine=None,
+                 refine_ridge=1.0, refine_sweeps=3, refine_rows=200_000):
         self.switch_of = {leaf: s for s in switches for leaf in s.leaves}
         self.switch_names = {s.name: s for s in switches}
         self.on, self.settings, self.layout = on, settings, layout
@@ -388,6 +463,8 @@ class _Pass:
         self.refit_leaf, self.alpha = refit_leaf, alpha
         self.reuse, self.reuse_before = reuse, reuse_before
         self.notes = notes
+        self.refine, self.refine_ridge = refine, refine_ridge
+        self.refine_sweeps, self.refine_rows = refine_sweeps, refine_rows
         self.sims = [None] * len(switches)
         self.records, self.converted, self.refit, self.unrefit = [], {}, None, None
         self.leaf_index = {leaf: i for i, leaf in enumerate(l for s in switches for l in s.leaves)}
@@ -486,13 +563,29 @@ class _Pass:
                 self.unrefit = unrefit_table
             rec = {"name": path, "switch": s.name, "D": D, "C": pq.C, "K": pq.K, "K_requested": K,
                    "Ds": pq.Ds, "rows": int(n), "rows_used": int(len(idx) if idx is not None else n),
-                   "calibrate": self.calibrate}
+                   "calibrate": self.calibrate, "refine": self.refine}
             if idx is not None:
                 self.notes.append(f"{path}: k-means on {len(idx):,} of {n:,} calibration rows "
                                   f"(seeded subsample, max_rows={self.max_rows:,})")
-        ya = _apply(layer, xa, self.layout)
-        ref = _apply(exact_layer, xa, self.layout)
-        rec["rel_error"] = float(np.linalg.norm((ya - ref).ravel()) / max(np.linalg.norm(ref.ravel()), 1e-30))
+            if self.refine:
+                codes = _table_codes(layer, xa, self.layout)
+                target = ye if self.refine == "exact" else _apply(exact_layer, xa, self.layout)
+                Y = _to_rows(target, self.layout)
+                if "bias" in layer.params:
+                    Y = Y - layer.params["bias"]
+                sel = slice(None)
+                if len(Y) > self.refine_rows:
+                    sel = np.sort(rng.choice(len(Y), self.refine_rows, replace=False))
+                layer.params["table"][...] = fit_tables(codes[sel], Y[sel], layer.params["table"],
+                                                        self.refine_ridge, self.refine_sweeps)
+                ya = _from_rows(layer._lookup(codes), ye, self.layout)
+                del codes, Y, target
+        if not (self.refine and reused is None):
+            ya = _apply(layer, xa, self.layout)
+        sub = slice(0, REL_ERROR_IMAGES)
+        ref = _apply(exact_layer, xa[sub], self.layout)
+        rec["rel_error"] = float(np.linalg.norm((ya[sub] - ref).ravel())
+                                 / max(np.linalg.norm(ref.ravel()), 1e-30))
         rec["seconds"] = time.perf_counter() - t0
         self.records.append(rec)
         self.converted[path] = (layer, rec, unrefit_table)
@@ -509,7 +602,8 @@ def _last_linear(body):
 
 def convert(model, calibration_images, codebooks=8, prototypes=256, switches=None, mask_rate=None,
             refit_classifier=True, seed=0, progress=None, calibrate="approx", max_rows=MAX_ROWS,
-            iters=16, init="auto", ridge_alpha=1e-3, recalibrate=True):
+            iters=16, init="auto", ridge_alpha=1e-3, recalibrate=True, refine=None,
+            refine_ridge=1.0, refine_sweeps=3):
     """Convert a trained network into a table (TabConv) network.
 
     Parameters
@@ -522,8 +616,9 @@ def convert(model, calibration_images, codebooks=8, prototypes=256, switches=Non
     codebooks : int, str, list or dict
         ``C`` per layer: an int, or ``"D/<ds>"`` for ``ceil(D/ds)`` subspaces
         of about ``ds`` columns; a list gives one value per switch; a dict maps
-        switch names or layer paths (``"layer1.0"``, ``"layer1.0.conv2"``,
-        ``"*"`` for the rest) to values.
+        layer paths (``"layer1.0.conv2"``), switch names (``"layer1.0"``) or
+        glob patterns over layer paths (``"*.downsample.*"``) to values, with
+        ``"*"`` for the rest.
     prototypes : int, list or dict
         ``K`` per layer (2..16384), same forms.  Capped, with a note, when a
         layer has fewer distinct calibration rows.
@@ -555,6 +650,15 @@ def convert(model, calibration_images, codebooks=8, prototypes=256, switches=Non
     recalibrate : bool
         After masking, convert the switches behind the first masked one again
         on the new activations (default); False keeps the all-table pass's tables.
+    refine : {None, "exact", "local"}
+        Beyond the authors' method: after building each table from its
+        prototypes, refit the table entries by ridge-regularised least squares
+        (:func:`tabconv_np.tables.fit_tables`) so that the layer's output on
+        the calibration codes matches the exact network's output at that layer
+        (``"exact"``: corrects the error accumulated before it) or the exact
+        layer applied to the same input (``"local"``).  None: plain PQ tables.
+    refine_ridge, refine_sweeps : float, int
+        Shrinkage toward the prototype table (in rows) and coordinate-descent sweeps.
 
     Returns
     -------
@@ -563,6 +667,8 @@ def convert(model, calibration_images, codebooks=8, prototypes=256, switches=Non
     t_start = time.perf_counter()
     if not isinstance(model, Network):
         raise ConfigError(f"convert: model must be a Network, got {type(model).__name__}")
+    if refine not in (None, "exact", "local"):
+        raise ConfigError(f"convert: refine must be None, 'exact' or 'local', got {refine!r}")
     if calibrate not in ("approx", "exact"):
         raise ConfigError(f"convert: calibrate must be 'approx' or 'exact', got {calibrate!r}")
     if mask_rate is not None and not 0 <= float(mask_rate) <= 100:
@@ -598,7 +704,8 @@ def convert(model, calibration_images, codebooks=8, prototypes=256, switches=Non
     if exact.layout == "NHWC":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     common = dict(layout=exact.layout, calibrate=calibrate, max_rows=int(max_rows), iters=iters,
-                  init=init, seed=seed, progress=progress, refit_leaf=refit_leaf, alpha=ridge_alpha)
+                  init=init, seed=seed, progress=progress, refit_leaf=refit_leaf, alpha=ridge_alpha,
+                  refine=refine, refine_ridge=refine_ridge, refine_sweeps=refine_sweeps)
 
     p1 = _Pass(sw, on, settings, reuse={}, reuse_before=0, notes=notes, **common)
     body, _, _ = p1.walk(exact.body, "", x, x)
@@ -617,12 +724,14 @@ def convert(model, calibration_images, codebooks=8, prototypes=256, switches=Non
         "masked": [sw[i].name for i in masked], "mask_rate": mask_rate,
         "layers": {r["name"]: [r["C"], r["K"]] for r in final.records},
         "calibration_images": int(len(imgs)), "calibrate": calibrate, "seed": seed,
+        "refine": refine,
         "classifier_refit": bool(final.refit)}
     net = Network(body, exact.input_shape, exact.preprocess, exact.layout, meta)
     settings_out = {"codebooks": codebooks if not isinstance(codebooks, dict) else dict(codebooks),
                     "prototypes": prototypes if not isinstance(prototypes, dict) else dict(prototypes),
                     "mask_rate": mask_rate, "refit_classifier": refit_classifier, "seed": seed,
                     "calibrate": calibrate, "max_rows": int(max_rows), "iters": iters, "init": init,
+                    "refine": refine, "refine_ridge": refine_ridge, "refine_sweeps": refine_sweeps,
                     "calibration_images": int(len(imgs))}
     res = ConversionResult(
         network=net, exact=exact, switches=[s.name for s in sw], on=on,
@@ -631,6 +740,96 @@ def convert(model, calibration_images, codebooks=8, prototypes=256, switches=Non
         seconds=time.perf_counter() - t_start, settings=settings_out)
     res._unrefit = final.unrefit
     return res
+
+
+def _forward_record(m, x, layout, path, want, out):
+    """Forward ``x`` through ``m``, storing the output of every module whose path is in ``want``."""
+    if isinstance(m, Sequential):
+        for n, child in m.children.items():
+            x = _forward_record(child, x, layout, _join(path, n), want, out)
+        y = x
+    else:
+        y = _apply(m, x, layout)
+    if path in want:
+        out[path] = y
+    return y
+
+
+def switch_similarities(table_net, exact_net, images):
+    """Cosine similarity of two networks' activations at every switch output, on ``images``.
+
+    The criterion of priority masking, measured on any images (e.g. test
+    images, to see how far the calibration similarities generalise).
+
+    Parameters
+    ----------
+    table_net, exact_net : Network
+        Same switch structure (a converted network and its exact origin).
+    images : array (N, C, H, W)
+
+    Returns
+    -------
+    dict
+        ``{switch name: similarity}`` in forward order.
+    """
+    sw = [s.name for s in find_switches(exact_net.body)]
+    res = []
+    for net in (table_net, exact_net):
+        x = net.normalize(np.asarray(images))
+        if net.layout == "NHWC":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        rec = {}
+        _forward_record(net.body, x, net.layout, "", set(sw), rec)
+        res.append(rec)
+    return {n: cosine_similarity(res[0][n], res[1][n]) for n in sw}
+
+
+def table_structure(model, codebooks=8, prototypes=256, switches=None):
+    """The table network ``convert`` would build, with zero parameters: for counting only.
+
+    Same switches and ``(C, K)`` resolution as :func:`convert`, but no data:
+    ``K`` is never capped.  Used to report the operation reduction of an
+    architecture on a data set that is not available (e.g. CIFAR here).
+
+    Returns
+    -------
+    Network
+        BN folded; table layers' prototypes and tables are zeros.
+    """
+    exact = fold_batchnorm(model)
+    sw = find_switches(exact.body)
+    on = _flags(switches, sw)
+    c_spec = _per_switch(codebooks, sw, "codebooks")
+    k_spec = _per_switch(prototypes, sw, "prototypes")
+    mods = dict(exact.body.modules())
+    body = exact.body
+    for s in sw:
+        if not on[s.index]:
+            continue
+        for leaf in s.leaves:
+            m = mods[leaf]
+            if isinstance(m, Linear):
+                C = _codebooks_for(c_spec[leaf], m.in_features, leaf)
+                new = TableLinear(m.in_features, m.out_features, C, int(k_spec[leaf]), "bias" in m.params)
+            else:
+                D = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                C = _codebooks_for(c_spec[leaf], D, leaf)
+                new = TableConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                  m.dilation, C, int(k_spec[leaf]), "bias" in m.params)
+            body = _replace(body, leaf, new)
+    return Network(body, exact.input_shape, exact.preprocess, exact.layout, dict(exact.meta))
+
+
+def augment_images(images, flip=True):
+    """Calibration images plus their horizontal mirror images (``flip``), as one array.
+
+    Only for data whose training used flips (Fashion-MNIST here); the
+    mirrored copies double the calibration rows every layer sees.
+    """
+    images = np.asarray(images)
+    if not flip:
+        return images
+    return np.concatenate([images, images[..., ::-1]])
 
 
 # -------------------------------------------------------- op accounting

@@ -108,10 +108,8 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
                 iters=s["iters"] if iters is None else iters)
     res = convert(net, xc, seed=seed, progress=progress, calibrate=calibrate, **opts)
     exact_acc, exact_s = accuracy(res.exact, xt, yt)
-    table_acc, table_s = accuracy(res.network, xt, yt)
-    norefit_acc = None
-    if res.refit:
-        norefit_acc, _ = accuracy(res.network_without_refit(), xt, yt)
+    both = res.accuracies(xt, yt)
+    table_acc, table_s, norefit_acc = both["table"], both["seconds"], both["without_refit"]
     red = op_reduction(res.network, res.exact)
     out = {
         "model": os.path.relpath(path) if not os.path.isabs(model or "") else path,

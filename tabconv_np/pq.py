@@ -87,7 +87,7 @@ class ProductQuantizer:
         ``K``, prototypes per subspace, 2..16384.  Capped (with a warning) when
         no subspace of the training rows has ``K`` distinct sub-rows.
     iters : int
-        Maximum Lloyd iterations (stops earlier when no assignment changes).
+        Maximum Lloyd iterations (stops earlier when at most 0.1% of the rows change cluster).
     init : {"auto", "k-means++", "random", "product"}
         Seeding.  ``k-means++``: D^2 sampling; ``random``: ``K`` distinct rows
         drawn at random; ``product`` (the authors'): k-means with
@@ -337,21 +337,16 @@ def assign(X, cent):
 
 
 def _kmeanspp(X, K, rng, x2):
-    """k-means++ seeding: each new centre drawn with probability proportional to D(x)^2."""
+    """k-means++ seeding: each new centre drawn with probability proportional to D(x)^2.
+
+    The draws come from ``rng``; the sequential sampling runs in a kernel
+    (:func:`tabconv_np.kernels.pq._kmeanspp`).
+    """
     N = len(X)
+    first = int(rng.integers(N))
+    u = rng.random(K)
     idx = np.empty(K, np.int64)
-    idx[0] = rng.integers(N)
-    # mind[n] = squared distance from row n to its nearest chosen centre
-    mind = np.maximum(x2 - 2 * (X @ X[idx[0]]) + x2[idx[0]], 0)
-    for i in range(1, K):
-        total = float(mind.sum(dtype=np.float64))
-        if total <= 0:                       # every row sits on a centre: take any other row
-            idx[i] = rng.integers(N)
-        else:
-            cdf = np.cumsum(mind, dtype=np.float64)
-            idx[i] = min(int(np.searchsorted(cdf, rng.random() * total, side="right")), N - 1)
-        d = np.maximum(x2 - 2 * (X @ X[idx[i]]) + x2[idx[i]], 0)
-        np.minimum(mind, d, out=mind)
+    _k.kmeanspp[1](X, x2, first, u, idx)
     return X[idx].copy()
 
 
@@ -383,7 +378,7 @@ def _product_init(X, K, rng, iters):
     return np.ascontiguousarray(cent, dtype=np.float32)
 
 
-def kmeans(X, K, iters=16, init="k-means++", rng=None):
+def kmeans(X, K, iters=16, init="k-means++", rng=None, tol=1e-3):
     """Lloyd's k-means on float32 rows.
 
     Parameters
@@ -391,9 +386,12 @@ def kmeans(X, K, iters=16, init="k-means++", rng=None):
     X : float32 array (N, d), with at least K distinct rows
     K : int
     iters : int
-        Maximum Lloyd iterations; stops when no assignment changes.
+        Maximum Lloyd iterations.
     init : {"k-means++", "random", "product"}
     rng : numpy.random.Generator
+    tol : float
+        Stop when at most this fraction of the rows changed cluster in an
+        iteration (0: only when none did).
 
     Returns
     -------
@@ -406,7 +404,7 @@ def kmeans(X, K, iters=16, init="k-means++", rng=None):
     -----
     An empty cluster takes the row farthest from its centroid among the rows
     not already re-seeding another one; centroids are means computed in
-    float64 (sorted by label, ``np.add.reduceat``).
+    float64 (:func:`tabconv_np.kernels.pq._centroid_sums`).
     """
     rng = np.random.default_rng(0) if rng is None else rng
     X = np.ascontiguousarray(X, dtype=np.float32)
@@ -419,24 +417,22 @@ def kmeans(X, K, iters=16, init="k-means++", rng=None):
     else:
         cent = _product_init(X, K, rng, iters)
     labels, dist = assign(X, cent)
+    sums = np.empty((K, X.shape[1]), np.float64)
+    counts = np.empty(K, np.int64)
     it = 0
     for it in range(1, iters + 1):
         # centroid k = mean of its rows:  for n: sums[labels[n]] += X[n]; counts[labels[n]] += 1
-        order = np.argsort(labels, kind="stable")
-        sl = labels[order]
-        starts = np.flatnonzero(np.r_[True, sl[1:] != sl[:-1]])
-        used = sl[starts]
-        counts = np.diff(np.r_[starts, N])
-        sums = np.add.reduceat(X[order].astype(np.float64), starts, axis=0)
+        _k.centroid_sums[1](X, labels, sums, counts)
+        used = counts > 0
         new = cent.copy()
-        new[used] = (sums / counts[:, None]).astype(np.float32)
-        empty = np.setdiff1d(np.arange(K), used)
+        new[used] = (sums[used] / counts[used, None]).astype(np.float32)
+        empty = np.flatnonzero(~used)
         if len(empty):
             far = np.argsort(-dist, kind="stable")[:len(empty)]
             new[empty] = X[far]
         cent = new
         old = labels
         labels, dist = assign(X, cent)
-        if np.array_equal(old, labels) and not len(empty):
+        if not len(empty) and np.count_nonzero(old != labels) <= tol * N:
             break
     return cent, it, float(dist.sum(dtype=np.float64))

@@ -25,13 +25,14 @@ and can stand anywhere those do.  Their op-count rows (``count``) fill the
 """
 import numpy as np
 
+from . import layers as _layers  # noqa: F401  (registers Conv2d, Sequential, ... for from_config)
 from .errors import ConfigError, ShapeError
 from .kernels import pq as _k
 from .kernels._jit import pick
 from .module import Module, channel_axis, pair, register
 from .pq import K_MAX, check_codes, code_dtype, encode_rows, subspace_length
 
-__all__ = ["TableConv2d", "TableLinear", "warmup", "table_from_weights"]
+__all__ = ["TableConv2d", "TableLinear", "warmup", "table_from_weights", "fit_tables"]
 
 
 def table_from_weights(prototypes, wmat):
@@ -57,6 +58,67 @@ def table_from_weights(prototypes, wmat):
     out = np.empty((C, K, W.shape[1]), np.float32)
     pick(_k.build_table, C * K * Ds * W.shape[1])(P, W, out)
     return out
+
+
+def fit_tables(codes, targets, tables, ridge=1.0, sweeps=3):
+    """Least-squares refinement of tables to given codes and target outputs.
+
+    Minimises ``sum_n ||sum_c T[c, codes[n, c]] - targets[n]||^2
+    + ridge * sum_{c,k} ||T[c, k] - tables[c, k]||^2`` by exact block
+    coordinate descent over the codebooks: with the other codebooks fixed,
+    entry ``T[c, k]`` is the ridge-shrunk mean residual of the rows coded
+    ``k`` in subspace ``c`` (one-hot codes of one codebook are orthogonal).
+    The plain loop::
+
+        for sweep in range(sweeps):
+            for c in range(C):
+                r = targets - (pred - T[c, codes[:, c]])     # residual without codebook c
+                for k in range(K):
+                    rows = codes[:, c] == k
+                    T[c, k] = (r[rows].sum(0) + ridge * tables[c, k]) / (rows.sum() + ridge)
+                pred = ... with the new T[c]
+
+    This goes beyond plain PQ (the TabConv authors build tables from the
+    prototypes only); it is what lets a table layer correct the error of the
+    layers before it when ``targets`` are the exact network's outputs.
+
+    Parameters
+    ----------
+    codes : integer array (N, C), values < K
+    targets : float32 array (N, M)
+        Desired outputs minus the bias.
+    tables : float32 array (C, K, M)
+        Starting point and ridge anchor (the prototype tables).
+    ridge : float
+        Shrinkage toward ``tables``, in rows: an entry seen by ``n`` rows moves
+        ``n / (n + ridge)`` of the way to its least-squares value.
+    sweeps : int
+
+    Returns
+    -------
+    float32 array (C, K, M)
+    """
+    codes = np.asarray(codes)
+    Y = np.ascontiguousarray(targets, dtype=np.float32)
+    T0 = np.asarray(tables, np.float32)
+    C, K, M = T0.shape
+    T = T0.copy()
+    cols = [np.ascontiguousarray(codes[:, c], dtype=np.int64) for c in range(C)]
+    pred = np.zeros_like(Y)
+    for c in range(C):
+        pred += T[c][cols[c]]
+    sums = np.empty((K, M), np.float64)
+    counts = np.empty(K, np.int64)
+    for _ in range(sweeps):
+        for c in range(C):
+            old = T[c][cols[c]]
+            resid = Y - pred
+            resid += old
+            _k.centroid_sums[1](resid, cols[c], sums, counts)
+            T[c] = ((sums + ridge * T0[c]) / (counts + ridge)[:, None]).astype(np.float32)
+            pred += T[c][cols[c]]
+            pred -= old
+    return T
 
 
 class _TableMixin:
@@ -278,7 +340,7 @@ class TableLinear(_TableMixin, Module):
 
 def warmup():
     """Compile (or load from the on-disk cache) every table kernel, serial and parallel,
-    for both code dtypes (uint8 for K <= 256, uint16 above)."""
+    for both code dtypes (uint8 for K <= 256, uint16 above), and the serial k-means kernels."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3, 10)).astype(np.float32)
     P = rng.standard_normal((3, 4, 4)).astype(np.float32)
@@ -286,6 +348,8 @@ def warmup():
     T = np.empty((3, 4, 5), np.float32)
     y = np.empty((3, 5), np.float32)
     b = np.zeros(5, np.float32)
+    _k.kmeanspp[1](X, np.einsum("nd,nd->n", X, X), 0, np.zeros(2), np.empty(2, np.int64))
+    _k.centroid_sums[1](X, np.zeros(3, np.int64), np.empty((2, 10)), np.empty(2, np.int64))
     for par_ser in range(2):
         _k.build_table[par_ser](P, W, T)
         for dt in (np.uint8, np.uint16):

@@ -1,10 +1,12 @@
 """Product-quantization kernels: encoding, table construction, lookup-accumulate.
 
-Three jobs, one kernel each (``(parallel, serial)`` pairs from ``_jit.kernel``):
+One kernel per job (``(parallel, serial)`` pairs from ``_jit.kernel``):
 
 * :data:`encode` -- exhaustive nearest prototype of every row in every subspace;
 * :data:`build_table` -- ``T[c, k, m] = <prototype(c, k), weight column m on subspace c>``;
-* :data:`lookup` -- ``y[n, m] = sum_c T[c, code[n, c], m] (+ bias[m])``.
+* :data:`lookup` -- ``y[n, m] = sum_c T[c, code[n, c], m] (+ bias[m])``;
+* :data:`kmeanspp` and :data:`centroid_sums` -- the sequential parts of
+  k-means (seeding, centroid update; no ``prange``: serial in both entries).
 
 Shapes follow :mod:`tabconv_np.pq`: ``D`` columns split into ``C`` contiguous
 subspaces of ``Ds = ceil(D / C)`` columns; the columns past ``D`` of the last
@@ -195,9 +197,99 @@ def _lookup(codes, T, bias, has_bias, out):
     return out
 
 
+def _kmeanspp(X, x2, first, u, out):
+    """k-means++ seeding (D^2 sampling) of ``len(out)`` centres among the rows of ``X``.
+
+    Parameters
+    ----------
+    X : float32 array (N, d)
+    x2 : float32 array (N,)
+        ``||X[n]||^2``.
+    first : int
+        Index of the first centre.
+    u : float64 array (K,)
+        Uniform draws in [0, 1) (``u[i]`` picks centre ``i >= 1``).
+    out : int64 array (K,), written
+        Row indices of the centres.
+
+    Notes
+    -----
+    ``mind[n]`` is the squared distance of row n to its nearest centre so
+    far; centre ``i`` is the first row whose running sum of ``mind`` exceeds
+    ``u[i] * sum(mind)`` (sums in float64, in row order).  When every row
+    sits on a centre (``sum(mind) == 0``) the row ``floor(u[i] * N)`` is
+    taken.  The plain loop::
+
+        mind = ((X - X[first])**2).sum(1)
+        for i in range(1, K):
+            c = searchsorted(cumsum(mind), u[i] * mind.sum(), side="right")
+            mind = minimum(mind, ((X - X[c])**2).sum(1))
+    """
+    N, d = X.shape
+    K = out.shape[0]
+    mind = np.empty(N, np.float64)
+    out[0] = first
+    s = np.dot(X, X[first])                      # BLAS gemv: <X[n], X[first]> for all n
+    for n in range(N):
+        v = np.float64(x2[n]) - 2.0 * np.float64(s[n]) + np.float64(x2[first])
+        mind[n] = v if v > 0.0 else 0.0
+    for i in range(1, K):
+        total = 0.0
+        for n in range(N):
+            total += mind[n]
+        c = N - 1
+        if total <= 0.0:
+            c = min(N - 1, int(u[i] * N))
+        else:
+            target = u[i] * total
+            acc = 0.0
+            for n in range(N):
+                acc += mind[n]
+                if acc > target:
+                    c = n
+                    break
+        out[i] = c
+        s = np.dot(X, X[c])
+        for n in range(N):
+            v = np.float64(x2[n]) - 2.0 * np.float64(s[n]) + np.float64(x2[c])
+            if v < 0.0:
+                v = 0.0
+            if v < mind[n]:
+                mind[n] = v
+    return out
+
+
+def _centroid_sums(X, labels, sums, counts):
+    """Per-cluster sums and counts: ``sums[labels[n]] += X[n]``, ``counts[labels[n]] += 1``.
+
+    Parameters
+    ----------
+    X : float32 array (N, d)
+    labels : int64 array (N,), values in [0, K)
+    sums : float64 array (K, d), written
+    counts : int64 array (K,), written
+
+    Notes
+    -----
+    Serial (rows are added in order, in float64): the result does not depend
+    on threads.
+    """
+    N, d = X.shape
+    sums[:] = 0.0
+    counts[:] = 0
+    for n in range(N):
+        k = labels[n]
+        counts[k] += 1
+        for j in range(d):
+            sums[k, j] += X[n, j]
+    return sums
+
+
 encode = kernel(_encode)
 build_table = kernel(_build_table)
 lookup = kernel(_lookup)
+kmeanspp = kernel(_kmeanspp)
+centroid_sums = kernel(_centroid_sums)
 
 
 # --------------------------------------------------------------- references
