@@ -163,6 +163,7 @@ def torch_worker_main(threads):
             ts = []
             with torch.inference_mode():
                 for _ in range(req.get("repeat", 1)):
+                    fn()                                # untimed, as in time_calls
                     t0 = time.perf_counter()
                     for _ in range(req["loops"]):
                         fn()
@@ -265,7 +266,11 @@ def time_calls(fns, repeat, min_sample=0.01):
     Each function is calibrated to samples of >= ``min_sample`` seconds, then
     the ``repeat`` samples of all functions are interleaved, so that a burst
     of other load on the machine hits every method alike and the ratios
-    between methods stay meaningful.  Functions with a ``samples(loops,
+    between methods stay meaningful.  Each sample is preceded by one untimed
+    call: right after another method (a long Numba region, say), the first
+    call can wait for BLAS or OpenMP threads to be woken and rescheduled,
+    which a steady stream of calls of one layer does not.  Functions with a
+    ``samples(loops,
     repeat)`` method (the torch worker) are timed by it, in one block after
     the others.
     """
@@ -285,7 +290,8 @@ def time_calls(fns, repeat, min_sample=0.01):
     samples = {name: [] for name in local}
     for _ in range(repeat):
         for name, fn in local.items():
-            samples[name].append(sample(fn, loops[name]))
+            fn()                  # untimed: the first call after another method pays
+            samples[name].append(sample(fn, loops[name]))   # for its thread wake-ups
     for name, fn in remote.items():            # timed in another process, in one block
         fn.samples(1)
         one = max(fn.samples(1)[0], 1e-7)
