@@ -4,7 +4,8 @@
   ``HYPOTHESIS_PROFILE``): no per-example deadline, because the first call of
   a Numba kernel compiles it (or loads it from the cache) and would trip
   Hypothesis's 200 ms deadline; 50 examples per test unless a test says
-  otherwise.  ``HYPOTHESIS_PROFILE=thorough`` runs 500.
+  otherwise.  ``HYPOTHESIS_PROFILE=thorough`` runs 500 (in the tests that
+  do not set their own ``max_examples``).
 * ``warm_conv_jit``: a session fixture that compiles (or loads from the
   on-disk cache) every convolution kernel, serial and parallel, for the array
   layouts the drivers pass, so that timings and deadlines inside tests see
