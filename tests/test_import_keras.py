@@ -2,10 +2,8 @@
 .keras) layouts -- no TensorFlow here -- against a NumPy forward pass in channels-last order."""
 import io
 import json
-import signal
 import warnings
 import zipfile
-from contextlib import contextmanager
 
 import h5py
 import numpy as np
@@ -15,10 +13,11 @@ from hypothesis import strategies as st
 
 import tabconv_np
 from tabconv_np.cli import main
-from tabconv_np.errors import ConfigError, ShapeError, TabConvError, WeightFileError
+from tabconv_np.errors import ConfigError, ShapeError, WeightFileError
 from tabconv_np.importers import import_model
 from tabconv_np.importers.keras import snake_case
 from tabconv_np.layers import BatchNorm2d
+from helpers import check_damaged, mutate
 
 RNG = np.random.default_rng(0)
 
@@ -284,23 +283,6 @@ def test_unsupported_and_mismatched(tmp_path):
 
 
 # --- corrupt files ----------------------------------------------------------------------------
-class _Hang(Exception):
-    pass
-
-
-@contextmanager
-def _time_limit(seconds):
-    def on_alarm(signum, frame):
-        raise _Hang(f"no answer within {seconds} s")
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.parametrize("layout", ["keras2", "keras3"])
 def test_damaged_keras_files_raise_project_errors(data, tmp_path_factory, layout):
     layers, _, _ = data
@@ -320,20 +302,6 @@ def test_damaged_keras_files_raise_project_errors(data, tmp_path_factory, layout
     @given(st.data())
     def run(data):
         pos = st.one_of(st.integers(0, min(n, 4096) - 1), st.integers(0, n - 1))
-        if data.draw(st.booleans(), label="truncate"):
-            damaged = blob[:data.draw(pos, label="length")]
-        else:
-            out = bytearray(blob)
-            for p in data.draw(st.lists(pos, min_size=1, max_size=4), label="positions"):
-                out[p] ^= 1 << data.draw(st.integers(0, 7), label="bit")
-            damaged = bytes(out)
-        with open(path, "wb") as f:
-            f.write(damaged)
-        with _time_limit(10), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                import_model(path, **kw)
-            except TabConvError:
-                pass
+        check_damaged(path, mutate(data, blob, pos), ignore_warnings=True, **kw)
 
     run()

@@ -1,8 +1,6 @@
 """Importing ONNX graphs built with onnx.helper: chains, residual blocks (BasicBlock and
 general graphs), the CLI, unsupported ops, and corrupt files."""
-import signal
 import warnings
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -15,10 +13,11 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 import tabconv_np  # noqa: E402
 from tabconv_np.cli import main  # noqa: E402
-from tabconv_np.errors import ConfigError, ShapeError, TabConvError, WeightFileError  # noqa: E402
+from tabconv_np.errors import ConfigError, ShapeError, WeightFileError  # noqa: E402
 from tabconv_np.importers import import_model  # noqa: E402
 from tabconv_np.importers.graph import Graph  # noqa: E402
 from tabconv_np.layers import BasicBlock, Sequential  # noqa: E402
+from helpers import check_damaged, mutate  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -256,23 +255,6 @@ def test_refusals_and_shapes(tmp_path):
 
 
 # --- corrupt files ---------------------------------------------------------------------------
-class _Hang(Exception):
-    pass
-
-
-@contextmanager
-def _time_limit(seconds):
-    def on_alarm(signum, frame):
-        raise _Hang(f"no answer within {seconds} s")
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 @pytest.fixture(scope="module")
 def blob():
     return _chain_model().SerializeToString()
@@ -286,20 +268,7 @@ def test_damaged_onnx_files_raise_project_errors(blob, tmp_path_factory):
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.data())
     def run(data):
-        if data.draw(st.booleans(), label="truncate"):
-            damaged = blob[:data.draw(st.integers(0, n - 1), label="length")]
-        else:
-            out = bytearray(blob)
-            for p in data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=4), label="positions"):
-                out[p] ^= 1 << data.draw(st.integers(0, 7), label="bit")
-            damaged = bytes(out)
-        with open(path, "wb") as f:
-            f.write(damaged)
-        with _time_limit(10):
-            try:
-                import_model(path)
-            except TabConvError:
-                pass
+        check_damaged(path, mutate(data, blob, st.integers(0, n - 1)))
 
     run()
     with open(path, "wb") as f:

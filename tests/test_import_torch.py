@@ -6,11 +6,9 @@ import io
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import zipfile
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -19,9 +17,10 @@ from hypothesis import strategies as st
 
 import tabconv_np
 from tabconv_np.cli import main
-from tabconv_np.errors import ConfigError, ShapeError, TabConvError, UnsafePickleError, WeightFileError
+from tabconv_np.errors import ConfigError, ShapeError, UnsafePickleError, WeightFileError
 from tabconv_np.importers import import_model, read_torch
 from tabconv_np.importers.statedict import clean_state
+from helpers import check_damaged, mutate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -386,44 +385,12 @@ def test_not_a_state_dict(tmp_path):
 
 
 # --- corrupt files -------------------------------------------------------------------------------------
-class _Hang(Exception):
-    pass
-
-
-@contextmanager
-def _time_limit(seconds):
-    def on_alarm(signum, frame):
-        raise _Hang(f"no answer within {seconds} s")
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _mutate(data, blob):
     """A truncated or bit-flipped copy of ``blob``, damage biased towards headers and the end."""
     n = len(blob)
     pos = st.one_of(st.integers(0, min(n, 2048) - 1), st.integers(max(0, n - 2048), n - 1),
                     st.integers(0, n - 1))
-    if data.draw(st.booleans(), label="truncate"):
-        return blob[:data.draw(pos, label="length")]
-    out = bytearray(blob)
-    for p in data.draw(st.lists(pos, min_size=1, max_size=4), label="positions"):
-        out[p] ^= 1 << data.draw(st.integers(0, 7), label="bit")
-    return bytes(out)
-
-
-def _check_damaged(path, blob, **kw):
-    with open(path, "wb") as f:
-        f.write(blob)
-    with _time_limit(10):
-        try:
-            import_model(path, **kw)
-        except TabConvError:
-            pass
+    return mutate(data, blob, pos)
 
 
 @pytest.fixture(scope="module")
@@ -453,6 +420,6 @@ def test_damaged_torch_files_raise_project_errors(small_files, fmt):
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.data())
     def run(data):
-        _check_damaged(path, _mutate(data, blobs[fmt]), arch="lenet")
+        check_damaged(path, _mutate(data, blobs[fmt]), arch="lenet")
 
     run()

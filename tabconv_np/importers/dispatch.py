@@ -23,6 +23,24 @@ FORMATS = ("torch-zip", "torch-legacy", "keras-zip", "hdf5", "onnx")
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 
 
+def read_source(path, size=-1):
+    """The first ``size`` bytes (all of them by default) of the file at ``path``.
+
+    Shared by the importers so that an unreadable source fails the same way
+    everywhere.
+
+    Raises
+    ------
+    WeightFileError
+        ``"{path}: cannot read: ..."`` when the file cannot be opened or read.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as e:
+        raise WeightFileError(f"{path}: cannot read: {e}") from None
+
+
 def detect_format(path):
     """One of ``FORMATS`` for the file at ``path``, judged by its content.
 
@@ -32,11 +50,7 @@ def detect_format(path):
         Missing, empty or unrecognised file (the message says what was found).
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError as e:
-        raise WeightFileError(f"{path}: cannot read: {e}") from None
+    head = read_source(path, 4096)
     if not head:
         raise WeightFileError(f"{path}: empty file")
     if head[:4] == b"PK\x03\x04":

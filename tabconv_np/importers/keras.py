@@ -39,6 +39,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import ConfigError, TabConvError, WeightFileError
+from .dispatch import read_source
 from .spec import build_from_spec
 
 KERAS_EPS = 1e-3
@@ -395,11 +396,7 @@ def import_keras(path, spec=None, input_shape=None, meta=None):
         Weights that do not fit the layers.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError as e:
-        raise WeightFileError(f"{path}: cannot read: {e}") from None
+    head = read_source(path, 8)
     try:
         if head[:4] == b"PK\x03\x04":
             return _import_keras3_zip(path, spec, input_shape, meta)

@@ -35,6 +35,7 @@ from ..errors import ConfigError, ShapeError, TabConvError, WeightFileError
 from ..layers import (AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d,
                       ReLU)
 from ..network import Network
+from .dispatch import read_source
 from .graph import INPUT, Clip
 from .spec import Builder, same_padding, simple_padding
 
@@ -416,11 +417,7 @@ def import_onnx(path, input_shape=None, meta=None):
     """
     onnx, nh = _onnx()
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise WeightFileError(f"{path}: cannot read: {e}") from None
+    data = read_source(path)
     try:
         model = onnx.load_model_from_string(data)
     except Exception as e:

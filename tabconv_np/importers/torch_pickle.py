@@ -45,6 +45,7 @@ import zipfile
 import numpy as np
 
 from ..errors import TabConvError, UnsafePickleError, WeightFileError
+from .dispatch import read_source
 
 #: First pickle of a legacy file, and the second.
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
@@ -403,11 +404,7 @@ def load_torch_file(path):
         Not a torch.save file, or a truncated / corrupt one.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as e:
-        raise WeightFileError(f"{path}: cannot read: {e}") from None
+    data = read_source(path)
     if data[:4] == b"PK\x03\x04":
         obj, byteorder = _read_zip(data, path)
     elif data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
