@@ -26,6 +26,10 @@ import time
 
 import numpy as np
 
+# torch loads libgomp first; with its default busy-waiting, Numba's parallel kernels
+# (which share it) run several times slower. Must be set before torch is imported.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
