@@ -5,7 +5,6 @@ must raise DataError (or UnsafePickleError) naming the file, and a malicious
 pickle must be refused before it runs anything.
 """
 import gzip
-import io
 import os
 import pickle
 import struct
