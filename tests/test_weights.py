@@ -20,7 +20,6 @@ import pytest
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")   # effective if torch is not imported yet
 
 import tabconv_np
-import tabconv_np.layers  # noqa: F401  (registers the layer types io.load rebuilds; see report)
 from tabconv_np.data import load_dataset
 from tabconv_np.evaluate import evaluate
 
