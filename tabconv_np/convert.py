@@ -43,7 +43,7 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .fold import fold_batchnorm
-from .layers import BasicBlock, Conv2d, Linear, Sequential
+from .layers import BasicBlock, Conv2d, Linear, ReLU, Sequential
 from .network import Network
 from .pq import K_MAX, K_MIN, ProductQuantizer
 from .tables import TableConv2d, TableLinear, fit_tables
@@ -127,7 +127,7 @@ def find_switches(body):
 
 
 # -------------------------------------------------------------- settings
-def _per_switch(value, switches, what):
+def _per_switch(value, switches, what, on=None):
     """Resolve a per-switch setting to ``{leaf path: value}``.
 
     ``value`` is one value for every layer, a list with one value per switch,
@@ -151,7 +151,7 @@ def _per_switch(value, switches, what):
             v = value.get(leaf, value.get(s.name))
             if v is None:
                 v = next((value[p] for p in patterns if fnmatchcase(leaf, p)), default)
-            if v is None:
+            if v is None and (on is None or on[s.index]):
                 raise ConfigError(f"{what}: no value for layer {leaf} (switch {s.name}); "
                                   f"add it or a '*' default")
             out[leaf] = v
@@ -454,7 +454,7 @@ class _Pass:
 
     def __init__(self, switches, on, settings, layout, calibrate, max_rows, iters, init, seed,
                  progress, refit_leaf, alpha, reuse, reuse_before, notes, refine=None,
-                 refine_ridge=1.0, refine_sweeps=3, refine_rows=200_000):
+                 refine_ridge=1.0, refine_sweeps=3, refine_rows=200_000, refine_relu=True):
         self.switch_of = {leaf: s for s in switches for leaf in s.leaves}
         self.switch_names = {s.name: s for s in switches}
         self.on, self.settings, self.layout = on, settings, layout
@@ -465,39 +465,50 @@ class _Pass:
         self.notes = notes
         self.refine, self.refine_ridge = refine, refine_ridge
         self.refine_sweeps, self.refine_rows = refine_sweeps, refine_rows
+        self.refine_relu = refine_relu
         self.sims = [None] * len(switches)
         self.records, self.converted, self.refit, self.unrefit = [], {}, None, None
         self.leaf_index = {leaf: i for i, leaf in enumerate(l for s in switches for l in s.leaves)}
         self.n_leaves = len(self.leaf_index)
 
-    def walk(self, m, path, xa, xe):
-        """``(new module, table-network output, exact output)`` of ``m`` at ``path``."""
+    def walk(self, m, path, xa, xe, relu=False, shortcut=None):
+        """``(new module, table-network output, exact output)`` of ``m`` at ``path``.
+
+        ``relu``: a ReLU follows (after adding ``shortcut``, a pair of approximate
+        and exact shortcut outputs, when given); used by the table refinement.
+        """
         if isinstance(m, BasicBlock):
             if m.batchnorm:
                 raise ConfigError(f"convert: block {path} still has batch norm (fold it first)")
             c = m.children
-            c1, ya, ye = self.walk(c["conv1"], _join(path, "conv1"), xa, xe)
-            np.maximum(ya, 0, out=ya)
-            np.maximum(ye, 0, out=ye)
-            c2, ya, ye = self.walk(c["conv2"], _join(path, "conv2"), ya, ye)
+            c1, ha, he = self.walk(c["conv1"], _join(path, "conv1"), xa, xe, relu=True)
+            np.maximum(ha, 0, out=ha)
+            np.maximum(he, 0, out=he)
             block = BasicBlock(m.in_planes, m.planes, m.stride, m.eps, batchnorm=False)
-            block.children["conv1"], block.children["conv2"] = c1, c2
             if "downsample" in c:
                 ds, sa, se = self.walk(c["downsample"], _join(path, "downsample"), xa, xe)
-                block.children["downsample"] = ds
             else:
-                sa, se = xa, xe
+                ds, sa, se = None, xa, xe
+            # conv2's output is added to the shortcut, then ReLU: with refine="exact" its table
+            # aims at the exact block output minus the (approximate) shortcut it will be added to
+            c2, ya, ye = self.walk(c["conv2"], _join(path, "conv2"), ha, he, relu=True,
+                                   shortcut=(sa, se))
+            block.children["conv1"], block.children["conv2"] = c1, c2
+            if ds is not None:
+                block.children["downsample"] = ds
             ya += sa
             ye += se
             np.maximum(ya, 0, out=ya)
             np.maximum(ye, 0, out=ye)
             out = block
         elif isinstance(m, (Conv2d, Linear)):
-            out, ya, ye = self.leaf(m, path, xa, xe)
+            out, ya, ye = self.leaf(m, path, xa, xe, relu, shortcut)
         elif m.children:
             new = []
-            for n, child in m.children.items():
-                sub, xa, xe = self.walk(child, _join(path, n), xa, xe)
+            items = list(m.children.items())
+            for i, (n, child) in enumerate(items):
+                nxt = items[i + 1][1] if i + 1 < len(items) else None
+                sub, xa, xe = self.walk(child, _join(path, n), xa, xe, relu=isinstance(nxt, ReLU))
                 new.append((n, sub))
             if not isinstance(m, Sequential):
                 raise ConfigError(f"convert: cannot walk module {path} of type {type(m).__name__}")
@@ -509,7 +520,7 @@ class _Pass:
             self.sims[self.switch_names[path].index] = cosine_similarity(ya, ye)
         return out, ya, ye
 
-    def leaf(self, m, path, xa, xe):
+    def leaf(self, m, path, xa, xe, relu=False, shortcut=None):
         s = self.switch_of[path]
         ye = _apply(m, xe, self.layout)
         exact_layer = m
@@ -569,17 +580,29 @@ class _Pass:
                                   f"(seeded subsample, max_rows={self.max_rows:,})")
             if self.refine:
                 codes = _table_codes(layer, xa, self.layout)
-                target = ye if self.refine == "exact" else _apply(exact_layer, xa, self.layout)
+                shift = None
+                if self.refine == "exact":
+                    target = ye
+                    if shortcut is not None:
+                        # relu(out + sa) should be relu(ye + se): aim at ye + se - sa
+                        target = ye + shortcut[1] - shortcut[0]
+                        shift = _to_rows(shortcut[0], self.layout)
+                else:
+                    target = _apply(exact_layer, xa, self.layout)
                 Y = _to_rows(target, self.layout)
-                if "bias" in layer.params:
-                    Y = Y - layer.params["bias"]
+                b = layer.params.get("bias")
+                if b is not None:
+                    Y = Y - b
+                    shift = b if shift is None else shift + b
                 sel = slice(None)
                 if len(Y) > self.refine_rows:
                     sel = np.sort(rng.choice(len(Y), self.refine_rows, replace=False))
-                layer.params["table"][...] = fit_tables(codes[sel], Y[sel], layer.params["table"],
-                                                        self.refine_ridge, self.refine_sweeps)
+                    shift = shift[sel] if shift is not None and np.ndim(shift) == 2 else shift
+                layer.params["table"][...] = fit_tables(
+                    codes[sel], Y[sel], layer.params["table"], self.refine_ridge, self.refine_sweeps,
+                    relu=relu and self.refine_relu, shift=shift)
                 ya = _from_rows(layer._lookup(codes), ye, self.layout)
-                del codes, Y, target
+                del codes, Y, target, shift
         if not (self.refine and reused is None):
             ya = _apply(layer, xa, self.layout)
         sub = slice(0, REL_ERROR_IMAGES)
@@ -689,12 +712,14 @@ def convert(model, calibration_images, codebooks=8, prototypes=256, switches=Non
     if not sw:
         raise ConfigError("convert: the network has no Conv2d or Linear layer to convert")
     on = _flags(switches, sw)
-    c_spec = _per_switch(codebooks, sw, "codebooks")
-    k_spec = _per_switch(prototypes, sw, "prototypes")
+    c_spec = _per_switch(codebooks, sw, "codebooks", on)
+    k_spec = _per_switch(prototypes, sw, "prototypes", on)
     for leaf, k in k_spec.items():
+        if k is None:
+            continue
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not K_MIN <= k <= K_MAX:
             raise ConfigError(f"prototypes for {leaf}: expected an int in [{K_MIN}, {K_MAX}], got {k!r}")
-    settings = {leaf: (c_spec[leaf], int(k_spec[leaf])) for leaf in c_spec}
+    settings = {leaf: (c_spec[leaf], k_spec[leaf]) for leaf in c_spec}
     refit_leaf = _last_linear(exact.body) if refit_classifier else None
     notes = []
     if refit_classifier and refit_leaf is None:
@@ -799,8 +824,8 @@ def table_structure(model, codebooks=8, prototypes=256, switches=None):
     exact = fold_batchnorm(model)
     sw = find_switches(exact.body)
     on = _flags(switches, sw)
-    c_spec = _per_switch(codebooks, sw, "codebooks")
-    k_spec = _per_switch(prototypes, sw, "prototypes")
+    c_spec = _per_switch(codebooks, sw, "codebooks", on)
+    k_spec = _per_switch(prototypes, sw, "prototypes", on)
     mods = dict(exact.body.modules())
     body = exact.body
     for s in sw:

@@ -60,7 +60,7 @@ def table_from_weights(prototypes, wmat):
     return out
 
 
-def fit_tables(codes, targets, tables, ridge=1.0, sweeps=3):
+def fit_tables(codes, targets, tables, ridge=1.0, sweeps=3, relu=False, shift=None):
     """Least-squares refinement of tables to given codes and target outputs.
 
     Minimises ``sum_n ||sum_c T[c, codes[n, c]] - targets[n]||^2
@@ -93,6 +93,13 @@ def fit_tables(codes, targets, tables, ridge=1.0, sweeps=3):
         Shrinkage toward ``tables``, in rows: an entry seen by ``n`` rows moves
         ``n / (n + ridge)`` of the way to its least-squares value.
     sweeps : int
+    relu : bool
+        The output goes through a ReLU after ``shift`` is added: errors where
+        both ``pred + shift`` and ``targets + shift`` are <= 0 cost nothing
+        (their residual is taken as 0 in each update).
+    shift : None, float32 array (M,) or (N, M)
+        Added to predictions and targets before the ReLU (e.g. the bias and
+        the shortcut a block adds); 0 when None.
 
     Returns
     -------
@@ -109,10 +116,16 @@ def fit_tables(codes, targets, tables, ridge=1.0, sweeps=3):
         pred += T[c][cols[c]]
     sums = np.empty((K, M), np.float64)
     counts = np.empty(K, np.int64)
+    dead = None
+    if relu:
+        dead = (Y + shift <= 0) if shift is not None else (Y <= 0)   # target clipped by the ReLU
     for _ in range(sweeps):
         for c in range(C):
             old = T[c][cols[c]]
             resid = Y - pred
+            if dead is not None:
+                # no loss where target and prediction are both clipped by the ReLU
+                resid[dead & ((pred + shift <= 0) if shift is not None else (pred <= 0))] = 0
             resid += old
             _k.centroid_sums[1](resid, cols[c], sums, counts)
             T[c] = ((sums + ridge * T0[c]) / (counts + ridge)[:, None]).astype(np.float32)

@@ -228,8 +228,17 @@ def _kmeanspp(X, x2, first, u, out):
     N, d = X.shape
     K = out.shape[0]
     mind = np.empty(N, np.float64)
+    Xt = np.empty((d, N), np.float32)            # transposed: the dot products run along rows
+    for n in range(N):
+        for j in range(d):
+            Xt[j, n] = X[n, j]
+    s = np.empty(N, np.float32)
     out[0] = first
-    s = np.dot(X, X[first])                      # BLAS gemv: <X[n], X[first]> for all n
+    s[:] = 0.0
+    for j in range(d):                           # s[n] = <X[n], X[first]>, summed in order of j
+        xc = X[first, j]
+        for n in range(N):
+            s[n] += Xt[j, n] * xc
     for n in range(N):
         v = np.float64(x2[n]) - 2.0 * np.float64(s[n]) + np.float64(x2[first])
         mind[n] = v if v > 0.0 else 0.0
@@ -249,7 +258,11 @@ def _kmeanspp(X, x2, first, u, out):
                     c = n
                     break
         out[i] = c
-        s = np.dot(X, X[c])
+        s[:] = 0.0
+        for j in range(d):
+            xc = X[c, j]
+            for n in range(N):
+                s[n] += Xt[j, n] * xc
         for n in range(N):
             v = np.float64(x2[n]) - 2.0 * np.float64(s[n]) + np.float64(x2[c])
             if v < 0.0:
