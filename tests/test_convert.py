@@ -200,3 +200,25 @@ def test_demo_json_small(capsys):
         assert isinstance(r[k], (int, float))
     assert set(r["op_reduction"]) == {"paper", "full"}
     assert 0 < r["op_reduction"]["paper"] < 1 and r["exact_accuracy"] > 0.5
+
+
+def test_glob_settings_structure_and_switch_similarities(lenet, calib):
+    from tabconv_np.convert import switch_similarities, table_structure
+    net = build("resnet18-paper", 1, 10)
+    t = table_structure(net, {"*.downsample.*": 2, "layer4.*": "D/128", "*": 4}, 16,
+                        switches=[0] + [1] * 8 + [0])
+    mods = dict(t.body.modules())
+    assert mods["layer1.0.downsample.0"].codebooks == 2
+    assert mods["layer4.1.conv2"].codebooks == 36 and mods["layer3.0.conv1"].codebooks == 4
+    assert isinstance(mods["conv1"], Conv2d) and isinstance(mods["fc"], Linear)
+    with pytest.raises(ConfigError, match="unknown"):
+        table_structure(net, {"nothing.*": 2, "*": 4}, 16)
+    with pytest.raises(ConfigError, match="no value"):
+        table_structure(net, {"layer1.*": 2}, 16)
+    res = _quiet_convert(lenet, calib, codebooks=2, prototypes=8, iters=2, refine="exact")
+    sims = switch_similarities(res.network, res.exact, calib[:10])
+    assert list(sims) == res.switches and all(-1 <= v <= 1 for v in sims.values())
+    same = switch_similarities(res.exact, res.exact, calib[:5])
+    assert all(v == pytest.approx(1.0) for v in same.values())
+    acc = res.accuracies(calib[:20], np.zeros(20, np.int64))
+    assert set(acc) == {"table", "without_refit", "seconds"}

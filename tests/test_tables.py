@@ -182,3 +182,24 @@ def test_interchangeable_in_a_network_and_counted():
     assert counts.total["macs"] == 0 and counts.total["lookups"] == 36 * 4 * 3 + 3 * 6
     assert "lookups" in counts.table()
     assert net.predict(rng.integers(0, 255, (3, 1, 6, 6)).astype(np.uint8)).shape == (3, 3)
+
+
+def test_fit_tables_least_squares():
+    from tabconv_np.tables import fit_tables
+    rng = np.random.default_rng(4)
+    N, C, K, M = 400, 3, 5, 4
+    codes = rng.integers(0, K, (N, C))
+    truth = rng.standard_normal((C, K, M)).astype(np.float32)
+    Y = truth[np.arange(C)[None], codes].sum(1)               # exactly additive targets
+    T0 = np.zeros_like(truth)
+    T = fit_tables(codes, Y, T0, ridge=1e-6, sweeps=30)
+    pred = T[np.arange(C)[None], codes].sum(1)
+    assert np.abs(pred - Y).max() < 1e-3                       # an additive target is fitted
+    # the ridge pulls toward the starting tables; sweeps=0 returns them
+    assert np.array_equal(fit_tables(codes, Y, truth, 1.0, 0), truth)
+    far = fit_tables(codes, Y, T0, ridge=1e6, sweeps=3)
+    assert np.abs(far).max() < 1e-2
+    # ReLU-aware: rows whose target and prediction are both clipped cost nothing
+    Yneg = -np.abs(Y) - 1
+    Tr = fit_tables(codes, Yneg, np.full_like(T0, -1.0), ridge=1e-6, sweeps=3, relu=True)
+    assert np.array_equal(Tr, np.full_like(T0, -1.0))         # already all clipped: unchanged
