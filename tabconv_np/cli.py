@@ -64,13 +64,9 @@ def _cmd_warmup(args):
                 net.layout = layout
                 net(x)
         print(f"warmed {arch}", file=sys.stderr)
-    try:
-        from .tables import warmup as table_warmup
-    except ImportError:
-        table_warmup = None
-    if table_warmup is not None:
-        table_warmup()
-        print("warmed table kernels", file=sys.stderr)
+    from .tables import warmup as table_warmup
+    table_warmup()
+    print("warmed table kernels", file=sys.stderr)
     print(f"kernels compiled and cached in {time.perf_counter() - t0:.1f} s")
 
 

@@ -36,12 +36,9 @@ def from_config(cfg):
         raise ConfigError(f"a module config must be a dict with a 'type', got {cfg!r:.200}")
     kind = cfg["type"]
     if kind not in REGISTRY:
-        # the table layers register themselves on import
-        import importlib.util
-        if importlib.util.find_spec(__package__ + ".tables"):
-            from . import tables  # noqa: F401
-    if kind not in REGISTRY:
-        # so do the extra layers of imported models (Graph, Clip)
+        # the table layers (TableConv2d, TableLinear) and the extra layers of imported
+        # models (Graph, Clip) register themselves when their modules are imported
+        from . import tables  # noqa: F401
         from .importers import graph  # noqa: F401
     if kind not in REGISTRY:
         raise ConfigError(f"unknown layer type {kind!r} (known: {', '.join(sorted(REGISTRY))})")
