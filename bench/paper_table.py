@@ -49,14 +49,18 @@ PUBLISHED = {
 }
 
 #: Conversion settings per model (keyword arguments of tabconv_np.convert.convert).
-#: ResNets: stem exact (D = 9, 0.35% of the MACs), every block and the fc as tables.
+#: ResNets: the demo's settings (tabconv_np.demo.DEMO_SETTINGS): every block a
+#: table, stem and classifier exact, subspaces of ~28 columns in stages 1-2 and
+#: ~128 in stages 3-4, K = 1024 in stage 1 and 256 elsewhere, refined tables.
+#: NIN: every conv a table (conv1 in 5 subspaces of 5, conv4 ~64, the rest ~48).
+_R = dict(codebooks={"*.downsample.*": "D/16", "layer1.*": "D/28", "layer2.*": "D/28",
+                     "layer3.*": "D/128", "layer4.*": "D/128"},
+          prototypes={"layer1.*": 1024, "*": 256}, refine="exact", max_rows=20_000, iters=4)
 SETTINGS = {
-    "resnet18": dict(codebooks="D/48", prototypes=256, switches=[0] + [1] * 9, refine="exact",
-                     max_rows=10_000, iters=4),
-    "resnet34": dict(codebooks="D/48", prototypes=256, switches=[0] + [1] * 17, refine="exact",
-                     max_rows=10_000, iters=4),
-    "nin": dict(codebooks="D/48", prototypes=256, switches=[0] + [1] * 8, refine="exact",
-                max_rows=10_000, iters=4),
+    "resnet18": dict(_R, switches=[0] + [1] * 8 + [0]),
+    "resnet34": dict(_R, switches=[0] + [1] * 16 + [0]),
+    "nin": dict(codebooks={"conv1": "D/5", "conv4": "D/64", "*": "D/48"}, prototypes=256,
+                refine="exact", max_rows=20_000, iters=4),
 }
 CALIB = 1000
 
@@ -73,22 +77,35 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _short(v):
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k.replace('.*', '')}: {x}" for k, x in v.items()) + "}"
+    return str(v)
+
+
 def settings_text(kw, mask_rate=None):
     """``(C, K, M)`` as used: C as subspace rule, K, masking rate, and what stays exact."""
     sw = kw.get("switches")
-    exact = "stem exact" if sw and not sw[0] else "all tables"
-    extra = f", refine={kw.get('refine')}" if kw.get("refine") else ""
-    return (f"C={kw['codebooks']}, K={kw['prototypes']}, M={kw.get('mask_rate') or 0} "
-            f"({exact}{extra})")
+    exact = []
+    if sw and not sw[0]:
+        exact.append("stem")
+    if sw and not sw[-1]:
+        exact.append("classifier")
+    state = f"{' and '.join(exact)} exact" if exact else "all tables"
+    extra = f", refine={kw.get('refine')}" if kw.get("refine") else ", plain PQ tables"
+    return (f"C={_short(kw['codebooks'])}, K={_short(kw['prototypes'])}, "
+            f"M={kw.get('mask_rate') or 0} ({state}{extra})")
 
 
-def calibration(dataset, n, quick):
+def calibration(dataset, n, flip=False):
     from tabconv_np.convert import augment_images
     from tabconv_np.data import load_dataset
     if dataset == "fashion-mnist":
         x, _ = load_dataset("sample", "train")
         x = x[:n]
-        return augment_images(x, flip=True), f"{len(x)} shipped training images + mirror images"
+        if flip:
+            return augment_images(x, flip=True), f"{len(x)} shipped training images + mirror images"
+        return x, f"{len(x)} shipped training images"
     x, _ = load_dataset(dataset, "train")
     idx = np.sort(np.random.default_rng(0).choice(len(x), min(n, len(x)), replace=False))
     return x[idx], f"{len(idx)} seeded training images"
@@ -112,11 +129,8 @@ def measure(model, dataset, quick, extra=None, log=print):
     net = load(path)
     kw = dict(SETTINGS[model])
     kw.update(extra or {})
-    flip = kw.pop("flip", dataset == "fashion-mnist")
-    n = 500 if quick else CALIB
-    xc, calib_text = calibration(dataset, n, quick)
-    if not flip and dataset == "fashion-mnist":
-        xc, calib_text = xc[:len(xc) // 2], calib_text.replace(" + mirror images", "")
+    flip = kw.pop("flip", False)
+    xc, calib_text = calibration(dataset, 500 if quick else CALIB, flip)
     xt, yt = load_dataset(dataset, "test", limit=1000 if quick else None)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -198,7 +212,7 @@ def render(rows, arch_rows, ablations, args, seconds):
             r = rows.get((m, ds))
             pub = PUBLISHED.get((m, ds)) if ds == "mnist" else None
             ours = (f"{pct(r['paper'])} ({pct(r['full'])}) [{pct(r['retention'])}]" if r
-                    else "no weights shipped")
+                    else "no weights shipped" if (m, ds) in rows else "not run")
             cells.append(f"{ours} / {pct(pub / 100) if pub else '–'}")
         L.append(f"| {MODELS[m]['label']} | " + " | ".join(cells) + " |")
     L.append("")
@@ -248,7 +262,9 @@ def render(rows, arch_rows, ablations, args, seconds):
             L.append(f"| {name} | {pct(r['table_accuracy'], 2)} | {pct(r['retention'])} | "
                      f"{pct(r['paper'], 2)} | {pct(r['full'], 1)} |")
         L.append("")
-    L += ["## Settings", "", "```python", "SETTINGS = " + json.dumps(SETTINGS, indent=1), "```", "",
+    L += ["## Settings", "", "```python", "SETTINGS = {"]
+    L += [f"    {json.dumps(k)}: {json.dumps(v)}," for k, v in SETTINGS.items()]
+    L += ["}", "```", "",
           "`refine=\"exact\"` refits each table by least squares to the exact network's output at "
           "that layer on the calibration codes (`tabconv_np.tables.fit_tables`); the TabConv "
           "authors use the prototype tables as they are (`refine=None`, see the ablations).", ""]
@@ -257,13 +273,17 @@ def render(rows, arch_rows, ablations, args, seconds):
 
 ABLATIONS = [
     ("settings above", {}),
-    ("plain PQ tables (refine=None, the authors' method)", {"refine": None}),
-    ("refine='local' (exact layer on the same input as target)", {"refine": "local"}),
-    ("prototypes from exact inputs (calibrate='exact')", {"calibrate": "exact"}),
-    ("no mirror images in calibration", {"flip": False}),
-    ("stem as a table too", {"switches": [1] * 10}),
-    ("priority masking M=20 (2 switches exact)", {"mask_rate": 20}),
-    ("K=1024", {"prototypes": 1024}),
+    ("plain PQ tables (refine=None: the authors' method)", {"refine": None}),
+    ("plain PQ tables, no classifier refit", {"refine": None, "refit_classifier": False}),
+    ("refine='local' (target: exact layer on the same input)", {"refine": "local"}),
+    ("prototypes learned from exact inputs (calibrate='exact')", {"calibrate": "exact"}),
+    ("calibration + mirror images (2000 images)", {"flip": True}),
+    ("uniform subspaces D/48, K=256", {"codebooks": {"*.downsample.*": "D/16", "*": "D/48"},
+                                       "prototypes": 256}),
+    ("K=256 in stage 1 too", {"prototypes": 256}),
+    ("stem and classifier as tables too (stem C=3, classifier D/8)",
+     {"switches": [1] * 10, "codebooks": dict(_R["codebooks"], conv1=3, fc="D/8")}),
+    ("priority masking M=20 of the 8 block switches (2 blocks exact)", {"mask_rate": 20}),
 ]
 
 

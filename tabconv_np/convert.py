@@ -15,8 +15,14 @@
    is on learns its prototypes (k-means per subspace, :mod:`tabconv_np.pq`)
    from the im2col rows it sees in the table network (``calibrate="approx"``,
    the default: it learns what the tables before it produce) or in the exact
-   network (``calibrate="exact"``, the authors' way), and its table is built
-   from its (BN-folded) weights;
+   network (``calibrate="exact"``: each layer as if the layers before it were
+   exact), and its table is built from its (BN-folded) weights.  Beyond the
+   authors' method, ``refine="exact"`` then refits the table entries by
+   ridge-regularised least squares (:func:`tabconv_np.tables.fit_tables`) so
+   that the layer reproduces the *exact* network's output at that point on
+   the calibration codes, correcting the error of the tables before it; the
+   fit ignores errors a following ReLU would clip, and a block's second conv
+   also absorbs the error of the shortcut it is added to;
 4. optionally refit the final Linear in closed form (ridge regression of the
    exact network's logits on the table network's features);
 5. optionally *priority masking* (``mask_rate=M``, in percent): with every

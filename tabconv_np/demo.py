@@ -54,10 +54,24 @@ def find_model(path=None):
 
 
 def _parse_list(text, kind):
-    """``"8"`` -> 8, ``"D/32"`` -> "D/32", ``"4,8,D/32"`` -> [4, 8, "D/32"] (one per switch)."""
+    """A per-layer setting from the command line.
+
+    ``"8"`` -> 8, ``"D/32"`` -> "D/32", ``"4,8,D/32"`` -> [4, 8, "D/32"] (one
+    per switch), ``"layer1.*=D/28,*=D/48"`` -> {"layer1.*": "D/28", "*": "D/48"}
+    (keys: layer paths, switch names or glob patterns; see ``convert``).
+    """
     if text is None:
         return None
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if any("=" in p for p in parts):
+        out = {}
+        for p in parts:
+            key, sep, val = p.partition("=")
+            if not sep:
+                from .errors import ConfigError
+                raise ConfigError(f"expected KEY=VALUE items, got {p!r} in {text!r}")
+            out[key.strip()] = _parse_list(val.strip(), kind)
+        return out
     vals = []
     for p in parts:
         if kind is int or not p.lower().startswith("d/"):
@@ -241,8 +255,10 @@ def add_cli_parsers(sub):
     c.add_argument("model", help="a tabconv_np HDF5 file")
     c.add_argument("-o", "--output", required=True, help="where to write the table network (HDF5)")
     c.add_argument("--codebooks", default="8",
-                   help="C per layer: an int, D/<ds> (ceil(D/ds) subspaces), or a comma list per switch")
-    c.add_argument("--prototypes", default="256", help="K per layer (2..16384), or a comma list per switch")
+                   help="C per layer: an int, D/<ds> (ceil(D/ds) subspaces), a comma list per switch, "
+                   "or PATTERN=VALUE items (e.g. 'layer1.*=D/28,*=D/128')")
+    c.add_argument("--prototypes", default="256",
+                   help="K per layer (2..16384): an int, a comma list per switch, or PATTERN=VALUE items")
     c.add_argument("--mask-rate", type=float, help="priority masking rate M in percent")
     c.add_argument("--switches", help="comma list of 0/1, one per switch (1: table)")
     c.add_argument("--calib", type=int, default=1000, help="calibration images (training split)")

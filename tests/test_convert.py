@@ -187,6 +187,9 @@ def test_cli_convert_ops(tmp_path, lenet, capsys):
     ops = json.loads(capsys.readouterr().out)
     assert ops["total"]["lookups"] > 0
     assert load(out).meta["tabconv"]["calibration_dataset"] == "sample"
+    assert main(["eval", str(out), "--dataset", "sample", "--limit", "20", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["images"] == 20 and 0 <= ev["accuracy"] <= 1
     assert main(["convert", str(src), "-o", str(out), "--switches", "1,0"]) == 2
 
 
@@ -222,3 +225,14 @@ def test_glob_settings_structure_and_switch_similarities(lenet, calib):
     assert all(v == pytest.approx(1.0) for v in same.values())
     acc = res.accuracies(calib[:20], np.zeros(20, np.int64))
     assert set(acc) == {"table", "without_refit", "seconds"}
+
+
+def test_cli_setting_parser():
+    from tabconv_np.demo import _parse_list
+    assert _parse_list("8", int) == 8 and _parse_list("D/32", str) == "D/32"
+    assert _parse_list("4,8,D/32", str) == [4, 8, "D/32"]
+    assert _parse_list("layer1.*=D/28,*=6", str) == {"layer1.*": "D/28", "*": 6}
+    with pytest.raises(ConfigError):
+        _parse_list("D/32", int)
+    with pytest.raises(ConfigError):
+        _parse_list("a=1,b", int)
