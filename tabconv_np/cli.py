@@ -36,11 +36,10 @@ def _cmd_eval(args):
     from .data import load_dataset
     from .evaluate import evaluate
     from .io import load
-    from .progress import Progress
     net = load(args.model)
     images, labels = load_dataset(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
-    with Progress(len(images), f"eval {args.dataset}/{args.split}", enabled=None if not args.json else False) as bar:
-        res = evaluate(net, images, labels, batch=args.batch, progress=bar)
+    # a bar on a terminal only, never with --json
+    res = evaluate(net, images, labels, batch=args.batch, progress=False if args.json else None)
     res.update(model=args.model, dataset=args.dataset, split=args.split)
     if args.json:
         print(json.dumps(res))
