@@ -21,7 +21,18 @@ table is built (a table row is linear in the weights, so folding is exact).
 Both layers have the same ``forward(x, layout)`` as ``Conv2d`` / ``Linear``
 and can stand anywhere those do.  Their op-count rows (``count``) fill the
 ``encode_macs``, ``encode_cmps``, ``lookups`` and ``lookup_adds`` fields of
-:mod:`tabconv_np.ops`.
+:mod:`tabconv_np.ops`:
+
+* ``encode_macs = rows*K*C*Ds`` (``= rows*K*D`` when C divides D; the padded
+  columns of the last subspace are counted because they are computed), one
+  multiply-add per dimension and prototype (the score is
+  ``0.5*||p||^2 - <x, p>``, whose ``0.5*||p||^2`` a deployment stores; this
+  kernel recomputes it once per 64 rows, about ``1/64`` more, not counted);
+* ``encode_cmps = rows*C*(K-1)`` (the argmin);
+* ``lookups = rows*M*C`` table reads, ``lookup_adds = rows*M*(C-1)`` adds,
+  ``bias_adds = rows*M``.
+
+The im2col lowering is a copy, not arithmetic, for table and exact layers alike.
 """
 import numpy as np
 
