@@ -9,6 +9,8 @@
 * reloads the file with ``tabconv_np.load`` and re-measures its accuracy on the
   full test split with the NumPy engine;
 * checks the NumPy logits against torch's on the embedded sample;
+* checks torch and NumPy predictions of the stored file on the whole test
+  split (``weights/agreement.py``);
 * ``--dtype auto`` stores float16 when the float16 file's accuracy is within
   0.1 point of the float32 file's (and float32 otherwise);
 * updates ``weights/MANIFEST.json``.
@@ -158,6 +160,9 @@ def main(argv=None):
     if args.dtype == "auto":
         entry["float32_tabconv_np_test_accuracy"] = results["float32"][1]["accuracy"]
         entry["float16_tabconv_np_test_accuracy"] = results["float16"][1]["accuracy"]
+    if not args.limit:
+        from agreement import agreement
+        entry["torch_agreement"] = agreement(tabconv_np.load(out), x, y, args.batch)
     if args.limit:
         entry["note"] = f"accuracy measured on the first {args.limit} test images only"
     man = {}

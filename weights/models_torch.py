@@ -127,3 +127,20 @@ def build_torch(arch, in_channels=1, num_classes=10, **kw):
     if arch == "lenet":
         return LeNet(in_channels, num_classes)
     raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHS}")
+
+
+def torch_from_network(net):
+    """The torch twin of a tabconv_np ``Network`` of a bundled architecture, in eval mode.
+
+    Builds ``build_torch(net.meta["arch"], ...)`` and loads ``net.state_dict()``
+    into it (BN step counters, which tabconv_np does not store, keep torch's).
+    The model takes *normalised* input (``net.normalize(images)``).
+    """
+    model = build_torch(net.meta["arch"], in_channels=net.input_shape[0],
+                        num_classes=net.out_shape[-1])
+    sd = {k: torch.from_numpy(v.astype("float32")) for k, v in net.state_dict().items()}
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            sd[k] = v
+    model.load_state_dict(sd)
+    return model.eval()
