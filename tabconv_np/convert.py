@@ -391,8 +391,9 @@ class ConversionResult:
         Returns
         -------
         dict
-            ``{"table": acc, "without_refit": acc or None, "seconds": s}``
-            (``seconds``: the table network's forward passes).
+            ``{"table": acc, "without_refit": acc or None, "seconds": s,
+            "predictions": int array (N,)}`` (``seconds``: the table network's
+            forward passes; ``predictions``: its predicted classes).
         """
         import time as _time
         images, labels = np.asarray(images), np.asarray(labels)
@@ -403,11 +404,12 @@ class ConversionResult:
         body = net.body
         last = list(body.children)[-1] if isinstance(body, Sequential) and body.children else None
         if not self.refit or self.refit["layer"] != last:
-            acc = float(np.mean(net.predict(images, batch).argmax(1) == labels))
+            pred = net.predict(images, batch).argmax(1)
             dt = _time.perf_counter() - t0
             other = (float(np.mean(self.network_without_refit().predict(images, batch).argmax(1) == labels))
                      if self.refit else None)
-            return {"table": acc, "without_refit": other, "seconds": dt}
+            return {"table": float(np.mean(pred == labels)), "without_refit": other, "seconds": dt,
+                    "predictions": pred}
         head = Sequential(list(body.children.items())[:-1])
         fc = body.children[last]
         feats = Network(head, net.input_shape, net.preprocess, net.layout).predict(images, batch)
@@ -415,7 +417,8 @@ class ConversionResult:
         dt = _time.perf_counter() - t0
         y0 = self._unrefit.forward(feats, net.layout)
         return {"table": float(np.mean(y1.argmax(1) == labels)),
-                "without_refit": float(np.mean(y0.argmax(1) == labels)), "seconds": dt}
+                "without_refit": float(np.mean(y0.argmax(1) == labels)), "seconds": dt,
+                "predictions": y1.argmax(1)}
 
     def to_dict(self):
         keys = ("switches", "on", "masked", "similarities", "drops", "final_similarities",
