@@ -38,6 +38,7 @@ import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "weights"))
 
 import numpy as np  # noqa: E402
 
@@ -130,15 +131,6 @@ def accuracy(net, x, y):
     return float(np.mean(pred == y)), time.perf_counter() - t0, pred
 
 
-def _sha256(path):
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class RowStore:
     """Measured rows on disk (JSON), keyed by weight file hash, settings and mode."""
 
@@ -150,7 +142,8 @@ class RowStore:
 
     @staticmethod
     def key(path, kw, quick):
-        return json.dumps([os.path.basename(path), _sha256(path), kw, bool(quick)], sort_keys=True)
+        from export import sha256    # weights/export.py: the manifest's hash
+        return json.dumps([os.path.basename(path), sha256(path), kw, bool(quick)], sort_keys=True)
 
     def put(self, row):
         self.rows[row["key"]] = row
