@@ -223,8 +223,11 @@ def test_glob_settings_structure_and_switch_similarities(lenet, calib):
     assert list(sims) == res.switches and all(-1 <= v <= 1 for v in sims.values())
     same = switch_similarities(res.exact, res.exact, calib[:5])
     assert all(v == pytest.approx(1.0) for v in same.values())
-    acc = res.accuracies(calib[:20], np.zeros(20, np.int64))
-    assert set(acc) == {"table", "without_refit", "seconds"}
+    labels = np.zeros(20, np.int64)
+    acc = res.accuracies(calib[:20], labels)
+    assert set(acc) == {"table", "without_refit", "seconds", "predictions"}
+    np.testing.assert_array_equal(acc["predictions"], res.network.predict(calib[:20]).argmax(1))
+    assert acc["table"] == np.mean(acc["predictions"] == labels)
 
 
 def test_cli_setting_parser():
