@@ -27,7 +27,7 @@ sys.path.insert(0, HERE)
 import tabconv_np  # noqa: E402
 from tabconv_np.data import load_dataset  # noqa: E402
 
-MANIFEST = os.path.join(HERE, "MANIFEST.json")
+from export import MANIFEST, write_manifest  # noqa: E402
 
 
 def agreement(net, images, labels, batch=250):
@@ -77,9 +77,7 @@ def main(argv=None):
         print(f"{name}: same prediction on {100 * r['fraction']:.2f}% of {r['images']} images, "
               f"max |logit diff| {r['max_abs_logit_diff']:.1e}, accuracy torch "
               f"{r['torch_accuracy']:.4f} / tabconv_np {r['tabconv_np_accuracy']:.4f}", flush=True)
-        with open(MANIFEST, "w") as f:
-            json.dump(man, f, indent=1)
-            f.write("\n")
+        write_manifest(man)
 
 
 if __name__ == "__main__":

