@@ -111,7 +111,7 @@ def settings_text(kw, mask_rate=None):
 
 
 def calibration(dataset, n, flip=False):
-    from tabconv_np.convert import augment_images
+    from tabconv_np.conversion import augment_images
     from tabconv_np.data import load_dataset
     if dataset == "fashion-mnist":
         x, _ = load_dataset("sample", "train")
@@ -159,7 +159,7 @@ def measure(model, dataset, quick, extra=None, log=print, store=None):
     A row already in ``store`` (a :class:`RowStore`) for the same weight file
     and settings is returned as it is.
     """
-    from tabconv_np.convert import convert, op_reduction
+    from tabconv_np.conversion import convert, op_reduction
     from tabconv_np.data import load_dataset
     from tabconv_np.io import load
     arch = MODELS[model]["arch"]
@@ -209,7 +209,7 @@ def measure(model, dataset, quick, extra=None, log=print, store=None):
 
 def architecture_only(model, classes):
     """Operation reduction of the architecture on 3x32x32 CIFAR input with the model's settings."""
-    from tabconv_np.convert import op_reduction, table_structure
+    from tabconv_np.conversion import op_reduction, table_structure
     from tabconv_np.fold import fold_batchnorm
     from tabconv_np.models import build
     net = fold_batchnorm(build(MODELS[model]["arch"], 3, classes, 32))

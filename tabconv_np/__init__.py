@@ -22,7 +22,7 @@ _LAZY = {
     "build": "models",
     "Network": "network",
     "set_num_threads": "threads", "get_num_threads": "threads",
-    "convert": "convert",
+    "convert": "conversion",
     "TabConvError": "errors", "ShapeError": "errors", "ConfigError": "errors",
     "WeightFileError": "errors", "DataError": "errors", "UnsafePickleError": "errors",
 }

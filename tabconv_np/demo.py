@@ -116,7 +116,7 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
     value of ``DEMO_SETTINGS``.  ``calib`` / ``test``: how many of the shipped
     sample's training / test images to use (at most 1000 each).
     """
-    from .convert import convert, op_reduction
+    from .conversion import convert, op_reduction
     from .data import load_dataset
     from .io import load
     t0 = time.perf_counter()
@@ -222,7 +222,7 @@ def _calibration_images(net, dataset, n, seed):
 
 
 def _cmd_convert(args):
-    from .convert import convert, op_reduction
+    from .conversion import convert, op_reduction
     from .io import load, save
     net = load(args.model)
     xc, dataset = _calibration_images(net, args.calib_dataset, args.calib, args.seed)

@@ -6,8 +6,9 @@ The folded network computes the same function with no BN layer left.
 """
 import numpy as np
 
-from .layers import BasicBlock, BatchNorm2d, Conv2d, Sequential
+from .layers import BatchNorm2d, Conv2d
 from .network import Network
+from .structure import Chain, Dag, Residual, structure_of
 
 
 def fuse_conv_bn(conv, bn):
@@ -22,29 +23,35 @@ def fuse_conv_bn(conv, bn):
     return fused
 
 
+def _fuse_chain(items):
+    """A chain's ``(name, module)`` items with every Conv2d followed by a BatchNorm2d fused."""
+    out, i = [], 0
+    while i < len(items):
+        name, child = items[i]
+        nxt = items[i + 1][1] if i + 1 < len(items) else None
+        if isinstance(child, Conv2d) and isinstance(nxt, BatchNorm2d):
+            out.append((name, fuse_conv_bn(child, nxt)))
+            i += 2
+            continue
+        out.append((name, _fold(child)))
+        i += 1
+    return tuple(out)
+
+
 def _fold(module):
-    if isinstance(module, BasicBlock) and module.batchnorm:
-        c = module.children
-        block = BasicBlock(module.in_planes, module.planes, module.stride, module.eps, batchnorm=False)
-        block.children["conv1"] = fuse_conv_bn(c["conv1"], c["bn1"])
-        block.children["conv2"] = fuse_conv_bn(c["conv2"], c["bn2"])
-        if "downsample" in c:
-            block.children["downsample"] = _fold(c["downsample"])
-        return block
-    if isinstance(module, Sequential):
-        items, out = list(module.children.items()), []
-        i = 0
-        while i < len(items):
-            name, child = items[i]
-            nxt = items[i + 1][1] if i + 1 < len(items) else None
-            if isinstance(child, Conv2d) and isinstance(nxt, BatchNorm2d):
-                out.append((name, fuse_conv_bn(child, nxt)))
-                i += 2
-                continue
-            out.append((name, _fold(child)))
-            i += 1
-        return Sequential(out)
-    return module
+    """``module`` with BN folded, read through its structure: chains and both branches of a
+    residual block fuse Conv2d+BatchNorm2d pairs; graph nodes are folded inside."""
+    node = structure_of(module)
+    if node is None:
+        return module
+    if isinstance(node, Chain):
+        new = Chain(_fuse_chain(node.items))
+    elif isinstance(node, Residual):
+        new = Residual(_fuse_chain(node.main), _fuse_chain(node.shortcut), node.act)
+    else:
+        new = Dag(tuple((n, ins, _fold(m) if m is not None else None) for n, ins, m in node.nodes),
+                  node.output)
+    return type(module).rebuild(new, module)
 
 
 def fold_batchnorm(net):

@@ -1,5 +1,7 @@
-"""Inference layers: Conv2d, BatchNorm2d, ReLU, pooling, Linear, Flatten, Dropout,
-Sequential and the ResNet BasicBlock.
+"""Leaf inference layers: Conv2d, BatchNorm2d, ReLU, Clip, pooling, Linear, Flatten, Dropout.
+
+The containers (Sequential, the ResNet BasicBlock, Graph) are in
+:mod:`tabconv_np.blocks`; the table layers in :mod:`tabconv_np.tables`.
 
 Every layer works in either layout, ``"NCHW"`` or ``"NHWC"``: the network picks
 one and converts its input once, at its edge.  Parameters follow PyTorch's
@@ -9,7 +11,10 @@ names and shapes (conv weight OIHW, linear weight ``(out, in)``), so a torch
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-from .module import Module, channel_axis, pair, register
+from .functional import conv2d
+from .geometry import ConvGeometry, conv_output_size
+from .module import Module
+from .validate import as_pair, channel_axis
 
 _SPATIAL = {"NCHW": (2, 3), "NHWC": (1, 2)}
 
@@ -21,7 +26,6 @@ def _check_channels(layer, x, layout, expected):
                          f"got shape {x.shape}")
 
 
-@register
 class Conv2d(Module):
     """2-d convolution (cross-correlation, as in PyTorch).
 
@@ -33,42 +37,38 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, method="auto"):
         super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride")
-        self.padding = tuple(int(p) for p in padding) if isinstance(padding, (list, tuple)) else int(padding)
-        self.dilation = pair(dilation, "dilation")
-        self.groups, self.method = int(groups), method
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ConfigError(f"Conv2d: groups={groups} must divide in_channels={in_channels} "
-                              f"and out_channels={out_channels}")
+        try:
+            g = ConvGeometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        except ConfigError as e:
+            raise ConfigError(f"Conv2d: {e}") from None
+        self.geometry = g
+        self.in_channels, self.out_channels, self.groups = g.C_in, g.C_out, g.groups
+        self.kernel_size, self.stride, self.dilation = g.kernel_size, g.stride, g.dilation
+        self.padding = g.padding_spec
+        self.method = method
         self.params["weight"] = np.zeros(
             (self.out_channels, self.in_channels // self.groups) + self.kernel_size, np.float32)
         if bias:
             self.params["bias"] = np.zeros(self.out_channels, np.float32)
 
     def config(self):
-        return {"type": "Conv2d", "in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": list(self.padding) if isinstance(self.padding, tuple) else self.padding,
-                "dilation": list(self.dilation), "groups": self.groups,
+        return {"type": "Conv2d", **self.geometry.config(), "groups": self.groups,
                 "bias": "bias" in self.params, "method": self.method}
 
     def forward(self, x, layout):
-        from .functional import conv2d
         return conv2d(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
                       self.dilation, self.groups, method=self.method, layout=layout)
 
     def out_shape(self, in_shape):
-        from .functional import conv_output_size
-        c, h, w = in_shape
-        if c != self.in_channels:
-            raise ShapeError(f"Conv2d: expected {self.in_channels} input channels, got shape {in_shape}")
-        ho, wo = conv_output_size((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
-        return (self.out_channels, ho, wo)
+        return self.geometry.out_shape(in_shape, "Conv2d")
+
+    def cost(self, in_shape):
+        n_out = int(np.prod(self.out_shape(in_shape)))
+        ws = self.geometry.workspace_bytes(in_shape)
+        return {"macs": n_out * self.geometry.D, "bias_adds": n_out if "bias" in self.params else 0,
+                "im2col_bytes": ws["im2col"], "mec_bytes": ws["mec"]}
 
 
-@register
 class BatchNorm2d(Module):
     """Inference batch norm: ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``."""
 
@@ -97,14 +97,41 @@ class BatchNorm2d(Module):
         shape = (1, -1, 1, 1) if layout == "NCHW" else (1, 1, 1, -1)
         return x * scale.reshape(shape) + shift.reshape(shape)
 
+    def cost(self, in_shape):
+        return {"bn_ops": 2 * int(np.prod(in_shape))}
 
-@register
+
 class ReLU(Module):
     def forward(self, x, layout):
         return np.maximum(x, np.float32(0))
 
+    def cost(self, in_shape):
+        return {"act_ops": int(np.prod(in_shape))}
 
-@register
+
+class Clip(Module):
+    """Element-wise clamp to ``[min, max]`` (``max`` None: no upper bound), e.g. ReLU6
+    (ONNX ``Clip(0, 6)``, Keras ``ReLU(max_value=6)``)."""
+
+    def __init__(self, min=0.0, max=6.0):  # noqa: A002 - the ONNX/torch names
+        super().__init__()
+        self.min = float(min)
+        self.max = None if max is None else float(max)
+        if self.max is not None and self.max < self.min:
+            raise ConfigError(f"Clip: max {max} is below min {min}")
+
+    def config(self):
+        return {"type": "Clip", "min": self.min, "max": self.max}
+
+    def forward(self, x, layout):
+        hi = None if self.max is None else np.float32(self.max)
+        return np.clip(x, np.float32(self.min), hi).astype(np.float32, copy=False)
+
+    def cost(self, in_shape):
+        n = int(np.prod(in_shape))
+        return {"act_ops": n if self.max is None else 2 * n}
+
+
 class Dropout(Module):
     """Identity at inference; kept so that imported layer lists line up."""
 
@@ -118,15 +145,19 @@ class Dropout(Module):
     def forward(self, x, layout):
         return x
 
+    def cost(self, in_shape):
+        return {}
+
 
 class _Pool2d(Module):
     """Shared windowing of MaxPool2d and AvgPool2d (floor mode, zero or -inf padding)."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride if stride is not None else kernel_size, "stride")
-        self.padding = pair(padding, "padding")
+        self.kernel_size = as_pair(kernel_size, f"{type(self).__name__}: kernel_size")
+        self.stride = as_pair(stride if stride is not None else kernel_size,
+                              f"{type(self).__name__}: stride")
+        self.padding = as_pair(padding, f"{type(self).__name__}: padding", 0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ConfigError(f"{type(self).__name__}: padding {self.padding} must be at most half "
                               f"the kernel {self.kernel_size}")
@@ -137,12 +168,11 @@ class _Pool2d(Module):
 
     def out_shape(self, in_shape):
         c, h, w = in_shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        if ho < 1 or wo < 1:
-            raise ShapeError(f"{type(self).__name__}: input {in_shape} is smaller than the "
-                             f"kernel {self.kernel_size}")
-        return (c, ho, wo)
+        try:
+            return (c,) + conv_output_size((h, w), self.kernel_size, self.stride, self.padding)
+        except ShapeError:
+            raise ShapeError(f"{type(self).__name__}: input {tuple(in_shape)} is smaller than the "
+                             f"kernel {self.kernel_size}") from None
 
     def _windows(self, x, layout, fill):
         """View of shape (N, C, Ho, Wo, kh, kw) or (N, Ho, Wo, C, kh, kw) over the padded input."""
@@ -160,21 +190,26 @@ class _Pool2d(Module):
         return win[tuple(sl)]
 
 
-@register
 class MaxPool2d(_Pool2d):
     def forward(self, x, layout):
         return np.ascontiguousarray(self._windows(x, layout, -np.inf).max(axis=(-2, -1)))
 
+    def cost(self, in_shape):
+        kh, kw = self.kernel_size
+        return {"pool_ops": int(np.prod(self.out_shape(in_shape))) * (kh * kw - 1)}
 
-@register
+
 class AvgPool2d(_Pool2d):
     """Average pooling; zero padding counts in the average (PyTorch's default)."""
 
     def forward(self, x, layout):
         return np.ascontiguousarray(self._windows(x, layout, 0.0).mean(axis=(-2, -1), dtype=np.float32))
 
+    def cost(self, in_shape):
+        kh, kw = self.kernel_size
+        return {"pool_ops": int(np.prod(self.out_shape(in_shape))) * kh * kw}
 
-@register
+
 class GlobalAvgPool2d(Module):
     """Mean over the spatial axes, keeping them as 1x1 (``AdaptiveAvgPool2d(1)``)."""
 
@@ -184,8 +219,10 @@ class GlobalAvgPool2d(Module):
     def out_shape(self, in_shape):
         return (in_shape[0], 1, 1)
 
+    def cost(self, in_shape):
+        return {"pool_ops": int(np.prod(in_shape))}
 
-@register
+
 class Flatten(Module):
     """Flatten each image in PyTorch's (C, H, W) order, whatever the layout."""
 
@@ -197,8 +234,10 @@ class Flatten(Module):
     def out_shape(self, in_shape):
         return (int(np.prod(in_shape)),)
 
+    def cost(self, in_shape):
+        return {}
 
-@register
+
 class Linear(Module):
     """``y = x @ weight.T + bias``; ``weight`` (out_features, in_features)."""
 
@@ -226,114 +265,7 @@ class Linear(Module):
             raise ShapeError(f"Linear: expected input ({self.in_features},), got {tuple(in_shape)}")
         return (self.out_features,)
 
-
-@register
-class Sequential(Module):
-    """Children applied in order; ``children`` is a list of ``[name, config]`` pairs in its config."""
-
-    def __init__(self, children=()):
-        super().__init__()
-        for name, child in children:
-            self.children[str(name)] = child if isinstance(child, Module) else _from_cfg(child)
-
-    @classmethod
-    def from_config(cls, cfg):
-        return cls([(n, _from_cfg(c)) for n, c in cfg.get("children", [])])
-
-    def config(self):
-        return {"type": "Sequential", "children": [[n, c.config()] for n, c in self.children.items()]}
-
-    def forward(self, x, layout):
-        for child in self.children.values():
-            x = child.forward(x, layout)
-        return x
-
-    def out_shape(self, in_shape):
-        for child in self.children.values():
-            in_shape = child.out_shape(in_shape)
-        return in_shape
-
-    def count(self, in_shape, name):
-        rows = []
-        for n, child in self.children.items():
-            rows += child.count(in_shape, f"{name}.{n}" if name else n)
-            in_shape = child.out_shape(in_shape)
-        return rows
-
-
-def _from_cfg(cfg):
-    from .module import from_config
-    return from_config(cfg)
-
-
-@register
-class BasicBlock(Module):
-    """ResNet basic block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
-
-    Children ``conv1, bn1, conv2, bn2`` and, when ``stride != 1`` or the width
-    changes, ``downsample`` = Sequential(``0``: 1x1 conv with the stride, ``1``: BN).
-    A block whose BNs were folded (``fold_batchnorm``) has ``batchnorm=False``:
-    no BN children, convs with bias.
-    """
-
-    def __init__(self, in_planes, planes, stride=1, eps=1e-5, batchnorm=True):
-        super().__init__()
-        self.in_planes, self.planes, self.stride = int(in_planes), int(planes), int(stride)
-        self.eps, self.batchnorm = float(eps), bool(batchnorm)
-        c = self.children
-        c["conv1"] = Conv2d(in_planes, planes, 3, stride, 1, bias=not batchnorm)
-        if batchnorm:
-            c["bn1"] = BatchNorm2d(planes, eps)
-        c["conv2"] = Conv2d(planes, planes, 3, 1, 1, bias=not batchnorm)
-        if batchnorm:
-            c["bn2"] = BatchNorm2d(planes, eps)
-        if stride != 1 or in_planes != planes:
-            ds = [("0", Conv2d(in_planes, planes, 1, stride, 0, bias=not batchnorm))]
-            if batchnorm:
-                ds.append(("1", BatchNorm2d(planes, eps)))
-            c["downsample"] = Sequential(ds)
-
-    def config(self):
-        return {"type": "BasicBlock", "in_planes": self.in_planes, "planes": self.planes,
-                "stride": self.stride, "eps": self.eps, "batchnorm": self.batchnorm,
-                "children": [[n, m.config()] for n, m in self.children.items()]}
-
-    @classmethod
-    def from_config(cls, cfg):
-        block = cls(cfg["in_planes"], cfg["planes"], cfg.get("stride", 1), cfg.get("eps", 1e-5),
-                    cfg.get("batchnorm", True))
-        # children may have been replaced (e.g. by table layers): rebuild those from their configs
-        for n, c in cfg.get("children", []):
-            if n not in block.children or block.children[n].config() != c:
-                block.children[n] = _from_cfg(c)
-        return block
-
-    def main_path(self):
-        """The layers of the residual branch, in order."""
-        c = self.children
-        names = ["conv1", "bn1", None, "conv2", "bn2"] if self.batchnorm else ["conv1", None, "conv2"]
-        return [c[n] if n else ReLU() for n in names]
-
-    def forward(self, x, layout):
-        y = x
-        for m in self.main_path():
-            y = m.forward(y, layout)
-        s = self.children["downsample"].forward(x, layout) if "downsample" in self.children else x
-        y += s
-        return np.maximum(y, np.float32(0), out=y)
-
-    def out_shape(self, in_shape):
-        return self.children["conv2"].out_shape(self.children["conv1"].out_shape(in_shape))
-
-    def count(self, in_shape, name):
-        from .ops import row
-        rows, shape = [], in_shape
-        names = [n for n in ("conv1", "bn1", "relu1", "conv2", "bn2") if n in self.children or n == "relu1"]
-        for n, m in zip(names, self.main_path()):
-            rows += m.count(shape, f"{name}.{n}")
-            shape = m.out_shape(shape)
-        if "downsample" in self.children:
-            rows += self.children["downsample"].count(in_shape, f"{name}.downsample")
-        rows.append(row(f"{name}.add_relu", self, in_shape, shape, residual=True))
-        return rows
-
+    def cost(self, in_shape):
+        self.out_shape(in_shape)
+        return {"macs": self.in_features * self.out_features,
+                "bias_adds": self.out_features if "bias" in self.params else 0}

@@ -14,8 +14,8 @@ layer2.0.downsample.0/1, fc``), so a torch ``state_dict`` loads one to one.
   fc(120) relu fc(84) relu fc(classes).
 """
 from .errors import ConfigError
-from .layers import (BasicBlock, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d,
-                     ReLU, Sequential)
+from .blocks import BasicBlock, Sequential
+from .layers import BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU
 from .network import Network
 
 ARCHS = ("resnet18-cifar", "resnet34-cifar", "resnet18-paper", "resnet34-paper", "nin", "lenet")

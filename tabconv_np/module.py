@@ -7,10 +7,16 @@ inference-only.  Each module
   dict whose names follow PyTorch's ``state_dict``: ``weight``, ``bias``,
   ``running_mean``, ...), and its sub-modules in ``self.children``;
 * describes itself by ``config()``: a JSON-able dict ``{"type": ..., args...}``
-  from which :func:`from_config` rebuilds it (shapes included, values not);
+  from which :func:`tabconv_np.registry.from_config` rebuilds it (shapes
+  included, values not);
 * computes ``forward(x, layout)`` on a batch in layout ``"NCHW"`` or ``"NHWC"``;
-* reports ``out_shape(in_shape)`` and ``count(in_shape)`` for the op counter,
-  shapes being per-image ``(C, H, W)`` or ``(F,)`` whatever the layout.
+* reports ``out_shape(in_shape)``, shapes being per-image ``(C, H, W)`` or
+  ``(F,)`` whatever the layout;
+* a *leaf* layer reports ``cost(in_shape)``: its per-image operation counts as
+  named quantities (see :mod:`tabconv_np.ops`); not reporting one is an error;
+* a *container* (sequence, residual block, graph) reports ``structure()``
+  instead (see :mod:`tabconv_np.structure`): every walker of the package
+  (folding, op counting, conversion) reads containers through it.
 
 The flat parameter names of a tree, ``state_dict()``, join the children's
 names with dots: ``layer1.0.bn1.running_var``.
@@ -20,30 +26,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-
-REGISTRY = {}
-
-
-def register(cls):
-    """Class decorator: make ``cls`` buildable by :func:`from_config` under ``cls.__name__``."""
-    REGISTRY[cls.__name__] = cls
-    return cls
-
-
-def from_config(cfg):
-    """Rebuild a module (parameters zero-filled) from ``Module.config()`` output."""
-    if not isinstance(cfg, dict) or "type" not in cfg:
-        raise ConfigError(f"a module config must be a dict with a 'type', got {cfg!r:.200}")
-    kind = cfg["type"]
-    if kind not in REGISTRY:
-        # the table layers (TableConv2d, TableLinear) and the extra layers of imported
-        # models (Graph, Clip) register themselves when their modules are imported
-        from . import tables  # noqa: F401
-        from .importers import graph  # noqa: F401
-    if kind not in REGISTRY:
-        raise ConfigError(f"unknown layer type {kind!r} (known: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[kind].from_config(cfg)
-
+from .validate import as_pair, channel_axis  # noqa: F401  (re-exported for the layers)
 
 class Module:
     """Base class; see the module docstring."""
@@ -58,7 +41,8 @@ class Module:
         return {"type": type(self).__name__}
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, build):
+        """The module described by ``cfg``; ``build(child_config)`` builds a child (containers)."""
         args = {k: v for k, v in cfg.items() if k != "type"}
         try:
             return cls(**args)
@@ -120,10 +104,18 @@ class Module:
         """Per-image output shape for a per-image input shape (no batch axis)."""
         return tuple(in_shape)
 
-    def count(self, in_shape, name):
-        """Op-count rows ``[dict, ...]`` for one image of shape ``in_shape``; see ``tabconv_np.ops``."""
-        from .ops import row
-        return [row(name, self, in_shape, self.out_shape(in_shape))]
+    def cost(self, in_shape):
+        """Per-image operation counts ``{quantity: int}`` of a leaf layer (see :mod:`tabconv_np.ops`).
+
+        Every leaf layer must say what it costs, even when that is nothing
+        (return ``{}``): a layer that does not is refused by the op counter,
+        never counted as zero.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not report its cost")
+
+    def structure(self):
+        """``None`` for a leaf; a container returns its :mod:`tabconv_np.structure` node."""
+        return None
 
     # -- display -------------------------------------------------------
     def extra_repr(self):
@@ -139,21 +131,3 @@ class Module:
             lines.append(f"  ({name}): {sub}")
         lines.append(")")
         return "\n".join(lines)
-
-
-def pair(v, what):
-    """``v`` as a pair of ints (an int ``k`` gives ``(k, k)``)."""
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    v = tuple(int(a) for a in v)
-    if len(v) != 2:
-        raise ConfigError(f"{what} must be an int or a pair, got {v!r}")
-    return v
-
-
-def channel_axis(layout):
-    if layout == "NCHW":
-        return 1
-    if layout == "NHWC":
-        return 3
-    raise ConfigError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")

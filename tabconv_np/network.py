@@ -8,7 +8,10 @@ its input shape, and free-form metadata (architecture name, data set, ...).
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-from .module import channel_axis, from_config
+from .layers import Conv2d
+from .ops import count_ops
+from .registry import from_config
+from .validate import channel_axis
 
 FORMAT_VERSION = 1
 
@@ -88,7 +91,6 @@ class Network:
 
     def set_method(self, method):
         """Use conv ``method`` (naive | im2col | mec | direct | auto) in every Conv2d."""
-        from .layers import Conv2d
         for _, m in self.body.modules():
             if isinstance(m, Conv2d):
                 m.method = method
@@ -116,7 +118,6 @@ class Network:
 
     def __repr__(self):
         """One line per layer: name, layer, output shape."""
-        from .ops import count_ops
         rows = count_ops(self).rows
         name = self.meta.get("arch", "custom")
         lines = [f"Network({name}, input={self.input_shape}, layout={self.layout}, "

@@ -1,78 +1,216 @@
-"""Counting arithmetic operations, per layer and in total.
+"""Counting arithmetic operations, per layer and in total, under named conventions.
 
-Conventions (all counts are for the whole batch given by ``input_shape``'s
-batch size, default 1):
+Every leaf layer reports its own per-image cost, ``layer.cost(in_shape)``, as
+named quantities (a dict ``{quantity: int}``); a container is read through
+its structure (:mod:`tabconv_np.structure`), and the joins it computes itself
+(residual sums) are counted here.  A leaf layer that reports no cost is an
+error, never a zero, and so is a quantity that is not declared below.
 
-* ``macs``: multiply-accumulates of convolutions and linear layers:
-  ``C_out·H_out·W_out·(C_in/groups)·kh·kw`` and ``in·out``.  The primary unit.
-* ``bias_adds``: one add per output element of a layer with a bias.
-* ``bn_ops``: 2 per element (one multiply and one add, BN in scale-shift
-  form); 0 once folded into the conv before it.
-* ``act_ops``: 1 per element (ReLU's comparison).
-* ``pool_ops``: max pooling ``kh·kw − 1`` comparisons per output; average
-  pooling ``kh·kw − 1`` adds and 1 multiply per output; global average ``H·W``.
-* ``residual_adds``: one add per element of a residual sum.
-* table layers (TabConv) add ``encode_macs`` (distances to every prototype),
-  ``encode_cmps`` (comparisons of the nearest-prototype search),
-  ``lookups`` and ``lookup_adds`` (aggregation); see ``tabconv_np.tables``.
-* ``params``: learnable parameters (BN's running statistics excluded, as in
-  ``torch.nn.Module.parameters()``); ``storage_bytes``: bytes the layer keeps.
-* ``im2col_bytes`` / ``mec_bytes``: float32 lowering workspace of a conv.
+Quantities (all counts are for the whole batch of ``input_shape``, default 1):
 
-Presets reproduce what users' tools print: ``fvcore`` (MACs only),
-``thop`` (MACs + 2 per BN element), ``flops`` (2·MACs).
+========================  ===========  ======================================================
+quantity                  kind         what
+========================  ===========  ======================================================
+``macs``                  arithmetic   multiply-accumulates of convolutions and linear layers:
+                                       ``C_out·H_out·W_out·(C_in/groups)·kh·kw``, ``in·out``
+``bias_adds``             arithmetic   one add per output element of a layer with a bias
+``bn_ops``                arithmetic   2 per element (BN in scale-shift form); 0 once folded
+``act_ops``               arithmetic   1 per element (ReLU's comparison; 2 for a two-sided clip)
+``pool_ops``              arithmetic   max pooling ``kh·kw − 1`` comparisons per output; average
+                                       pooling ``kh·kw`` (adds and the scale); global ``H·W``
+``residual_adds``         arithmetic   one add per element of a residual sum
+``encode_macs``           arithmetic   PQ encoding: multiply-adds of the distances to every prototype
+``encode_cmps``           arithmetic   PQ encoding: comparisons of the nearest-prototype search
+``lookups``               memory       table entries read (one per codebook and output)
+``lookup_adds``           arithmetic   adds that sum the looked-up entries
+``params``                model        learnable parameters (BN running statistics excluded)
+``storage_bytes``         model        bytes the layer keeps (every stored array)
+``im2col_bytes``          workspace    float32 im2col lowering buffer
+``mec_bytes``             workspace    float32 MEC lowering buffer
+========================  ===========  ======================================================
+
+A new engine that needs another quantity declares it with
+:func:`declare_quantity` (name, kind, description) before reporting it.
+``model`` quantities are not multiplied by the batch size.  A layer may also
+report one-time (offline) work under the key ``"offline"`` (a dict of the
+same quantities, e.g. the multiply-adds that build a lookup table); it is kept
+apart from per-inference work and counted only by conventions that say so.
+
+Conventions (:data:`CONVENTIONS`) turn totals into one number each; the
+reduction of a network against its exact origin is
+``1 - cost(network) / cost(exact)`` in one convention
+(:func:`reduction`, :func:`op_reduction`):
+
+* ``macs``: conv and linear multiply-accumulates;
+* ``fvcore``: MACs (fvcore prints one multiply-add as one "flop");
+* ``thop``: MACs + 2 per BN element;
+* ``flops``: 2·MACs (TF/Keras profilers, ``torch.utils.flop_counter``);
+* ``paper``: the TabConv paper's: table lookups and their adds, plus the
+  MACs of the layers left exact; encoding is not counted;
+* ``full``: every arithmetic operation, encoding included;
+* ``bolt``: Bolt/MADDNESS's ``multiplies + lookups``: MACs, encoding
+  multiply-adds and the offline table-building multiply-adds, plus lookups.
 """
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
-FIELDS = ("macs", "bias_adds", "bn_ops", "act_ops", "pool_ops", "residual_adds",
-          "encode_macs", "encode_cmps", "lookups", "lookup_adds",
-          "params", "storage_bytes", "im2col_bytes", "mec_bytes")
+from .errors import ConfigError, ShapeError
+from .module import Module
+from .structure import Chain, Dag, Residual, join, structure_of
 
-#: Fields that are arithmetic operations (summed into ``ops``).
-ARITHMETIC = ("macs", "bias_adds", "bn_ops", "act_ops", "pool_ops", "residual_adds",
-              "encode_macs", "encode_cmps", "lookup_adds")
+#: Declared quantities: name -> (kind, description).  Kinds: "arithmetic"
+#: (summed by the "full" convention), "memory", "model" (not scaled by the
+#: batch), "workspace".
+QUANTITIES = {}
 
 
-def row(name, module, in_shape, out_shape, residual=False, **extra):
-    """Op-count row of one leaf layer for ONE image; ``count_ops`` scales by the batch."""
-    from . import layers as L
+def declare_quantity(name, kind, description):
+    """Declare a quantity that layers may report (see the module docstring)."""
+    if kind not in ("arithmetic", "memory", "model", "workspace"):
+        raise ConfigError(f"quantity {name!r}: unknown kind {kind!r}")
+    QUANTITIES[name] = (kind, description)
+
+
+for _name, _kind, _doc in (
+        ("macs", "arithmetic", "conv and linear multiply-accumulates"),
+        ("bias_adds", "arithmetic", "bias adds, one per output element"),
+        ("bn_ops", "arithmetic", "batch norm, 2 per element"),
+        ("act_ops", "arithmetic", "activation comparisons"),
+        ("pool_ops", "arithmetic", "pooling comparisons or adds"),
+        ("residual_adds", "arithmetic", "residual sums, one per element"),
+        ("encode_macs", "arithmetic", "PQ encoding distance multiply-adds"),
+        ("encode_cmps", "arithmetic", "PQ encoding comparisons"),
+        ("lookups", "memory", "table entries read"),
+        ("lookup_adds", "arithmetic", "adds of looked-up entries"),
+        ("params", "model", "learnable parameters"),
+        ("storage_bytes", "model", "bytes stored by the layer"),
+        ("im2col_bytes", "workspace", "float32 im2col lowering buffer"),
+        ("mec_bytes", "workspace", "float32 MEC lowering buffer")):
+    declare_quantity(_name, _kind, _doc)
+
+#: The quantities every row carries (0 when a layer does not report them), in table order.
+FIELDS = tuple(QUANTITIES)
+
+
+def _arithmetic(t):
+    return sum(v for k, v in t.items() if QUANTITIES.get(k, ("",))[0] == "arithmetic")
+
+
+@dataclass(frozen=True)
+class Convention:
+    """A named way to turn op-count totals into one number."""
+
+    name: str
+    description: str
+    cost: object          # callable(totals dict) -> int
+
+
+#: The counting conventions, by name (see the module docstring).
+CONVENTIONS = {c.name: c for c in (
+    Convention("macs", "multiply-accumulates of conv and linear layers",
+               lambda t: t.get("macs", 0)),
+    Convention("fvcore", "MACs, as fvcore counts 'flops'", lambda t: t.get("macs", 0)),
+    Convention("thop", "MACs plus 2 per batch-norm element, as thop counts",
+               lambda t: t.get("macs", 0) + t.get("bn_ops", 0)),
+    Convention("flops", "2 x MACs, as TF/Keras profilers and torch.utils.flop_counter count",
+               lambda t: 2 * t.get("macs", 0)),
+    Convention("paper", "table layers' lookups + lookup adds, plus the exact layers' MACs, against "
+               "the exact network's MACs (conv + linear); encoding is not counted, as in the "
+               "TabConv paper",
+               lambda t: t.get("lookups", 0) + t.get("lookup_adds", 0) + t.get("macs", 0)),
+    Convention("full", "every arithmetic operation (encoding distances and comparisons, lookup adds, "
+               "MACs, bias adds, ReLU, pooling, residual adds) against the same for the BN-folded "
+               "exact network", _arithmetic),
+    Convention("bolt", "Bolt/MADDNESS's multiplies + lookups: MACs, encoding multiply-adds and the "
+               "offline table-building multiply-adds, plus table lookups",
+               lambda t: (t.get("macs", 0) + t.get("encode_macs", 0) + t.get("lookups", 0)
+                          + t.get("offline", {}).get("macs", 0))),
+)}
+
+
+def reduction(cost, exact):
+    """``1 - cost / exact`` (0.0 when ``exact`` is 0): the fraction of operations saved."""
+    return 1.0 - cost / exact if exact else 0.0
+
+
+# ----------------------------------------------------------------- rows
+def _leaf_row(name, module, in_shape):
+    if type(module).cost is Module.cost:
+        raise ConfigError(f"count_ops: layer {name or '<body>'} ({type(module).__name__}) does not "
+                          f"report its cost; every leaf layer must implement cost(in_shape)")
+    out_shape = tuple(module.out_shape(in_shape))
+    cost = dict(module.cost(tuple(in_shape)))
+    offline = cost.pop("offline", {})
+    for k in list(cost) + list(offline):
+        if k not in QUANTITIES:
+            raise ConfigError(f"count_ops: layer {name} ({type(module).__name__}) reports the "
+                              f"undeclared quantity {k!r}; declare it with ops.declare_quantity")
     r = dict.fromkeys(FIELDS, 0)
     r.update(name=name, type=type(module).__name__, in_shape=list(in_shape), out_shape=list(out_shape))
-    n_out = int(np.prod(out_shape))
-    p = module.params
-    if residual:
-        r["type"] = "Add+ReLU"
-        r["residual_adds"] = r["act_ops"] = n_out
-    elif isinstance(module, L.Conv2d):
-        cin_g = module.in_channels // module.groups
-        r["macs"] = n_out * cin_g * module.kernel_size[0] * module.kernel_size[1]
-        r["bias_adds"] = n_out if "bias" in p else 0
-        from .functional import lowering_workspace_bytes
-        ws = lowering_workspace_bytes(in_shape[0], in_shape[1], in_shape[2], module.kernel_size[0],
-                                      module.kernel_size[1], module.stride, module.padding,
-                                      module.dilation)
-        r["im2col_bytes"], r["mec_bytes"] = ws["im2col"], ws["mec"]
-    elif isinstance(module, L.Linear):
-        r["macs"] = module.in_features * module.out_features
-        r["bias_adds"] = module.out_features if "bias" in p else 0
-    elif isinstance(module, L.BatchNorm2d):
-        r["bn_ops"] = 2 * n_out
-    elif isinstance(module, L.ReLU):
-        r["act_ops"] = n_out
-    elif isinstance(module, L.MaxPool2d):
-        r["pool_ops"] = n_out * (module.kernel_size[0] * module.kernel_size[1] - 1)
-    elif isinstance(module, L.AvgPool2d):
-        r["pool_ops"] = n_out * module.kernel_size[0] * module.kernel_size[1]
-    elif isinstance(module, L.GlobalAvgPool2d):
-        r["pool_ops"] = int(np.prod(in_shape))
-    if not residual:
-        learn = {k: v for k, v in p.items() if k not in ("running_mean", "running_var")}
-        r["params"] = int(sum(v.size for v in learn.values()))
-        r["storage_bytes"] = int(sum(v.nbytes for v in p.values()))
-    r.update(extra)
+    learn = {k: v for k, v in module.params.items() if k not in ("running_mean", "running_var")}
+    r["params"] = int(sum(v.size for v in learn.values()))
+    r["storage_bytes"] = int(sum(v.nbytes for v in module.params.values()))
+    r.update({k: int(v) for k, v in cost.items()})
+    r["offline"] = {k: int(v) for k, v in offline.items()}
+    return r, out_shape
+
+
+def _join_row(name, kind, shape, adds, act):
+    r = dict.fromkeys(FIELDS, 0)
+    n = int(np.prod(shape))
+    r.update(name=name, type=kind, in_shape=list(shape), out_shape=list(shape),
+             residual_adds=adds * n, act_ops=n if act else 0, offline={})
     return r
+
+
+def rows(module, in_shape, name=""):
+    """Op-count rows ``[dict, ...]`` of ``module`` for one image of shape ``in_shape``, and its output shape.
+
+    Leaves report ``cost``; containers are walked through their structure:
+    a chain in order, a residual block's main branch, its shortcut and a join
+    row (``<name>.add_relu``, type ``Add+ReLU``), a graph's nodes with one
+    ``Add`` row per sum node.
+    """
+    node = structure_of(module, name)
+    if node is None:
+        r, out = _leaf_row(name, module, in_shape)
+        return [r], out
+    out_rows = []
+    if isinstance(node, Chain):
+        shape = tuple(in_shape)
+        for n, child in node.items:
+            rs, shape = rows(child, shape, join(name, n))
+            out_rows += rs
+        return out_rows, shape
+    if isinstance(node, Residual):
+        shape = tuple(in_shape)
+        for n, child in node.main:
+            rs, shape = rows(child, shape, join(name, n))
+            out_rows += rs
+        short = tuple(in_shape)
+        for n, child in node.shortcut:
+            rs, short = rows(child, short, join(name, n))
+            out_rows += rs
+        if short != shape:
+            raise ShapeError(f"{name}: residual branches give {shape} and {short}")
+        act = "_relu" if node.act == "relu" else ""
+        out_rows.append(_join_row(join(name, "add" + act), "Add+ReLU" if act else "Add", shape, 1, act))
+        return out_rows, shape
+    assert isinstance(node, Dag)
+    shapes = {"input": tuple(in_shape)}
+    for n, inputs, child in node.nodes:
+        if child is not None:
+            rs, shapes[n] = rows(child, shapes[inputs[0]], join(name, n))
+            out_rows += rs
+        else:
+            got = [shapes[v] for v in inputs]
+            if len(set(got)) != 1:
+                raise ShapeError(f"{join(name, n)}: sum node adds differently shaped inputs {got}")
+            shapes[n] = got[0]
+            out_rows.append(_join_row(join(name, n), "Add", got[0], len(inputs) - 1, False))
+    return out_rows, shapes[node.output]
 
 
 class OpCount:
@@ -81,20 +219,34 @@ class OpCount:
     Attributes
     ----------
     rows : list of dict
-        One dict per leaf layer, keys ``name, type, in_shape, out_shape`` and ``FIELDS``.
+        One dict per leaf layer and per join, keys ``name, type, in_shape,
+        out_shape``, every quantity (``FIELDS`` and any declared later) and
+        ``offline`` (a dict of one-time quantities).
     total : dict
-        Sums of ``FIELDS`` plus ``ops`` (all arithmetic) and the presets
-        ``fvcore``, ``thop``, ``flops``.
+        Sums of the quantities, ``offline`` sums, ``ops`` (all arithmetic) and
+        one entry per convention in :data:`CONVENTIONS`.
     """
 
     def __init__(self, rows, input_shape):
         self.rows, self.input_shape = rows, tuple(input_shape)
-        t = {f: int(sum(r[f] for r in rows)) for f in FIELDS}
-        t["ops"] = int(sum(t[f] for f in ARITHMETIC))
-        t["fvcore"] = t["macs"]
-        t["thop"] = t["macs"] + t["bn_ops"]
-        t["flops"] = 2 * t["macs"]
+        names = [q for q in QUANTITIES if any(q in r for r in rows)]
+        t = {q: int(sum(r.get(q, 0) for r in rows)) for q in dict.fromkeys(FIELDS + tuple(names))}
+        off = {}
+        for r in rows:
+            for k, v in r.get("offline", {}).items():
+                off[k] = off.get(k, 0) + v
+        t["offline"] = off
+        t["ops"] = _arithmetic(t)
+        for c in CONVENTIONS.values():
+            if c.name not in t:
+                t[c.name] = int(c.cost(t))
         self.total = t
+
+    def cost(self, convention):
+        """The total in one named convention."""
+        if convention not in CONVENTIONS:
+            raise ConfigError(f"unknown convention {convention!r} (known: {', '.join(CONVENTIONS)})")
+        return int(CONVENTIONS[convention].cost(self.total))
 
     def to_dict(self):
         return {"input_shape": list(self.input_shape), "total": self.total, "layers": self.rows}
@@ -105,8 +257,7 @@ class OpCount:
     def table(self):
         """A per-layer text table (like fvcore's ``flop_count_table``) with a total line."""
         cols = ["macs", "bias_adds", "bn_ops", "act_ops", "pool_ops", "residual_adds", "params"]
-        table_layers = any(r["lookups"] for r in self.rows)
-        if table_layers:
+        if any(r["lookups"] for r in self.rows):
             cols[1:1] = ["encode_macs", "lookups", "lookup_adds"]
         head = ["layer", "type", "output"] + cols
         body = [[r["name"], r["type"], "x".join(map(str, r["out_shape"]))] + [_si(r[c]) for c in cols]
@@ -148,23 +299,76 @@ def count_ops(model, input_shape=None):
     Returns
     -------
     OpCount
+
+    Raises
+    ------
+    ConfigError
+        A leaf layer reports no cost, or an undeclared quantity.
     """
-    from .errors import ShapeError
     body = getattr(model, "body", model)
     if input_shape is None:
         input_shape = getattr(model, "input_shape", None)
         if input_shape is None:
             raise ShapeError("count_ops: the model has no input_shape; pass input_shape=(C, H, W)")
-    input_shape = tuple(int(v) for v in input_shape)
+    try:
+        input_shape = tuple(int(v) for v in input_shape)
+    except (TypeError, ValueError, OverflowError):
+        raise ShapeError(f"count_ops: input_shape must be ints, got {input_shape!r}") from None
     if len(input_shape) == 3:
         batch, per_image = 1, input_shape
     elif len(input_shape) == 4:
         batch, per_image = input_shape[0], input_shape[1:]
     else:
         raise ShapeError(f"count_ops: input_shape must be (C, H, W) or (N, C, H, W), got {input_shape}")
-    rows = body.count(per_image, "")
-    for r in rows:
-        for f in FIELDS:
-            if f not in ("params", "storage_bytes"):
-                r[f] *= batch
-    return OpCount(rows, input_shape)
+    out, _ = rows(body, per_image)
+    for r in out:
+        for q, (kind, _) in QUANTITIES.items():
+            if kind != "model" and q in r:
+                r[q] *= batch
+        r["offline"] = dict(r["offline"])
+    return OpCount(out, input_shape)
+
+
+def op_reduction(network, exact_net, input_shape=None):
+    """Operation and storage savings of a converted network, under named conventions.
+
+    Parameters
+    ----------
+    network : Network
+        A converted network (tables or any other engine's layers).
+    exact_net : Network
+        The network it came from (BN folded or not: MACs are the same; for
+        ``"full"`` pass the BN-folded one, as ``ConversionResult.exact`` is).
+    input_shape : tuple, optional
+        ``(C, H, W)`` or ``(N, C, H, W)``; default the network's, batch 1.
+
+    Returns
+    -------
+    dict
+        ``{"paper": {...}, "full": {...}, "bolt": {...}, "storage": {...}}``;
+        each convention has ``reduction`` (fraction saved), ``cost``,
+        ``exact``, ``ratio`` (exact / cost) and ``convention`` (what is
+        counted; ``paper`` compares with the exact network's MACs).
+        ``storage``: ``table_bytes`` (the layers whose type changed),
+        ``replaced_weight_bytes`` (the exact layers they replace),
+        ``network_bytes`` and ``exact_network_bytes``.
+    """
+    t = count_ops(network, input_shape)
+    e = count_ops(exact_net, input_shape)
+    out = {}
+    for name in ("paper", "full", "bolt"):
+        c = CONVENTIONS[name]
+        cost = t.cost(name)
+        base = e.cost("macs" if name == "paper" else name)
+        out[name] = {"reduction": reduction(cost, base), "cost": int(cost), "exact": int(base),
+                     "ratio": base / cost if cost else float("inf"), "convention": c.description}
+    exact_rows = {r["name"]: r for r in e.rows}
+    changed = [r for r in t.rows if r["name"] in exact_rows and r["type"] != exact_rows[r["name"]]["type"]]
+    out["storage"] = {"table_bytes": int(sum(r["storage_bytes"] for r in changed)),
+                      "replaced_weight_bytes": int(sum(exact_rows[r["name"]]["storage_bytes"]
+                                                       for r in changed)),
+                      "network_bytes": int(t.total["storage_bytes"]),
+                      "exact_network_bytes": int(e.total["storage_bytes"])}
+    out["table_layers"] = len(changed)
+    out["encode_macs"] = int(t.total["encode_macs"])
+    return out

@@ -9,7 +9,7 @@ of ``K`` prototypes learned by k-means, and a row is stored as ``C`` indices
 
 The API follows nanopq (``PQ(M, Ks).fit(X).encode(X)``)::
 
-    pq = ProductQuantizer(codebooks=8, prototypes=256, seed=0).fit(rows)
+    pq = ProductQuantizer(n_codebooks=8, n_prototypes=256, seed=0).fit(rows)
     codes = pq.encode(rows)          # (N, 8) uint8
     approx = pq.decode(codes)        # (N, D) float32
 
@@ -26,11 +26,17 @@ import warnings
 import numpy as np
 
 from .errors import ConfigError, ShapeError
+from .progress import Progress
+from .validate import N_PROTOTYPES_MAX, N_PROTOTYPES_MIN, as_choice, as_int, as_n_prototypes
 from .kernels import pq as _k
 from .kernels._jit import pick
 
-#: Bounds on the number of prototypes per subspace.
-K_MIN, K_MAX = 2, 16384
+#: Bounds on the number of prototypes per subspace (one definition, in validate).
+K_MIN, K_MAX = N_PROTOTYPES_MIN, N_PROTOTYPES_MAX
+
+
+#: k-means seedings ``ProductQuantizer(init=...)`` accepts.
+INITS = ("auto", "k-means++", "random", "product")
 
 
 def code_dtype(K):
@@ -77,14 +83,14 @@ def _as_rows(X, D=None, what="X"):
 
 
 class ProductQuantizer:
-    """Product quantizer with ``codebooks`` subspaces of ``prototypes`` prototypes each.
+    """Product quantizer with ``n_codebooks`` subspaces of ``n_prototypes`` prototypes each.
 
     Parameters
     ----------
-    codebooks : int
+    n_codebooks : int
         ``C``, the number of subspaces (1 <= C <= D).
-    prototypes : int
-        ``K``, prototypes per subspace, 2..16384.  Capped (with a warning) when
+    n_prototypes : int
+        ``K``, prototypes per subspace, 1..16384.  Capped (with a warning) when
         no subspace of the training rows has ``K`` distinct sub-rows.
     iters : int
         Maximum Lloyd iterations (stops earlier when at most 0.1% of the rows change cluster).
@@ -104,8 +110,8 @@ class ProductQuantizer:
 
     Attributes
     ----------
-    codebooks : float32 array (C, K, Ds)
-        Prototype ``k`` of subspace ``c`` is ``codebooks[c, k]``; columns past
+    prototypes : float32 array (C, K, Ds)
+        Prototype ``k`` of subspace ``c`` is ``prototypes[c, k]``; columns past
         ``D`` in the last subspace(s) are zero.
     D, C, K, Ds : int
         Row length, subspaces, prototypes (after capping), subspace length.
@@ -116,41 +122,34 @@ class ProductQuantizer:
         Lloyd iterations run per subspace.
     """
 
-    def __init__(self, codebooks=8, prototypes=256, iters=16, init="auto", seed=0, name=None,
+    def __init__(self, n_codebooks=8, n_prototypes=256, iters=16, init="auto", seed=0, name=None,
                  progress=None):
-        if isinstance(codebooks, bool) or not isinstance(codebooks, (int, np.integer)) or codebooks < 1:
-            raise ConfigError(f"ProductQuantizer: codebooks must be an int >= 1, got {codebooks!r}")
-        if (isinstance(prototypes, bool) or not isinstance(prototypes, (int, np.integer))
-                or not K_MIN <= prototypes <= K_MAX):
-            raise ConfigError(f"ProductQuantizer: prototypes must be an int in [{K_MIN}, {K_MAX}], "
-                              f"got {prototypes!r}")
-        if init not in ("auto", "k-means++", "random", "product"):
-            raise ConfigError(f"ProductQuantizer: init must be auto, k-means++, random or product, "
-                              f"got {init!r}")
-        if not isinstance(iters, (int, np.integer)) or iters < 0:
-            raise ConfigError(f"ProductQuantizer: iters must be an int >= 0, got {iters!r}")
-        self.C, self.K_requested, self.K = int(codebooks), int(prototypes), int(prototypes)
+        C = as_int(n_codebooks, "ProductQuantizer: n_codebooks", 1)
+        K = as_n_prototypes(n_prototypes, "ProductQuantizer: n_prototypes")
+        as_choice(init, "ProductQuantizer: init", INITS)
+        iters = as_int(iters, "ProductQuantizer: iters", 0)
+        self.C, self.K_requested, self.K = C, K, K
         self.iters, self.init, self.seed = int(iters), init, int(seed)
         self.name, self.progress = name, progress
-        self.codebooks, self.D, self.Ds = None, None, None
+        self.prototypes, self.D, self.Ds = None, None, None
         self.inertia, self.n_iter = None, []
 
     def __repr__(self):
-        state = f"D={self.D}, Ds={self.Ds}" if self.codebooks is not None else "not fitted"
+        state = f"D={self.D}, Ds={self.Ds}" if self.prototypes is not None else "not fitted"
         return f"ProductQuantizer(C={self.C}, K={self.K}, {state})"
 
     @classmethod
-    def from_codebooks(cls, codebooks, D):
+    def from_prototypes(cls, prototypes, D):
         """A fitted quantizer from a ``(C, K, Ds)`` array (e.g. a table layer's prototypes)."""
-        cb = np.ascontiguousarray(codebooks, dtype=np.float32)
+        cb = np.ascontiguousarray(prototypes, dtype=np.float32)
         if cb.ndim != 3:
-            raise ShapeError(f"codebooks: expected a (C, K, Ds) array, got shape {cb.shape}")
+            raise ShapeError(f"prototypes: expected a (C, K, Ds) array, got shape {cb.shape}")
         C, K, Ds = cb.shape
         if subspace_length(D, C) != Ds:
-            raise ShapeError(f"codebooks: Ds = {Ds} does not match D = {D} split into C = {C} "
+            raise ShapeError(f"prototypes: Ds = {Ds} does not match D = {D} split into C = {C} "
                              f"subspaces (ceil(D/C) = {subspace_length(D, C)})")
-        pq = cls(C, max(K, K_MIN) if K <= K_MAX else K_MAX)
-        pq.K, pq.codebooks, pq.D, pq.Ds = K, cb, int(D), Ds
+        pq = cls(C, as_n_prototypes(K, "prototypes: K"))
+        pq.prototypes, pq.D, pq.Ds = cb, int(D), Ds
         return pq
 
     @property
@@ -160,7 +159,7 @@ class ProductQuantizer:
 
     # ------------------------------------------------------------ fitting
     def fit(self, X):
-        """Learn the codebooks from training rows.
+        """Learn the prototypes from training rows.
 
         Parameters
         ----------
@@ -171,14 +170,13 @@ class ProductQuantizer:
         -------
         self
         """
-        from .progress import Progress
         X = _as_rows(X, what="ProductQuantizer.fit: X")
         N, D = X.shape
         C = self.C
         if N < 2:
             raise ShapeError(f"ProductQuantizer.fit: need at least 2 rows, got {N}")
         if C > D:
-            raise ConfigError(f"ProductQuantizer: codebooks C = {C} exceeds the row length D = {D}")
+            raise ConfigError(f"ProductQuantizer: n_codebooks C = {C} exceeds the row length D = {D}")
         Ds = subspace_length(D, C)
         Xp = _k.pad_columns(X, C, Ds)                          # (N, C, Ds), zero-padded
         # K is capped at the largest number of distinct sub-rows of any subspace
@@ -214,7 +212,7 @@ class ProductQuantizer:
                     self.n_iter.append(it)
                     inertia += sse
                 bar.update()
-        self.codebooks, self.D, self.Ds, self.K = cb, D, Ds, K
+        self.prototypes, self.D, self.Ds, self.K = cb, D, Ds, K
         self.inertia = float(inertia)
         return self
 
@@ -225,7 +223,7 @@ class ProductQuantizer:
 
     # ----------------------------------------------------------- coding
     def _check_fitted(self):
-        if self.codebooks is None:
+        if self.prototypes is None:
             raise ConfigError("ProductQuantizer: call fit() first")
 
     def encode(self, X):
@@ -238,19 +236,19 @@ class ProductQuantizer:
         Returns
         -------
         codes : uint8 (K <= 256) or uint16 array (N, C)
-            ``codes[n, c] = argmin_k ||X[n, subspace c] - codebooks[c, k]||^2``
+            ``codes[n, c] = argmin_k ||X[n, subspace c] - prototypes[c, k]||^2``
             (first index on ties), i.e. the plain loop::
 
                 for n in range(N):
                     for c in range(C):
-                        codes[n, c] = ((codebooks[c] - xpad[n, c*Ds:(c+1)*Ds])**2).sum(1).argmin()
+                        codes[n, c] = ((prototypes[c] - xpad[n, c*Ds:(c+1)*Ds])**2).sum(1).argmin()
         """
         self._check_fitted()
         X = _as_rows(X, self.D, "ProductQuantizer.encode: X")
-        return encode_rows(X, self.codebooks)
+        return encode_rows(X, self.prototypes)
 
     def decode(self, codes):
-        """Rows rebuilt from codes: ``approx[n, subspace c] = codebooks[c, codes[n, c]]``.
+        """Rows rebuilt from codes: ``approx[n, subspace c] = prototypes[c, codes[n, c]]``.
 
         Parameters
         ----------
@@ -267,8 +265,8 @@ class ProductQuantizer:
         """
         self._check_fitted()
         codes = check_codes(codes, self.C, self.K, "ProductQuantizer.decode: codes")
-        # approx[n, c] = codebooks[c, codes[n, c]] for every (n, c)
-        out = self.codebooks[np.arange(self.C)[None, :], codes.astype(np.intp)]   # (N, C, Ds)
+        # approx[n, c] = prototypes[c, codes[n, c]] for every (n, c)
+        out = self.prototypes[np.arange(self.C)[None, :], codes.astype(np.intp)]   # (N, C, Ds)
         return np.ascontiguousarray(out.reshape(len(codes), -1)[:, :self.D])
 
     def quantization_error(self, X):
@@ -285,14 +283,14 @@ class ProductQuantizer:
 KMEANS_PARALLEL_MIN_WORK = 50_000_000
 
 
-def encode_rows(X, codebooks, parallel_min_work=None):
-    """Encode float32 C-contiguous rows ``X`` (N, D) with ``codebooks`` (C, K, Ds): no validation.
+def encode_rows(X, prototypes, parallel_min_work=None):
+    """Encode float32 C-contiguous rows ``X`` (N, D) with ``prototypes`` (C, K, Ds): no validation.
 
     The threaded kernel runs when the work (``N*K*C*Ds`` multiply-adds) is
     at least ``parallel_min_work`` (default: the package-wide threshold of
     :func:`tabconv_np.kernels._jit.pick`).
     """
-    C, K, Ds = codebooks.shape
+    C, K, Ds = prototypes.shape
     out = np.empty((X.shape[0], C), code_dtype(K))
     if X.shape[0]:
         work = X.shape[0] * K * C * Ds
@@ -300,7 +298,7 @@ def encode_rows(X, codebooks, parallel_min_work=None):
             fn = _k.encode[1]
         else:
             fn = pick(_k.encode, work)
-        fn(X, codebooks, out)
+        fn(X, prototypes, out)
     return out
 
 

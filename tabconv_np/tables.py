@@ -13,13 +13,17 @@ quantization (:mod:`tabconv_np.pq`) and table lookups:
    subspace c>`` was computed once, offline (``N*M*C`` lookups,
    ``N*M*(C-1)`` adds).
 
+Sizes are integers named ``n_codebooks`` (``C``) and ``n_prototypes``
+(``K``); ``prototypes`` and ``table`` are arrays.  Input channels are
+``C_in`` (never ``C``, which counts codebooks here).
+
 Parameters (saved and loaded by :mod:`tabconv_np.io` like any other):
 ``prototypes`` (C, K, Ds) float32, ``table`` (C, K, M) float32 and
 ``bias`` (M,) float32.  Batch norm is folded into the weights before the
 table is built (a table row is linear in the weights, so folding is exact).
 
 Both layers have the same ``forward(x, layout)`` as ``Conv2d`` / ``Linear``
-and can stand anywhere those do.  Their op-count rows (``count``) fill the
+and can stand anywhere those do.  Their costs (``cost``) fill the
 ``encode_macs``, ``encode_cmps``, ``lookups`` and ``lookup_adds`` fields of
 :mod:`tabconv_np.ops`:
 
@@ -30,18 +34,21 @@ and can stand anywhere those do.  Their op-count rows (``count``) fill the
   kernel recomputes it once per 64 rows, about ``1/64`` more, not counted);
 * ``encode_cmps = rows*C*(K-1)`` (the argmin);
 * ``lookups = rows*M*C`` table reads, ``lookup_adds = rows*M*(C-1)`` adds,
-  ``bias_adds = rows*M``.
+  ``bias_adds = rows*M``;
+* offline, once: ``macs = C*K*Ds*M`` to build the table from the prototypes
+  and the weights.
 
 The im2col lowering is a copy, not arithmetic, for table and exact layers alike.
 """
 import numpy as np
 
-from . import layers as _layers  # noqa: F401  (registers Conv2d, Sequential, ... for from_config)
 from .errors import ConfigError, ShapeError
+from .geometry import ConvGeometry, from_rows
 from .kernels import pq as _k
 from .kernels._jit import pick
-from .module import Module, channel_axis, pair, register
-from .pq import K_MAX, check_codes, code_dtype, encode_rows, subspace_length
+from .module import Module
+from .pq import check_codes, code_dtype, encode_rows, subspace_length
+from .validate import as_n_codebooks, as_n_prototypes
 
 __all__ = ["TableConv2d", "TableLinear", "warmup", "table_from_weights", "fit_tables"]
 
@@ -148,23 +155,24 @@ def fit_tables(codes, targets, tables, ridge=1.0, sweeps=3, relu=False, shift=No
 class _TableMixin:
     """What both table layers share: parameters, encoding, lookup, op counts."""
 
-    def _init_tables(self, D, M, codebooks, prototypes, bias):
-        if isinstance(codebooks, bool) or not isinstance(codebooks, (int, np.integer)) \
-                or not 1 <= codebooks <= D:
-            raise ConfigError(f"{type(self).__name__}: codebooks must be an int in [1, D = {D}], "
-                              f"got {codebooks!r}")
-        if isinstance(prototypes, bool) or not isinstance(prototypes, (int, np.integer)) \
-                or not 1 <= prototypes <= K_MAX:
-            raise ConfigError(f"{type(self).__name__}: prototypes must be an int in [1, {K_MAX}], "
-                              f"got {prototypes!r}")
+    def _init_tables(self, D, M, n_codebooks, n_prototypes, bias):
+        who = type(self).__name__
         self.D, self.M = int(D), int(M)
-        self.codebooks, self.prototypes = int(codebooks), int(prototypes)
-        self.Ds = subspace_length(D, codebooks)
-        C, K = self.codebooks, self.prototypes
+        self.n_codebooks = as_n_codebooks(n_codebooks, D, f"{who}: n_codebooks")
+        self.n_prototypes = as_n_prototypes(n_prototypes, f"{who}: n_prototypes")
+        self.Ds = subspace_length(D, self.n_codebooks)
+        C, K = self.n_codebooks, self.n_prototypes
         self.params["prototypes"] = np.zeros((C, K, self.Ds), np.float32)
         self.params["table"] = np.zeros((C, K, self.M), np.float32)
         if bias:
             self.params["bias"] = np.zeros(self.M, np.float32)
+
+    @staticmethod
+    def _sizes(cfg):
+        """``(n_codebooks, n_prototypes)`` of a config; files written before the rename say
+        ``codebooks`` / ``prototypes``."""
+        return (cfg.get("n_codebooks", cfg.get("codebooks", 8)),
+                cfg.get("n_prototypes", cfg.get("prototypes", 256)))
 
     # -- building --------------------------------------------------------
     def set_tables(self, prototypes, wmat, bias=None):
@@ -199,37 +207,37 @@ class _TableMixin:
         ShapeError
             ``codes`` is not an integer ``(N, C)`` array with values in ``[0, K)``.
         """
-        codes = check_codes(codes, self.codebooks, self.prototypes,
+        codes = check_codes(codes, self.n_codebooks, self.n_prototypes,
                             f"{type(self).__name__}.lookup: codes")
-        if codes.dtype != code_dtype(self.prototypes):
-            codes = codes.astype(code_dtype(self.prototypes))
-        return self._lookup(np.ascontiguousarray(codes))
+        if codes.dtype != code_dtype(self.n_prototypes):
+            codes = codes.astype(code_dtype(self.n_prototypes))
+        return self.lookup_trusted(np.ascontiguousarray(codes))
 
-    def _lookup(self, codes):
-        """Lookup-accumulate on codes known to be in range (from :meth:`encode`)."""
+    def lookup_trusted(self, codes):
+        """Lookup-accumulate on codes known to be in range (from :meth:`encode`): no check."""
         T = self.params["table"]
         bias = self.params.get("bias")
         out = np.empty((codes.shape[0], self.M), np.float32)
         if codes.shape[0]:
-            fn = pick(_k.lookup, codes.shape[0] * self.M * self.codebooks)
+            fn = pick(_k.lookup, codes.shape[0] * self.M * self.n_codebooks)
             fn(codes, T, bias if bias is not None else _EMPTY, bias is not None, out)
         return out
 
     def _rows_forward(self, rows):
-        return self._lookup(self.encode(rows))
+        return self.lookup_trusted(self.encode(rows))
 
-    def table_counts(self, n_rows):
-        """Op-count fields for ``n_rows`` encoded rows (one image's worth in ``count``)."""
-        C, K, Ds, M = self.codebooks, self.prototypes, self.Ds, self.M
+    def table_cost(self, n_rows):
+        """Cost of ``n_rows`` encoded rows (one image's worth in ``cost``), offline table building apart."""
+        C, K, Ds, M = self.n_codebooks, self.n_prototypes, self.Ds, self.M
         return dict(encode_macs=n_rows * K * C * Ds, encode_cmps=n_rows * C * (K - 1),
                     lookups=n_rows * M * C, lookup_adds=n_rows * M * (C - 1),
-                    bias_adds=n_rows * M if "bias" in self.params else 0)
+                    bias_adds=n_rows * M if "bias" in self.params else 0,
+                    offline={"macs": C * K * Ds * M})
 
 
 _EMPTY = np.zeros(0, np.float32)
 
 
-@register
 class TableConv2d(_TableMixin, Module):
     """Convolution computed by table lookups (interchangeable with :class:`~tabconv_np.layers.Conv2d`).
 
@@ -238,9 +246,9 @@ class TableConv2d(_TableMixin, Module):
     in_channels, out_channels : int
     kernel_size, stride, padding, dilation :
         As in ``Conv2d`` (groups are not supported).
-    codebooks : int
+    n_codebooks : int
         ``C``, subspaces of the ``D = in_channels*kh*kw`` row.
-    prototypes : int
+    n_prototypes : int
         ``K``, prototypes per subspace.
     bias : bool
 
@@ -253,15 +261,26 @@ class TableConv2d(_TableMixin, Module):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 codebooks=8, prototypes=256, bias=True):
+                 n_codebooks=8, n_prototypes=256, bias=True):
         Module.__init__(self)
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride")
-        self.padding = tuple(int(p) for p in padding) if isinstance(padding, (list, tuple)) else int(padding)
-        self.dilation = pair(dilation, "dilation")
-        D = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        self._init_tables(D, self.out_channels, codebooks, prototypes, bias)
+        try:
+            g = ConvGeometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        except ConfigError as e:
+            raise ConfigError(f"TableConv2d: {e}") from None
+        self.geometry = g
+        self.in_channels, self.out_channels = g.C_in, g.C_out
+        self.kernel_size, self.stride, self.dilation = g.kernel_size, g.stride, g.dilation
+        self.padding = g.padding_spec
+        self._init_tables(g.D, g.C_out, n_codebooks, n_prototypes, bias)
+
+    @classmethod
+    def from_config(cls, cfg, build):
+        C, K = cls._sizes(cfg)
+        try:
+            return cls(cfg["in_channels"], cfg["out_channels"], cfg["kernel_size"], cfg.get("stride", 1),
+                       cfg.get("padding", 0), cfg.get("dilation", 1), C, K, cfg.get("bias", True))
+        except KeyError as e:
+            raise ConfigError(f"TableConv2d: config lacks {e}") from None
 
     @classmethod
     def from_conv(cls, conv, prototypes):
@@ -271,81 +290,68 @@ class TableConv2d(_TableMixin, Module):
             raise ConfigError(f"TableConv2d: grouped convolutions (groups={conv.groups}) are not supported")
         P = np.asarray(prototypes, np.float32)
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, codebooks=P.shape[0], prototypes=P.shape[1], bias="bias" in conv.params)
+                    conv.dilation, n_codebooks=P.shape[0], n_prototypes=P.shape[1],
+                    bias="bias" in conv.params)
         w = conv.params["weight"]
         return layer.set_tables(P, w.reshape(w.shape[0], -1).T, conv.params.get("bias"))
 
     def config(self):
-        return {"type": "TableConv2d", "in_channels": self.in_channels,
-                "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
-                "stride": list(self.stride),
-                "padding": list(self.padding) if isinstance(self.padding, tuple) else self.padding,
-                "dilation": list(self.dilation), "codebooks": self.codebooks,
-                "prototypes": self.prototypes, "bias": "bias" in self.params}
+        return {"type": "TableConv2d", **self.geometry.config(), "n_codebooks": self.n_codebooks,
+                "n_prototypes": self.n_prototypes, "bias": "bias" in self.params}
 
     def lower(self, x, layout="NCHW"):
         """im2col rows ``(N*Ho*Wo, D)`` of a batch and ``(N, Ho, Wo)``."""
-        from .functional import im2col_rows
-        c = x.shape[channel_axis(layout)] if np.ndim(x) == 4 else None
-        if c != self.in_channels:
-            raise ShapeError(f"TableConv2d: expected a 4-d {layout} batch with {self.in_channels} "
-                             f"channels, got shape {np.shape(x)}")
-        return im2col_rows(x, self.kernel_size, self.stride, self.padding, self.dilation, layout)
+        self.geometry.check_batch(x, layout, "TableConv2d")
+        return self.geometry.lower(x, layout)
 
     def forward(self, x, layout):
         rows, (N, Ho, Wo) = self.lower(x, layout)
-        y = self._rows_forward(rows).reshape(N, Ho, Wo, self.M)
-        if layout == "NCHW":
-            return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
-        return y
+        return from_rows(self._rows_forward(rows), N, Ho, Wo, layout)
 
     def out_shape(self, in_shape):
-        from .functional import conv_output_size
-        c, h, w = in_shape
-        if c != self.in_channels:
-            raise ShapeError(f"TableConv2d: expected {self.in_channels} input channels, got shape {in_shape}")
-        ho, wo = conv_output_size((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
-        return (self.out_channels, ho, wo)
+        return self.geometry.out_shape(in_shape, "TableConv2d")
 
-    def count(self, in_shape, name):
-        from .functional import lowering_workspace_bytes
-        from .ops import row
+    def cost(self, in_shape):
         out = self.out_shape(in_shape)
-        ws = lowering_workspace_bytes(in_shape[0], in_shape[1], in_shape[2], self.kernel_size[0],
-                                      self.kernel_size[1], self.stride, self.padding, self.dilation)
-        return [row(name, self, in_shape, out, im2col_bytes=ws["im2col"],
-                    **self.table_counts(out[1] * out[2]))]
+        return dict(self.table_cost(out[1] * out[2]), im2col_bytes=self.geometry.workspace_bytes(in_shape)["im2col"])
 
 
-@register
 class TableLinear(_TableMixin, Module):
     """Linear layer computed by table lookups (interchangeable with :class:`~tabconv_np.layers.Linear`).
 
     Parameters
     ----------
     in_features, out_features : int
-    codebooks, prototypes : int
+    n_codebooks, n_prototypes : int
         ``C`` subspaces of the ``D = in_features`` input, ``K`` prototypes each.
     bias : bool
     """
 
-    def __init__(self, in_features, out_features, codebooks=8, prototypes=256, bias=True):
+    def __init__(self, in_features, out_features, n_codebooks=8, n_prototypes=256, bias=True):
         Module.__init__(self)
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self._init_tables(self.in_features, self.out_features, codebooks, prototypes, bias)
+        self._init_tables(self.in_features, self.out_features, n_codebooks, n_prototypes, bias)
+
+    @classmethod
+    def from_config(cls, cfg, build):
+        C, K = cls._sizes(cfg)
+        try:
+            return cls(cfg["in_features"], cfg["out_features"], C, K, cfg.get("bias", True))
+        except KeyError as e:
+            raise ConfigError(f"TableLinear: config lacks {e}") from None
 
     @classmethod
     def from_linear(cls, linear, prototypes):
         """The table version of ``linear`` with the given prototypes ``(C, K, Ds)``."""
         P = np.asarray(prototypes, np.float32)
-        layer = cls(linear.in_features, linear.out_features, codebooks=P.shape[0],
-                    prototypes=P.shape[1], bias="bias" in linear.params)
+        layer = cls(linear.in_features, linear.out_features, n_codebooks=P.shape[0],
+                    n_prototypes=P.shape[1], bias="bias" in linear.params)
         return layer.set_tables(P, linear.params["weight"].T, linear.params.get("bias"))
 
     def config(self):
         return {"type": "TableLinear", "in_features": self.in_features,
-                "out_features": self.out_features, "codebooks": self.codebooks,
-                "prototypes": self.prototypes, "bias": "bias" in self.params}
+                "out_features": self.out_features, "n_codebooks": self.n_codebooks,
+                "n_prototypes": self.n_prototypes, "bias": "bias" in self.params}
 
     def forward(self, x, layout):
         if np.ndim(x) != 2 or x.shape[1] != self.in_features:
@@ -357,9 +363,9 @@ class TableLinear(_TableMixin, Module):
             raise ShapeError(f"TableLinear: expected input ({self.in_features},), got {tuple(in_shape)}")
         return (self.out_features,)
 
-    def count(self, in_shape, name):
-        from .ops import row
-        return [row(name, self, in_shape, self.out_shape(in_shape), **self.table_counts(1))]
+    def cost(self, in_shape):
+        self.out_shape(in_shape)
+        return self.table_cost(1)
 
 
 def warmup():

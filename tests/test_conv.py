@@ -18,6 +18,7 @@ from tabconv_np import functional as F
 from tabconv_np.errors import ConfigError, ShapeError
 from tabconv_np.kernels import direct, im2col, mec
 from tabconv_np.reference import conv2d_naive
+from tabconv_np.validate import as_pair
 
 pytestmark = pytest.mark.usefixtures("warm_conv_jit")
 
@@ -202,8 +203,8 @@ def test_matches_scipy_correlate(case):
     padded input with the (zero-dilated) kernel, subsampled by the stride."""
     signal = pytest.importorskip("scipy.signal")
     x, w, b, cfg = case
-    sh, sw = F._pair(cfg["stride"], "stride")
-    dh, dw = F._pair(cfg["dilation"], "dilation")
+    sh, sw = as_pair(cfg["stride"], "stride")
+    dh, dw = as_pair(cfg["dilation"], "dilation")
     top, bottom, left, right = F.normalize_padding(cfg["padding"])
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
     C_out, C, kh, kw = w.shape
@@ -241,7 +242,7 @@ def test_same_padding_matches_torch(kernel_size, dilation):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
-    kh, kw = F._pair(kernel_size, "k")
+    kh, kw = as_pair(kernel_size, "k")
     w = rng.standard_normal((4, 3, kh, kw)).astype(np.float32)
     with torch.no_grad():
         ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),

@@ -8,7 +8,7 @@ import pytest
 
 from tabconv_np import count_ops
 from tabconv_np.cli import main
-from tabconv_np.convert import (convert, cosine_similarity, find_switches, op_reduction,
+from tabconv_np.conversion import (convert, cosine_similarity, find_switches, op_reduction,
                                 priority_mask)
 from tabconv_np.errors import ConfigError, ShapeError
 from tabconv_np.io import load, save
@@ -165,7 +165,7 @@ def test_bad_arguments(lenet, calib):
     with pytest.raises(ConfigError, match="unknown switch"):
         convert(lenet, calib, prototypes={"nope": 4})
     with pytest.raises(ConfigError, match="prototypes"):
-        convert(lenet, calib, prototypes=1)
+        convert(lenet, calib, prototypes=0)
     with pytest.raises(ConfigError, match="codebooks"):
         convert(lenet, calib, codebooks="D/x")
     with pytest.raises(ShapeError):
@@ -206,13 +206,13 @@ def test_demo_json_small(capsys):
 
 
 def test_glob_settings_structure_and_switch_similarities(lenet, calib):
-    from tabconv_np.convert import switch_similarities, table_structure
+    from tabconv_np.conversion import switch_similarities, table_structure
     net = build("resnet18-paper", 1, 10)
     t = table_structure(net, {"*.downsample.*": 2, "layer4.*": "D/128", "*": 4}, 16,
                         switches=[0] + [1] * 8 + [0])
     mods = dict(t.body.modules())
-    assert mods["layer1.0.downsample.0"].codebooks == 2
-    assert mods["layer4.1.conv2"].codebooks == 36 and mods["layer3.0.conv1"].codebooks == 4
+    assert mods["layer1.0.downsample.0"].n_codebooks == 2
+    assert mods["layer4.1.conv2"].n_codebooks == 36 and mods["layer3.0.conv1"].n_codebooks == 4
     assert isinstance(mods["conv1"], Conv2d) and isinstance(mods["fc"], Linear)
     with pytest.raises(ConfigError, match="unknown"):
         table_structure(net, {"nothing.*": 2, "*": 4}, 16)

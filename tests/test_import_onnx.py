@@ -15,8 +15,8 @@ import tabconv_np  # noqa: E402
 from tabconv_np.cli import main  # noqa: E402
 from tabconv_np.errors import ConfigError, ShapeError, WeightFileError  # noqa: E402
 from tabconv_np.importers import import_model  # noqa: E402
-from tabconv_np.importers.graph import Graph  # noqa: E402
-from tabconv_np.layers import BasicBlock, Sequential  # noqa: E402
+from tabconv_np.blocks import Graph  # noqa: E402
+from tabconv_np.blocks import BasicBlock, Sequential  # noqa: E402
 from helpers import check_damaged, mutate  # noqa: E402
 
 RNG = np.random.default_rng(0)

@@ -94,8 +94,8 @@ def test_lookup_equals_decode_then_multiply(N, D, C, Kp, M, bias, seed):
     b = rng.standard_normal(M).astype(np.float32) if bias else None
     codes = pq.encode(X[:N])
     T = np.empty((pq.C, pq.K, M), np.float32)
-    K.build_table[1](pq.codebooks, W, T)
-    assert np.allclose(T, K.build_table_naive(pq.codebooks, W), rtol=1e-5, atol=1e-5)
+    K.build_table[1](pq.prototypes, W, T)
+    assert np.allclose(T, K.build_table_naive(pq.prototypes, W), rtol=1e-5, atol=1e-5)
     y = np.empty((N, M), np.float32)
     K.lookup[1](codes, T, b if bias else np.zeros(0, np.float32), bias, y)
     ref = pq.decode(codes).astype(np.float64) @ W + (0 if b is None else b)
@@ -108,9 +108,9 @@ def test_lookup_equals_decode_then_multiply(N, D, C, Kp, M, bias, seed):
 def test_fit_is_deterministic_and_seed_dependent():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((600, 20)).astype(np.float32)
-    a = ProductQuantizer(4, 16, seed=3).fit(X).codebooks
-    b = ProductQuantizer(4, 16, seed=3).fit(X).codebooks
-    c = ProductQuantizer(4, 16, seed=4).fit(X).codebooks
+    a = ProductQuantizer(4, 16, seed=3).fit(X).prototypes
+    b = ProductQuantizer(4, 16, seed=3).fit(X).prototypes
+    c = ProductQuantizer(4, 16, seed=4).fit(X).prototypes
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -152,7 +152,7 @@ def test_too_few_distinct_rows_warns_and_caps_K():
     X = np.repeat(np.arange(10, dtype=np.float32)[:, None], 3, axis=1)   # 10 distinct rows
     with pytest.warns(UserWarning, match="layer conv9.*capped at 10"):
         pq = ProductQuantizer(1, 64, name="conv9").fit(X)
-    assert pq.K == 10 and pq.codebooks.shape == (1, 10, 3)
+    assert pq.K == 10 and pq.prototypes.shape == (1, 10, 3)
     assert np.array_equal(pq.decode(pq.encode(X)), X)  # every distinct row is a prototype
 
 
@@ -160,8 +160,8 @@ def test_padding_when_C_does_not_divide_D():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 10)).astype(np.float32)
     pq = ProductQuantizer(4, 8, seed=0).fit(X)
-    assert pq.Ds == 3 and pq.codebooks.shape == (4, 8, 3)
-    assert np.all(pq.codebooks[3, :, 1:] == 0)         # padding columns stay zero
+    assert pq.Ds == 3 and pq.prototypes.shape == (4, 8, 3)
+    assert np.all(pq.prototypes[3, :, 1:] == 0)         # padding columns stay zero
     assert pq.decode(pq.encode(X)).shape == (300, 10)
 
 
@@ -183,7 +183,7 @@ def test_bad_settings_raise():
     with pytest.raises(ConfigError):
         ProductQuantizer(0, 16)
     with pytest.raises(ConfigError):
-        ProductQuantizer(2, 1)
+        ProductQuantizer(2, 0)
     with pytest.raises(ConfigError):
         ProductQuantizer(2, 16385)
     with pytest.raises(ConfigError):

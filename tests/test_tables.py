@@ -9,8 +9,10 @@ from tabconv_np.errors import ConfigError, ShapeError
 from tabconv_np.fold import fuse_conv_bn
 from tabconv_np.functional import im2col_rows
 from tabconv_np.io import load, save
-from tabconv_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU, Sequential
-from tabconv_np.module import from_config
+from tabconv_np.blocks import Sequential
+from tabconv_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU
+from tabconv_np.ops import rows as op_rows
+from tabconv_np.registry import from_config
 from tabconv_np.network import Network
 from tabconv_np.pq import subspace_length
 from tabconv_np.tables import TableConv2d, TableLinear, table_from_weights, warmup
@@ -91,8 +93,8 @@ def test_bn_folded_table_equals_table_then_bn():
 
 def test_op_counts_by_hand():
     # 4x6x6 input, 8 filters 3x3 stride 2 pad 1 -> 8x3x3 output: 9 rows of D = 36
-    t = TableConv2d(4, 8, 3, stride=2, padding=1, codebooks=4, prototypes=16, bias=True)
-    (r,) = t.count((4, 6, 6), "t")
+    t = TableConv2d(4, 8, 3, stride=2, padding=1, n_codebooks=4, n_prototypes=16, bias=True)
+    (r,), _ = op_rows(t, (4, 6, 6), "t")
     assert r["out_shape"] == [8, 3, 3]
     assert r["encode_macs"] == 9 * 16 * 36          # rows * K * D (Ds = 9, C = 4)
     assert r["encode_cmps"] == 9 * 4 * 15           # rows * C * (K - 1)
@@ -103,8 +105,8 @@ def test_op_counts_by_hand():
     assert r["storage_bytes"] == 4 * (4 * 16 * 9 + 4 * 16 * 8 + 8)
     assert r["params"] == 4 * 16 * 9 + 4 * 16 * 8 + 8
     # D = 10 in C = 4 subspaces: Ds = 3, the padded columns are counted (12 per prototype)
-    lt = TableLinear(10, 3, codebooks=4, prototypes=5, bias=False)
-    (r,) = lt.count((10,), "l")
+    lt = TableLinear(10, 3, n_codebooks=4, n_prototypes=5, bias=False)
+    (r,), _ = op_rows(lt, (10,), "l")
     assert (r["encode_macs"], r["encode_cmps"], r["lookups"], r["lookup_adds"], r["bias_adds"]) == \
         (5 * 12, 4 * 4, 3 * 4, 3 * 3, 0)
     # count_ops scales by the batch and sums into "ops"
@@ -114,7 +116,7 @@ def test_op_counts_by_hand():
 
 
 def test_out_of_range_codes_raise_before_lookup():
-    t = TableLinear(6, 2, codebooks=2, prototypes=4)
+    t = TableLinear(6, 2, n_codebooks=2, n_prototypes=4)
     assert t.lookup(np.array([[0, 3]], np.uint8)).shape == (1, 2)
     with pytest.raises(ShapeError, match=r"\[0, 4\)"):
         t.lookup(np.array([[0, 4]], np.uint8))
@@ -128,10 +130,10 @@ def test_out_of_range_codes_raise_before_lookup():
 
 def test_bad_configs_and_inputs():
     with pytest.raises(ConfigError):
-        TableConv2d(2, 3, 3, codebooks=19)           # C > D = 18
+        TableConv2d(2, 3, 3, n_codebooks=19)           # C > D = 18
     with pytest.raises(ConfigError):
-        TableLinear(4, 2, codebooks=2, prototypes=0)
-    t = TableConv2d(2, 3, 3, codebooks=2, prototypes=4)
+        TableLinear(4, 2, n_codebooks=2, n_prototypes=0)
+    t = TableConv2d(2, 3, 3, n_codebooks=2, n_prototypes=4)
     with pytest.raises(ShapeError, match="2 channels"):
         t(np.zeros((1, 3, 5, 5), np.float32), "NCHW")
     with pytest.raises(ShapeError):

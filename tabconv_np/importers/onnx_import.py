@@ -22,7 +22,7 @@ Softmax                only as the graph's output: dropped (a warning says so),
 Residual graphs: ``relu(main(x) + shortcut(x))`` with the layer pattern of a
 ResNet basic block becomes a ``BasicBlock`` (with or without batch norm --
 exporters often fold BN into the convs), other graphs a
-:class:`~tabconv_np.importers.graph.Graph`.  Any other operator raises
+:class:`~tabconv_np.blocks.Graph`.  Any other operator raises
 :class:`~tabconv_np.errors.ConfigError` naming the op type and the node.
 """
 import math
@@ -32,11 +32,11 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, TabConvError, WeightFileError
-from ..layers import (AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d,
-                      ReLU)
+from ..blocks import INPUT
+from ..layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Flatten, GlobalAvgPool2d, Linear,
+                      MaxPool2d, ReLU)
 from ..network import Network
 from .dispatch import read_source
-from .graph import INPUT, Clip
 from .spec import Builder, same_padding, simple_padding
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "MaxPool", "AveragePool",

@@ -64,7 +64,7 @@ Every layer may also have ``name`` (default: derived from its key or type) and
 ``inputs`` (a list of layer names, ``"input"`` for the network input; default:
 the layer before).  With ``inputs`` a spec describes a graph; residual
 patterns that form a ResNet basic block become ``BasicBlock`` layers, anything
-else a :class:`~tabconv_np.importers.graph.Graph`.
+else a :class:`~tabconv_np.blocks.Graph`.
 
 Errors: a missing key, a weight of the wrong rank, or a shape that does not
 follow from the layer before raise :class:`~tabconv_np.errors.ShapeError`
@@ -80,10 +80,10 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, TabConvError
-from ..layers import (AvgPool2d, BasicBlock, BatchNorm2d, Conv2d, Dropout, Flatten,
-                      GlobalAvgPool2d, Linear, MaxPool2d, ReLU, Sequential)
+from ..blocks import INPUT, BasicBlock, Graph, Sequential
+from ..layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
+                      Linear, MaxPool2d, ReLU)
 from ..network import Network
-from .graph import INPUT, Clip, Graph
 
 _ALIASES = {
     "conv": "conv", "conv2d": "conv",

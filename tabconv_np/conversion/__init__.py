@@ -1,0 +1,35 @@
+"""Converting trained networks: the method-independent machinery and the methods.
+
+=================  ===============================================================
+module             what it holds
+=================  ===============================================================
+``pipeline``       :func:`convert`, :func:`skeleton`: the steps in order
+``settings``       the method-independent settings, switch flags, per-layer values
+``switches``       :func:`find_switches`: the units converted or kept exact
+``walk``           the calibration walk over the structure protocol
+``calibration``    chunked forwards, a layer's rows and targets (:class:`LayerData`)
+``masking``        priority masking, cosine similarity
+``refit``          the classifier's ridge refit
+``result``         :class:`ConversionResult`
+``method``         the :class:`Method` seam and the registry of methods
+``tabconv``        the TabConv method (PQ prototypes + lookup tables)
+=================  ===============================================================
+
+A new method subclasses :class:`Method` (three things: ``resolve``, ``fit``,
+optionally ``refine``; plus ``skeleton`` for counting) and registers itself
+with :func:`register_method`; nothing else changes (docs/architecture.md).
+"""
+from ..ops import op_reduction
+from .calibration import augment_images
+from .masking import cosine_similarity, priority_mask, switch_similarities
+from .method import METHODS, Method, get_method, register_method
+from .pipeline import convert, skeleton, table_structure
+from .result import ConversionResult
+from .settings import ConversionSettings
+from .switches import Switch, find_switches
+from .tabconv import TabConv, TabConvSettings
+
+__all__ = ["convert", "skeleton", "table_structure", "op_reduction", "ConversionResult",
+           "ConversionSettings", "Switch", "find_switches", "priority_mask", "cosine_similarity",
+           "switch_similarities", "augment_images", "Method", "METHODS", "register_method",
+           "get_method", "TabConv", "TabConvSettings"]

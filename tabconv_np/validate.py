@@ -1,0 +1,127 @@
+"""Argument checks shared by the whole package: ints, pairs, padding, layouts, choices, counts.
+
+Every public function validates its arguments through these helpers, so that
+one kind of bad value gets one message wherever it is passed.  Each helper
+returns the normalised value or raises :class:`~tabconv_np.errors.ConfigError`
+naming the argument and the value.  A leaf module: it imports nothing else
+from the package but the errors.
+"""
+import numbers
+import operator
+
+import numpy as np
+
+from .errors import ConfigError
+
+#: Layouts every layer and kernel accepts.
+LAYOUTS = ("NCHW", "NHWC")
+
+#: Bounds on ``n_prototypes`` (``K``, prototypes per PQ subspace) everywhere:
+#: in a table layer, in a quantizer and in a conversion request.
+N_PROTOTYPES_MIN, N_PROTOTYPES_MAX = 1, 16384
+
+
+def as_int(v, name, minimum=None, maximum=None):
+    """``v`` as a Python int in ``[minimum, maximum]`` (bools and floats refused)."""
+    if type(v) is not int:                  # fast path for plain ints (bool is not int here)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise ConfigError(f"{name} must be an int, got {v!r} ({type(v).__name__})")
+        v = operator.index(v)
+    if minimum is not None and v < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {v}")
+    return v
+
+
+def as_pair(v, name, minimum=1):
+    """An int ``k`` or a pair of ints as ``(int, int)``, each ``>= minimum``."""
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int \
+            and v[0] >= minimum and v[1] >= minimum:
+        return v                            # fast path
+    if isinstance(v, (tuple, list, np.ndarray)):
+        if len(v) != 2:
+            raise ConfigError(f"{name} must be an int or a pair (h, w), got {v!r}")
+        return (as_int(v[0], f"{name}[0]", minimum), as_int(v[1], f"{name}[1]", minimum))
+    v = as_int(v, name, minimum)
+    return (v, v)
+
+
+def as_padding(padding, kernel_size=None, dilation=1, stride=1):
+    """Padding in any accepted form as ``(top, bottom, left, right)``.
+
+    Parameters
+    ----------
+    padding : int, (ph, pw), (top, bottom, left, right), "valid" or "same"
+        Zero padding.  ``"same"`` (stride 1 only, as in PyTorch) pads
+        ``d*(k-1)`` in total per axis, the extra pixel at the bottom/right.
+    kernel_size : int or (kh, kw), optional
+        Needed for ``"same"`` only.
+    dilation, stride : int or pair
+        Used by ``"same"`` only.
+
+    Returns
+    -------
+    tuple of 4 non-negative ints
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if kernel_size is None:
+                raise ConfigError("padding='same' needs the kernel size")
+            if as_pair(stride, "stride") != (1, 1):
+                raise ConfigError(f"padding='same' needs stride 1, got stride={stride!r}")
+            kh, kw = as_pair(kernel_size, "kernel_size")
+            dh, dw = as_pair(dilation, "dilation")
+            th, tw = dh * (kh - 1), dw * (kw - 1)
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        raise ConfigError(f"padding must be an int, a pair, a 4-tuple, 'valid' or 'same', got {padding!r}")
+    if isinstance(padding, (tuple, list, np.ndarray)):
+        if len(padding) == 2:
+            ph, pw = as_pair(padding, "padding", 0)
+            return (ph, ph, pw, pw)
+        if len(padding) == 4:
+            names = ("top", "bottom", "left", "right")
+            return tuple(as_int(p, f"padding[{k}] ({names[k]})", 0) for k, p in enumerate(padding))
+        raise ConfigError(
+            f"padding must be an int, (ph, pw) or (top, bottom, left, right), got {padding!r}")
+    p = as_int(padding, "padding", 0)
+    return (p, p, p, p)
+
+
+def as_layout(layout):
+    """``layout`` if it is ``"NCHW"`` or ``"NHWC"``."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def channel_axis(layout):
+    """Axis of the channels in a 4-d batch of ``layout``: 1 (NCHW) or 3 (NHWC)."""
+    return 1 if as_layout(layout) == "NCHW" else 3
+
+
+def as_choice(v, name, choices):
+    """``v`` if it is one of ``choices``."""
+    if v not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
+    return v
+
+
+def as_n_prototypes(v, name="n_prototypes"):
+    """``K``, prototypes per subspace: an int in ``[N_PROTOTYPES_MIN, N_PROTOTYPES_MAX]``."""
+    return as_int(v, name, N_PROTOTYPES_MIN, N_PROTOTYPES_MAX)
+
+
+def as_n_codebooks(v, D, name="n_codebooks"):
+    """``C``, subspaces of a row of ``D`` columns: an int in ``[1, D]``."""
+    return as_int(v, f"{name} (row length D = {D})", 1, D)
+
+
+def check_keys(mapping, allowed, what):
+    """Refuse keys of ``mapping`` outside ``allowed``, naming them and the allowed ones."""
+    unknown = sorted(str(k) for k in mapping if k not in allowed)
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    return mapping
