@@ -46,7 +46,7 @@ import numpy as np
 from .errors import TabConvError, UnsafePickleError, WeightFileError
 
 __all__ = [
-    "RestrictedUnpickler", "load", "prescan", "StandIn", "Sealed", "Global",
+    "RestrictedUnpickler", "load", "prescan", "default_refusal", "StandIn", "Sealed", "Global",
     "codecs_encode", "CODECS_ENCODE", "safe_dtype", "check_shape", "SAFE_DTYPES",
     "MAX_DEPTH", "MAX_MEMO", "MAX_OBJECTS", "MAX_ITEMS", "MAX_NDIM", "MAX_ARRAY_BYTES",
 ]
@@ -289,7 +289,7 @@ def prescan(f, where, allowed, *, persistent=False, refusal=None, max_depth=MAX_
 
     def check_global(module, name):
         if not isinstance(module, str) or not isinstance(name, str):
-            raise _Malformed("a global named by something that is not a string")
+            raise _Malformed("a global named by something other than a short string")
         if (module, name) not in allowed:
             raise UnsafePickleError(refusal(module, name, where))
         return _GLOBAL
