@@ -25,10 +25,10 @@ import io
 import os
 import pickle
 import zlib
-from struct import error as struct_error
 
 import numpy as np
 
+from . import safe_pickle
 from .errors import DataError, UnsafePickleError
 
 __all__ = [
@@ -228,29 +228,28 @@ def load_mnist_subset(split="test", data_dir=None, seed=MNIST_SPLIT_SEED):
 
 
 # ----------------------------------------------------------- restricted pickle
+# The unpickler and its guards live in safe_pickle; here is only what a CIFAR batch may
+# name (numpy's ndarray reconstruction and _codecs.encode) and the post-processing.
 
-class _NdarrayMarker:
+class _NdarrayMarker(safe_pickle.StandIn):
     """Stands for ``numpy.ndarray`` in a pickle; only ``_reconstruct`` accepts it."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "<stand-in for numpy.ndarray>"
 
 
 _NDARRAY = _NdarrayMarker()
-# dtype names a pickle may ask for: plain booleans, integers and floats, nothing else
-_SAFE_DTYPE_NAMES = {"b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8"}
-_MAX_PICKLED_ARRAY = 1 << 31   # bytes
 
 
 class _DTypeBuilder:
-    """What ``numpy.dtype(name, align, copy)`` builds in a restricted pickle."""
+    """What ``numpy.dtype(name, align, copy)`` builds in a restricted pickle (one per call)."""
 
     def __init__(self, name, align=False, copy=True):
-        if not isinstance(name, (str, bytes)):
-            raise UnsafePickleError(f"pickle asks for numpy.dtype({name!r}): only plain "
-                                    "numeric dtype names are allowed")
-        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        if name not in _SAFE_DTYPE_NAMES:
-            raise UnsafePickleError(f"pickle asks for numpy dtype {name!r}: only "
-                                    f"{sorted(_SAFE_DTYPE_NAMES)} are allowed")
-        self.name, self.order = name, "|"
+        safe_pickle.safe_dtype(name)
+        self.name = name.decode("ascii") if isinstance(name, bytes) else name
+        self.order = "|"
 
     def __setstate__(self, state):
         # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
@@ -259,19 +258,15 @@ class _DTypeBuilder:
             raise UnsafePickleError("pickle gives a structured or sub-array numpy dtype: refused")
         order = state[1]
         order = order.decode("ascii", "replace") if isinstance(order, bytes) else order
-        if order not in ("<", ">", "|", "="):
-            raise UnsafePickleError(f"pickle gives dtype byte order {order!r}: refused")
+        safe_pickle.safe_dtype(self.name, order)
         self.order = order
 
     def dtype(self):
-        dt = np.dtype(self.name)
-        if self.order in ("<", ">"):
-            dt = dt.newbyteorder(self.order)
-        return dt
+        return safe_pickle.safe_dtype(self.name, self.order)
 
 
 class _ArrayBuilder:
-    """What ``numpy.core.multiarray._reconstruct(ndarray, shape, dtype)`` builds."""
+    """What ``numpy.core.multiarray._reconstruct(ndarray, shape, dtype)`` builds (one per call)."""
 
     def __init__(self):
         self.array = None
@@ -288,24 +283,16 @@ class _ArrayBuilder:
         self.array = _array_from_bytes(raw, dt, shape, "F" if fortran else "C")
 
 
-def _check_shape(shape):
-    if (not isinstance(shape, tuple) or len(shape) > 8
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
-                       for d in shape)):
-        raise UnsafePickleError(f"pickle gives a bad ndarray shape {shape!r}: refused")
-    return shape
-
-
 def _array_from_bytes(raw, dt, shape, order):
     if isinstance(raw, (bytearray, memoryview, pickle.PickleBuffer)):
         raw = bytes(raw)
     if not isinstance(raw, bytes):
         raise UnsafePickleError("pickle gives ndarray data that is not raw bytes "
                                 "(object arrays are refused)")
-    shape = _check_shape(shape)
     dtype = dt.dtype()
+    shape = safe_pickle.check_shape(shape, dtype.itemsize, "ndarray")
     count = int(np.prod(shape, dtype=np.int64))
-    if count * dtype.itemsize != len(raw) or len(raw) > _MAX_PICKLED_ARRAY:
+    if count * dtype.itemsize != len(raw):
         raise UnsafePickleError(f"pickled ndarray of shape {shape} and dtype {dtype} holds "
                                 f"{len(raw)} bytes: malformed")
     return np.frombuffer(raw, dtype, count).reshape(shape, order=order).copy()
@@ -326,13 +313,6 @@ def _safe_frombuffer(buf, dt, shape, order):
     return b
 
 
-def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
-    # protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, "latin1")
-    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
-        raise UnsafePickleError("pickle calls _codecs.encode with unexpected arguments: refused")
-    return obj.encode("latin1")
-
-
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
@@ -340,29 +320,13 @@ _ALLOWED_GLOBALS = {
     ("numpy", "dtype"): _DTypeBuilder,
     ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
-    ("_codecs", "encode"): _safe_codecs_encode,
+    **safe_pickle.CODECS_ENCODE,
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, tuples, str, bytes, numbers and plain numeric ndarrays only.
-
-    ``find_class`` never imports anything: the few numpy globals that an
-    ndarray pickle names are answered with local stand-ins that check their
-    arguments and build the array from raw bytes; every other global (``os.system``,
-    ``builtins.eval``, ``subprocess.Popen`` ...) raises UnsafePickleError before
-    anything runs.
-    """
-
-    def find_class(self, module, name):
-        obj = _ALLOWED_GLOBALS.get((module, name))
-        if obj is None:
-            raise UnsafePickleError(f"pickle asks for the global {module}.{name}: refused "
-                                    "(only plain data and numeric numpy arrays are allowed)")
-        return obj
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError("pickle uses persistent ids: refused")
+def _refusal(module, name, where):
+    return (f"{where}: pickle asks for the global {module}.{name}: refused "
+            "(only plain data and numeric numpy arrays are allowed)")
 
 
 def _finish(obj, depth=0):
@@ -388,18 +352,13 @@ def restricted_pickle_load(data, name="<pickle>"):
     """Unpickle ``data`` (bytes) allowing only plain data and numeric numpy arrays.
 
     Python-2 pickles (the official CIFAR files) are read with ``encoding="bytes"``:
-    their dict keys come back as bytes (``b"data"``, ``b"labels"``).  Raises
-    :class:`UnsafePickleError` for any other global, and DataError when the
-    bytes are not a well-formed pickle.
+    their dict keys come back as bytes (``b"data"``, ``b"labels"``).  Goes through
+    :mod:`tabconv_np.safe_pickle` (opcode prescan, depth / memo / size limits, read-only
+    stand-ins).  Raises :class:`UnsafePickleError` for any other global or a broken
+    guard, and DataError when the bytes are not a well-formed pickle.
     """
-    try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except UnsafePickleError as e:
-        raise UnsafePickleError(f"{name}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
-            AttributeError, KeyError, OverflowError, MemoryError, UnicodeDecodeError,
-            struct_error) as e:
-        raise DataError(f"{name}: malformed pickle ({type(e).__name__}: {e})") from None
+    obj = safe_pickle.load(data, _ALLOWED_GLOBALS, name, encoding="bytes", refusal=_refusal,
+                           malformed=DataError)
     try:
         return _finish(obj)
     except UnsafePickleError as e:

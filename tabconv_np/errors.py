@@ -23,9 +23,13 @@ class WeightFileError(TabConvError):
     """A weight file cannot be read: not HDF5, truncated, wrong datasets, bad values."""
 
 
-class UnsafePickleError(WeightFileError):
-    """A pickle asks for something the restricted unpickler refuses to build."""
-
-
 class DataError(TabConvError):
     """A data set is missing, truncated or malformed."""
+
+
+class UnsafePickleError(WeightFileError, DataError):
+    """A pickle asks for something the restricted unpickler refuses to build.
+
+    Raised by :mod:`tabconv_np.safe_pickle` for weight files and data sets alike, so it
+    is both a WeightFileError and a DataError: callers catching either still catch it.
+    """

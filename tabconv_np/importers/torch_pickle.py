@@ -14,15 +14,18 @@ In both, a tensor is pickled as a call of ``torch._utils._rebuild_tensor_v2``
 on ``(storage, storage_offset, size, stride, ...)``, the storage being a
 *persistent id* ``('storage', torch.FloatStorage, key, location, numel)``.
 
-The unpickler here resolves only these globals, each to a harmless stand-in
-written here (never to torch itself):
+Unpickling goes through :mod:`tabconv_np.safe_pickle` (opcode prescan with
+depth, memo and size limits, read-only stand-ins, one error type for refusals);
+this module supplies only the allow-list, the storage references and the
+conversion to NumPy.  The allow-list resolves only these globals, each to a
+harmless stand-in written here (never to torch itself):
 
 * ``collections.OrderedDict``;
 * ``torch._utils._rebuild_tensor`` / ``_rebuild_tensor_v2`` / ``_rebuild_tensor_v3``,
   ``_rebuild_parameter`` / ``_rebuild_parameter_with_state`` -> a reference to
   a slice of a storage, turned into a NumPy array once the storages are read;
 * ``torch.<X>Storage`` and the ``torch.<dtype>`` objects -> dtype markers;
-* ``_codecs.encode`` (protocol-2 pickles of ``bytes``) -> latin-1 only.
+* ``_codecs.encode`` (protocol-2 pickles of ``bytes``) -> safe_pickle's latin-1 stand-in.
 
 Every other global -- ``os.system``, ``builtins.eval``,
 ``torch.storage._load_from_bytes`` (which unpickles again), a model class
@@ -37,14 +40,14 @@ kept).  Truncated or corrupt files raise
 import collections
 import io
 import os
-import pickle
 import re
 import struct
 import zipfile
 
 import numpy as np
 
-from ..errors import TabConvError, UnsafePickleError, WeightFileError
+from .. import safe_pickle
+from ..errors import TabConvError, WeightFileError
 from .dispatch import read_source
 
 #: First pickle of a legacy file, and the second.
@@ -55,20 +58,19 @@ PROTOCOL_VERSION = 1001
 _MAX_EXPANDED = 1 << 24
 
 
-class _DType:
-    """Stand-in for ``torch.FloatStorage`` / ``torch.float32``: a NumPy dtype code."""
+class _DType(safe_pickle.StandIn):
+    """Stand-in for ``torch.FloatStorage`` / ``torch.float32``: a NumPy dtype code (read-only,
+    shared by every load)."""
 
     __slots__ = ("name", "code", "itemsize")
 
     def __init__(self, name, code, itemsize):
-        self.name, self.code, self.itemsize = name, code, itemsize
+        self._init(name=name, code=code, itemsize=itemsize)
 
     def numpy(self, byteorder):
         """The NumPy dtype of the raw bytes (bfloat16 read as uint16)."""
         code = "u2" if self.code == "bf16" else self.code
-        if self.itemsize > 1 and code != "?":
-            code = ("<" if byteorder == "little" else ">") + code
-        return np.dtype(code)
+        return safe_pickle.safe_dtype(code, "<" if byteorder == "little" else ">")
 
     def __repr__(self):
         return f"torch.{self.name}"
@@ -79,7 +81,7 @@ _CODES = {  # storage class / dtype names -> (numpy code, item size)
     "float16": ("f2", 2), "half": ("f2", 2), "bfloat16": ("bf16", 2),
     "int64": ("i8", 8), "long": ("i8", 8), "int32": ("i4", 4), "int": ("i4", 4),
     "int16": ("i2", 2), "short": ("i2", 2), "int8": ("i1", 1), "uint8": ("u1", 1),
-    "bool": ("?", 1),
+    "bool": ("b1", 1),
 }
 _STORAGES = {
     "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
@@ -89,8 +91,8 @@ _STORAGES = {
 }
 
 
-class _StorageRef:
-    """A storage named by the pickle; its bytes are attached after unpickling."""
+class _StorageRef(safe_pickle.Sealed):
+    """A storage named by the pickle; its bytes are attached after unpickling (no BUILD)."""
 
     __slots__ = ("key", "dtype", "numel", "view", "data")
 
@@ -98,23 +100,23 @@ class _StorageRef:
         self.key, self.dtype, self.numel, self.view, self.data = key, dtype, numel, view, None
 
 
-class _TensorRef:
-    """A tensor waiting for its storage: ``(storage, offset, size, stride, dtype)``."""
+class _TensorRef(safe_pickle.Sealed):
+    """A tensor waiting for its storage: ``(storage, offset, size, stride, dtype)`` (no BUILD)."""
 
     __slots__ = ("storage", "offset", "size", "stride", "dtype")
 
     def __init__(self, storage, offset, size, stride, dtype=None):
         if not isinstance(storage, _StorageRef):
             raise WeightFileError(f"a tensor refers to {type(storage).__name__}, not a storage")
+        if dtype is not None and not isinstance(dtype, _DType):
+            raise WeightFileError(f"bad tensor dtype {dtype!r:.80}")
         self.storage = storage
+        self.dtype = dtype or storage.dtype
         self.offset = _index(offset, "storage offset")
-        self.size = _shape(size, "size")
+        self.size = safe_pickle.check_shape(size, self.dtype.itemsize, "tensor")
         self.stride = _shape(stride, "stride")
         if len(self.size) != len(self.stride):
             raise WeightFileError(f"tensor size {self.size} and stride {self.stride} differ in length")
-        if dtype is not None and not isinstance(dtype, _DType):
-            raise WeightFileError(f"bad tensor dtype {dtype!r}")
-        self.dtype = dtype or storage.dtype
 
 
 def _index(v, what):
@@ -124,7 +126,7 @@ def _index(v, what):
 
 
 def _shape(v, what):
-    if not isinstance(v, (tuple, list)) or len(v) > 16:
+    if not isinstance(v, (tuple, list)) or len(v) > safe_pickle.MAX_NDIM:
         raise WeightFileError(f"bad tensor {what} {v!r:.80}")
     return tuple(_index(s, what) for s in v)
 
@@ -145,12 +147,6 @@ def _rebuild_parameter(data, *_):
     return data
 
 
-def _codecs_encode(text, encoding="utf-8", *_):
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise WeightFileError(f"unexpected _codecs.encode({type(text).__name__}, {encoding!r:.40})")
-    return text.encode("latin-1")
-
-
 _ALLOWED = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
@@ -158,7 +154,7 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("_codecs", "encode"): _codecs_encode,
+    **safe_pickle.CODECS_ENCODE,
 }
 for _cls, _dt in _STORAGES.items():
     _ALLOWED[("torch", _cls)] = _DType(_cls, *_CODES[_dt])
@@ -187,78 +183,40 @@ def refusal_message(module, name, where):
             f"(for a checkpoint dict, save checkpoint['state_dict']), then import that file.")
 
 
-class _Unpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that builds only what ``_ALLOWED`` lists; storages become refs."""
-
-    def __init__(self, file, where, storages=None):
-        super().__init__(file, encoding="utf-8")
-        self.where = where
-        self.storages = storages   # dict key -> _StorageRef, or None: no persistent ids allowed
-
-    def find_class(self, module, name):
-        obj = _ALLOWED.get((module, name))
-        if obj is None:
-            raise UnsafePickleError(refusal_message(module, name, self.where))
-        return obj
-
-    def persistent_load(self, pid):
-        if self.storages is None:
-            raise WeightFileError(f"{self.where}: unexpected persistent id in a header pickle")
+def _storage_loader(storages, where):
+    """``persistent_load`` for a pickle whose storages go to ``storages`` (key -> _StorageRef)."""
+    def persistent_load(pid):
         if not isinstance(pid, tuple) or len(pid) not in (5, 6) or pid[0] != "storage":
-            raise WeightFileError(f"{self.where}: unsupported persistent id {pid!r:.100}")
+            raise WeightFileError(f"{where}: unsupported persistent id {pid!r:.100}")
         dtype, key, _location, numel = pid[1:5]
         view = pid[5] if len(pid) == 6 else None
         if not isinstance(dtype, _DType) or not isinstance(key, str) or not re.fullmatch(r"\w{1,64}", key):
-            raise WeightFileError(f"{self.where}: bad storage reference {pid!r:.100}")
+            raise WeightFileError(f"{where}: bad storage reference {pid!r:.100}")
         _index(numel, "storage size")
-        ref = self.storages.get(key)
+        ref = storages.get(key)
         if ref is None:
-            ref = self.storages[key] = _StorageRef(key, dtype, numel)
+            ref = storages[key] = _StorageRef(key, dtype, numel)
         elif ref.dtype is not dtype or ref.numel != numel:
-            raise WeightFileError(f"{self.where}: storage {key} is described twice, differently")
+            raise WeightFileError(f"{where}: storage {key} is described twice, differently")
         if view is None:
             return ref
         # legacy storage views: (view_key, offset, view_size) into the root storage
         if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)):
-            raise WeightFileError(f"{self.where}: bad storage view {view!r:.100}")
+            raise WeightFileError(f"{where}: bad storage view {view!r:.100}")
         return _StorageRef(view[0], dtype, _index(view[2], "view size"),
                            view=(ref, _index(view[1], "view offset")))
-
-
-_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
-_GETS = {"GET", "BINGET", "LONG_BINGET"}
-
-
-def _prescan(f, where):
-    """Walk the opcodes of the pickle at ``f``'s position (pure Python, builds nothing).
-
-    Rejects what could make the C unpickler allocate without bound before it
-    notices the damage: memo indices that were never written or that jump ahead
-    (a corrupt ``LONG_BINPUT`` would size the memo to its index).  Truncated
-    data and unknown opcodes fail here too.  ``f`` is left where it was.
-    """
-    import pickletools
-    start, memo = f.tell(), set()
-    try:
-        for op, arg, _ in pickletools.genops(f):
-            if op.name in _PUTS or op.name == "MEMOIZE":
-                idx = len(memo) if op.name == "MEMOIZE" else arg
-                if not isinstance(idx, int) or idx < 0 or idx > len(memo):
-                    raise WeightFileError(f"{where}: corrupt pickle (memo index {idx!r:.20} out of order)")
-                memo.add(idx)
-            elif op.name in _GETS and arg not in memo:
-                raise WeightFileError(f"{where}: corrupt pickle (memo index {arg!r:.20} never stored)")
-    except TabConvError:
-        raise
-    except Exception as e:
-        raise WeightFileError(f"{where}: corrupt or truncated pickle: {type(e).__name__}: {e}") from None
-    finally:
-        f.seek(start)
+    return persistent_load
 
 
 def _load_pickle(f, where, storages=None):
-    _prescan(f, where)
-    return _Unpickler(f, where, storages).load()
+    """The pickle at ``f``'s position, through safe_pickle with the torch allow-list.
+
+    ``storages``: a dict that collects the storages the pickle refers to, or None where
+    persistent ids are not expected (the legacy header pickles): then they are refused.
+    """
+    return safe_pickle.load(f, _ALLOWED, where, encoding="utf-8", refusal=refusal_message,
+                            persistent_load=None if storages is None else _storage_loader(storages, where),
+                            malformed=WeightFileError)
 
 
 # --- materialising -------------------------------------------------------------------------
@@ -309,8 +267,8 @@ def _materialise(obj, byteorder, where, depth=0):
         return out
     if isinstance(obj, (list, tuple)):
         return type(obj)(_materialise(v, byteorder, where, depth + 1) for v in obj)
-    if isinstance(obj, (_StorageRef, _DType)):
-        raise WeightFileError(f"{where}: a bare storage or dtype object is not supported")
+    if isinstance(obj, safe_pickle.Sealed):
+        raise WeightFileError(f"{where}: a bare storage, dtype or global ({obj!r:.80}) is not supported")
     return obj
 
 
