@@ -35,7 +35,7 @@ from ..errors import ConfigError, ShapeError, TabConvError, WeightFileError
 from ..layers import (AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d,
                       ReLU)
 from ..network import Network
-from .dispatch import read_source
+from .formats import read_source
 from .graph import INPUT, Clip
 from .spec import Builder, same_padding, simple_padding
 

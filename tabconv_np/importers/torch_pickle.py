@@ -45,7 +45,7 @@ import zipfile
 import numpy as np
 
 from ..errors import TabConvError, UnsafePickleError, WeightFileError
-from .dispatch import read_source
+from .formats import read_source
 
 #: First pickle of a legacy file, and the second.
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
