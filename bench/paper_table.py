@@ -12,7 +12,7 @@ network with the settings in ``SETTINGS`` on calibration images from the
 their mirror images; MNIST subset: 1000 seeded training images), then measures
 exact and table accuracy on the *full test split* (Fashion-MNIST: 10000
 images; MNIST subset: its 1000 test images), the retention, the operation
-reduction under both conventions (``tabconv_np.convert.op_reduction``) and the
+reduction under both conventions (``tabconv_np.ops.op_reduction``) and the
 storage.  CIFAR-10/100 are not available here: their rows give the operation
 reduction of the architecture alone (3x32x32 input, the same settings, no
 data: ``convert.table_structure``) and say "not measured".
@@ -56,7 +56,7 @@ PUBLISHED = {
     ("resnet34", "cifar10"): 35.6, ("resnet34", "mnist"): 99.3, ("nin", "mnist"): 98.9,
 }
 
-#: Conversion settings per model (keyword arguments of tabconv_np.convert.convert).
+#: Conversion settings per model (keyword arguments of tabconv_np.conversion.convert).
 #: ResNets: the demo's settings (tabconv_np.demo.DEMO_SETTINGS): every block a
 #: table, stem and classifier exact, subspaces of ~28 columns in stages 1-2 and
 #: ~128 in stages 3-4, K = 1024 in stage 1 and 256 elsewhere, refined tables.
@@ -238,7 +238,7 @@ def render(rows, arch_rows, ablations, args, seconds):
          f"`{os.path.relpath(args.json, ROOT) if args.json else '-'}` whose weight file and settings "
          "had not changed (each row's own times are in its details line; `--fresh` measures all).", "",
          "Operation reduction is always given with its convention "
-         "(`tabconv_np.convert.op_reduction`):", "",
+         "(`tabconv_np.ops.op_reduction`):", "",
          "* **paper**: lookups + lookup adds of the table layers, plus the MACs of the layers "
          "kept exact, against the exact network's MACs. Encoding is *not* counted; this is the "
          "convention under which the TabConv abstract's figures are reachable (RESEARCH.md section 3).",

@@ -1,21 +1,30 @@
-"""``tabconv demo`` and ``tabconv convert``: TabConv end to end on the shipped model.
+"""TabConv end to end on the shipped model: the library side of ``tabconv demo``.
 
-The demo loads ``weights/resnet18-paper_fashion-mnist.h5``, converts it to a
-table network on the 1000 shipped Fashion-MNIST *training* images (the
+:func:`run_demo` loads ``weights/resnet18-paper_fashion-mnist.h5``, converts
+it to a table network on the 1000 shipped Fashion-MNIST *training* images (the
 calibration sample), and compares exact and table accuracy on the 1000
 shipped *test* images, with the operation reduction under both conventions
-(see :func:`tabconv_np.convert.op_reduction`), storage and latency::
+(see :func:`tabconv_np.ops.op_reduction`), storage and latency;
+:func:`format_report` writes its text report::
 
     tabconv demo            # text report
     tabconv demo --json     # one JSON object
 
-This module imports nothing heavy at load time: the CLI builds its parser
-from :func:`add_cli_parsers` on every invocation.
+(the command lines are in :mod:`tabconv_np.cli.demo` and
+:mod:`tabconv_np.cli.convert`; ``python -m tabconv_np.demo`` is ``tabconv demo``).
+
+This module imports nothing heavy at load time (the CLI imports it to build
+its parser): the conversion, and with it Numba, loads when :func:`run_demo`
+runs.
 """
-import json
 import os
-import sys
 import time
+
+import numpy as np
+
+from .data import load_dataset
+from .errors import ConfigError, WeightFileError
+from .io import load
 
 #: The default demo model, relative to the repository root.
 DEFAULT_MODEL = os.path.join("weights", "resnet18-paper_fashion-mnist.h5")
@@ -45,7 +54,6 @@ def repo_root():
 
 def find_model(path=None):
     """``path`` if given, else the shipped demo model; TabConvError when it is missing."""
-    from .errors import WeightFileError
     p = path or os.path.join(repo_root(), DEFAULT_MODEL)
     if not os.path.exists(p):
         raise WeightFileError(f"{p}: no such file; the demo needs the trained ResNet-18 "
@@ -53,7 +61,7 @@ def find_model(path=None):
     return p
 
 
-def _parse_list(text, kind):
+def parse_setting(text, kind):
     """A per-layer setting from the command line.
 
     ``"8"`` -> 8, ``"D/32"`` -> "D/32", ``"4,8,D/32"`` -> [4, 8, "D/32"] (one
@@ -68,9 +76,8 @@ def _parse_list(text, kind):
         for p in parts:
             key, sep, val = p.partition("=")
             if not sep:
-                from .errors import ConfigError
                 raise ConfigError(f"expected KEY=VALUE items, got {p!r} in {text!r}")
-            out[key.strip()] = _parse_list(val.strip(), kind)
+            out[key.strip()] = parse_setting(val.strip(), kind)
         return out
     vals = []
     for p in parts:
@@ -79,7 +86,6 @@ def _parse_list(text, kind):
                 vals.append(int(p))
                 continue
             except ValueError:
-                from .errors import ConfigError
                 raise ConfigError(f"expected an int{' or D/<ds>' if kind is not int else ''}, "
                                   f"got {p!r}") from None
         vals.append(p)
@@ -88,7 +94,6 @@ def _parse_list(text, kind):
 
 def accuracy(net, images, labels, batch=250):
     """Top-1 accuracy of ``net`` and the seconds ``predict`` took."""
-    import numpy as np
     t0 = time.perf_counter()
     logits = net.predict(images, batch=batch)
     dt = time.perf_counter() - t0
@@ -97,7 +102,6 @@ def accuracy(net, images, labels, batch=250):
 
 def batch1_latency(net, image, repeats=5):
     """Median seconds of one single-image ``predict`` (after one warm-up call)."""
-    import numpy as np
     net.predict(image[None])
     ts = []
     for _ in range(repeats):
@@ -112,13 +116,13 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
              latency=True, refine="default"):
     """Convert the demo model and measure it; returns the report dict (see ``tabconv demo --json``).
 
-    Parameters mirror :func:`tabconv_np.convert.convert`; ``None`` takes the
+    Parameters mirror :func:`tabconv_np.conversion.convert`; ``None`` takes the
     value of ``DEMO_SETTINGS``.  ``calib`` / ``test``: how many of the shipped
     sample's training / test images to use (at most 1000 each).
     """
+    # imported here, not at the top: convert loads Numba and SciPy, which the CLI would
+    # pay for on every command (it imports this module to build its parser)
     from .conversion import convert, op_reduction
-    from .data import load_dataset
-    from .io import load
     t0 = time.perf_counter()
     path = find_model(model)
     net = load(path)
@@ -196,102 +200,10 @@ def format_report(r):
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------ CLI
-def _cmd_demo(args):
-    r = run_demo(args.model, calib=args.calib, test=args.test,
-                 codebooks=_parse_list(args.codebooks, str), prototypes=_parse_list(args.prototypes, int),
-                 switches=args.switches, mask_rate=args.mask_rate, seed=args.seed,
-                 progress=False if args.json else None, calibrate=args.calibrate,
-                 latency=not args.no_latency,
-                 refine=None if args.refine == "none" else args.refine)
-    print(json.dumps(r) if args.json else format_report(r))
-
-
-def _calibration_images(net, dataset, n, seed):
-    """``n`` training images for calibration: the sample's, or a seeded subset of ``dataset``."""
-    import numpy as np
-    from .data import load_dataset
-    if dataset is None:
-        ds = net.meta.get("dataset")
-        dataset = "sample" if ds in (None, "fashion-mnist", "sample") else ds
-    x, _ = load_dataset(dataset, "train")
-    if n is not None and n < len(x):
-        idx = np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))
-        x = x[idx]
-    return x, dataset
-
-
-def _cmd_convert(args):
-    from .conversion import convert, op_reduction
-    from .io import load, save
-    net = load(args.model)
-    xc, dataset = _calibration_images(net, args.calib_dataset, args.calib, args.seed)
-    res = convert(net, xc, codebooks=_parse_list(args.codebooks, str),
-                  prototypes=_parse_list(args.prototypes, int), switches=args.switches,
-                  mask_rate=args.mask_rate, refit_classifier=not args.no_refit, seed=args.seed,
-                  progress=None if not args.json else False, calibrate=args.calibrate,
-                  max_rows=args.max_rows, iters=args.iters,
-                  refine=None if args.refine == "none" else args.refine)
-    res.network.meta["tabconv"]["calibration_dataset"] = dataset
-    save(res.network, args.output)
-    red = op_reduction(res.network, res.exact)
-    if args.json:
-        d = res.to_dict()
-        d.update(output=args.output, op_reduction=red, calibration_dataset=dataset)
-        print(json.dumps(d))
-        return
-    print(res.summary())
-    print(f"op reduction: paper {100 * red['paper']['reduction']:.2f}% "
-          f"(lookups+adds+exact MACs vs exact MACs), full {100 * red['full']['reduction']:.2f}% "
-          f"(all arithmetic, encoding included)")
-    st = red["storage"]
-    print(f"storage: {st['network_bytes'] / 2**20:.1f} MiB (exact network {st['exact_network_bytes'] / 2**20:.1f} MiB)")
-    print(f"calibrated on {len(xc)} {dataset} training images in {res.seconds:.1f} s; wrote {args.output}")
-
-
-def add_cli_parsers(sub):
-    """Add the ``convert`` and ``demo`` subcommands to the ``tabconv`` parser's subparsers."""
-    c = sub.add_parser("convert", help="convert a network to table lookups (TabConv)")
-    c.add_argument("model", help="a tabconv_np HDF5 file")
-    c.add_argument("-o", "--output", required=True, help="where to write the table network (HDF5)")
-    c.add_argument("--codebooks", default="8",
-                   help="C per layer: an int, D/<ds> (ceil(D/ds) subspaces), a comma list per switch, "
-                   "or PATTERN=VALUE items (e.g. 'layer1.*=D/28,*=D/128')")
-    c.add_argument("--prototypes", default="256",
-                   help="K per layer (2..16384): an int, a comma list per switch, or PATTERN=VALUE items")
-    c.add_argument("--mask-rate", type=float, help="priority masking rate M in percent")
-    c.add_argument("--switches", help="comma list of 0/1, one per switch (1: table)")
-    c.add_argument("--calib", type=int, default=1000, help="calibration images (training split)")
-    c.add_argument("--calib-dataset", help="data set of the calibration images (default: the shipped "
-                   "sample for Fashion-MNIST models, else the model's data set)")
-    c.add_argument("--calibrate", default="approx", choices=["approx", "exact"],
-                   help="learn prototypes from the table network's activations (approx) or the exact ones")
-    c.add_argument("--max-rows", type=int, default=50_000, help="k-means rows per layer (seeded subsample)")
-    c.add_argument("--iters", type=int, default=16, help="Lloyd iterations")
-    c.add_argument("--no-refit", action="store_true", help="do not refit the final Linear")
-    c.add_argument("--refine", default="none", choices=["exact", "local", "none"],
-                   help="least-squares table refinement (none: the authors' plain PQ tables)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_cmd_convert)
-
-    d = sub.add_parser("demo", help="convert the shipped ResNet-18 and compare it with the exact one")
-    d.add_argument("--model", help=f"model file (default {DEFAULT_MODEL} in the repository)")
-    d.add_argument("--calib", type=int, default=1000, help="calibration images (shipped training sample)")
-    d.add_argument("--test", type=int, default=1000, help="test images (shipped test sample)")
-    d.add_argument("--codebooks", help=f"default {DEMO_SETTINGS['codebooks']}")
-    d.add_argument("--prototypes", help=f"default {DEMO_SETTINGS['prototypes']}")
-    d.add_argument("--mask-rate", type=float)
-    d.add_argument("--switches", help="comma list of 0/1, one per switch")
-    d.add_argument("--calibrate", default="approx", choices=["approx", "exact"])
-    d.add_argument("--refine", default="exact", choices=["exact", "local", "none"],
-                   help="table refinement (none: the authors' plain PQ tables)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency measurement")
-    d.add_argument("--json", action="store_true")
-    d.set_defaults(func=_cmd_demo)
-
-
 if __name__ == "__main__":  # pragma: no cover
+    # runs only as ``python -m tabconv_np.demo`` (module ``__main__``); importing
+    # tabconv_np.demo never imports the command line
+    import sys
+
     from .cli import main
     sys.exit(main(["demo"] + sys.argv[1:]))

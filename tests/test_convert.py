@@ -231,11 +231,11 @@ def test_glob_settings_structure_and_switch_similarities(lenet, calib):
 
 
 def test_cli_setting_parser():
-    from tabconv_np.demo import _parse_list
-    assert _parse_list("8", int) == 8 and _parse_list("D/32", str) == "D/32"
-    assert _parse_list("4,8,D/32", str) == [4, 8, "D/32"]
-    assert _parse_list("layer1.*=D/28,*=6", str) == {"layer1.*": "D/28", "*": 6}
+    from tabconv_np.demo import parse_setting
+    assert parse_setting("8", int) == 8 and parse_setting("D/32", str) == "D/32"
+    assert parse_setting("4,8,D/32", str) == [4, 8, "D/32"]
+    assert parse_setting("layer1.*=D/28,*=6", str) == {"layer1.*": "D/28", "*": 6}
     with pytest.raises(ConfigError):
-        _parse_list("D/32", int)
+        parse_setting("D/32", int)
     with pytest.raises(ConfigError):
-        _parse_list("a=1,b", int)
+        parse_setting("a=1,b", int)

@@ -14,8 +14,11 @@ import time):
   (h5py only);
 * :mod:`.graph` -- the extra layer types imported graphs may need
   (``Graph`` for general residual graphs, ``Clip`` for ReLU6);
-* :mod:`.dispatch` -- format detection, :func:`import_model` and the
-  ``tabconv import`` command.
+* :mod:`.formats` -- format detection by content (a leaf: it imports no
+  other importer, so every format module may use it);
+* :mod:`.dispatch` -- :func:`import_model`, which detects the format and calls
+  the format's module (the ``tabconv import`` command is in
+  :mod:`tabconv_np.cli.import_`).
 
 Typical use::
 
@@ -25,7 +28,7 @@ Typical use::
 import importlib
 
 _LAZY = {
-    "import_model": "dispatch", "detect_format": "dispatch",
+    "import_model": "dispatch", "detect_format": "formats",
     "read_torch": "torch_pickle",
     "network_from_state_dict": "statedict",
     "build_from_spec": "spec", "load_spec": "spec",

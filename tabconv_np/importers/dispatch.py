@@ -1,81 +1,23 @@
-"""Format detection, :func:`import_model` and the ``tabconv import`` command.
+""":func:`import_model`: a network from a PyTorch, ONNX or Keras file, whatever its format.
 
-The source format is told by content, not by file name:
-
-=========================  =====================================================
-zip with ``*/data.pkl``     PyTorch ``torch.save`` (torch >= 1.6)
-zip with ``config.json``    Keras 3 ``.keras``
-pickle with torch's magic   PyTorch legacy ``torch.save`` (``_use_new_zipfile_serialization=False``)
-HDF5 signature              Keras 2 ``.h5`` / Keras 3 ``.weights.h5``
-protobuf (``ir_version``)   ONNX
-=========================  =====================================================
+The source format is told by content, not by file name
+(:func:`~tabconv_np.importers.formats.detect_format`); each format has its
+own module, which this one calls.  Imports go one way: this module imports
+the format modules, and they import only the leaf :mod:`.formats`.
 """
 import math
 import os
-import sys
-import warnings
 
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, TabConvError, WeightFileError
-
-FORMATS = ("torch-zip", "torch-legacy", "keras-zip", "hdf5", "onnx")
-_HDF5 = b"\x89HDF\r\n\x1a\n"
-
-
-def read_source(path, size=-1):
-    """The first ``size`` bytes (all of them by default) of the file at ``path``.
-
-    Shared by the importers so that an unreadable source fails the same way
-    everywhere.
-
-    Raises
-    ------
-    WeightFileError
-        ``"{path}: cannot read: ..."`` when the file cannot be opened or read.
-    """
-    try:
-        with open(path, "rb") as f:
-            return f.read(size)
-    except OSError as e:
-        raise WeightFileError(f"{path}: cannot read: {e}") from None
-
-
-def detect_format(path):
-    """One of ``FORMATS`` for the file at ``path``, judged by its content.
-
-    Raises
-    ------
-    WeightFileError
-        Missing, empty or unrecognised file (the message says what was found).
-    """
-    path = os.fspath(path)
-    head = read_source(path, 4096)
-    if not head:
-        raise WeightFileError(f"{path}: empty file")
-    if head[:4] == b"PK\x03\x04":
-        import zipfile
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except Exception as e:
-            raise WeightFileError(f"{path}: a zip archive that cannot be read (truncated?): {e}") from None
-        if any(n.endswith("data.pkl") and n.count("/") <= 1 for n in names):
-            return "torch-zip"
-        if "config.json" in names and "model.weights.h5" in names:
-            return "keras-zip"
-        raise WeightFileError(f"{path}: a zip archive of unknown kind (neither torch.save nor .keras)")
-    if any(head[o:o + 8] == _HDF5 for o in (0, 512, 1024, 2048)):
-        return "hdf5"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "torch-legacy"
-    if head[257:262] == b"ustar":
-        raise WeightFileError(f"{path}: a tar archive: the torch.save format of torch < 0.4 is not "
-                              f"supported; load and re-save it with a newer torch")
-    if head[:1] == b"\x08" and len(head) > 2:
-        return "onnx"
-    raise WeightFileError(f"{path}: unrecognised file: not a torch.save file (zip or pickle), not "
-                          f"ONNX, not HDF5 (Keras)")
+from ..models import parse_input
+from .formats import detect_format
+from .keras import import_keras
+from .onnx_import import import_onnx
+from .spec import build_from_spec
+from .statedict import network_from_state_dict
+from .torch_pickle import read_torch
 
 
 def _preprocess(mean, std, channels):
@@ -129,7 +71,6 @@ def import_model(source, arch=None, spec=None, input_shape=None, num_classes=Non
     """
     source = os.fspath(source)
     if isinstance(input_shape, str):
-        from ..models import parse_input
         input_shape = parse_input(input_shape)
     if input_shape is not None:
         input_shape = tuple(int(v) for v in input_shape)[-3:]
@@ -156,12 +97,9 @@ def import_model(source, arch=None, spec=None, input_shape=None, num_classes=Non
 
 def _import(fmt, source, arch, spec, input_shape, num_classes):
     if fmt in ("torch-zip", "torch-legacy"):
-        from .torch_pickle import read_torch
         state = read_torch(source)
         if spec is not None:
-            from .spec import build_from_spec
             return build_from_spec(spec, state, input_shape=input_shape)
-        from .statedict import network_from_state_dict
         return network_from_state_dict(state, arch, num_classes=num_classes, input_shape=input_shape)
     if arch is not None:
         raise ConfigError(f"--arch applies to PyTorch state dicts only; {source} is "
@@ -169,48 +107,5 @@ def _import(fmt, source, arch, spec, input_shape, num_classes):
     if fmt == "onnx":
         if spec is not None:
             raise ConfigError(f"--spec does not apply to ONNX models (the graph describes the layers)")
-        from .onnx_import import import_onnx
         return import_onnx(source, input_shape)
-    from .keras import import_keras
     return import_keras(source, spec, input_shape)
-
-
-# --- the command line -------------------------------------------------------------------------
-def add_arguments(p):
-    """The arguments of ``tabconv import`` (the subparser itself lives in ``tabconv_np.cli``)."""
-    from ..models import ARCHS
-    p.description = ("Import a PyTorch state dict (torch.save, zip or legacy format), an ONNX model "
-                     "or a Keras model (.h5, .weights.h5, .keras) into a tabconv_np HDF5 file, "
-                     "without torch, onnxruntime or TensorFlow. The format is detected from the "
-                     "file's content. See docs/byo_model.md.")
-    p.add_argument("source", help="the file to import")
-    p.add_argument("-o", "--output", required=True, help="the tabconv_np HDF5 file to write")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--arch", choices=ARCHS, help="a bundled architecture the state dict fits")
-    g.add_argument("--spec", help="a JSON layer spec (docs/import_spec.md) for other models")
-    p.add_argument("--input", help="C x H x W of one image, e.g. 1x28x28 (default: from the file)")
-    p.add_argument("--classes", type=int, help="number of classes (checked against the weights)")
-    p.add_argument("--mean", help="input normalisation mean per channel, e.g. 0.2860")
-    p.add_argument("--std", help="input normalisation std per channel, e.g. 0.3530")
-
-
-def cli_import(args):
-    """``tabconv import``: import, save, print a summary and what to do next."""
-    from ..io import save
-    if os.path.abspath(args.output) == os.path.abspath(args.source):
-        raise ConfigError("the output file would overwrite the source; choose another -o")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        net = import_model(args.source, arch=args.arch, spec=args.spec, input_shape=args.input,
-                           num_classes=args.classes, mean=args.mean, std=args.std)
-    for w in caught:
-        print(f"tabconv import: warning: {w.message}", file=sys.stderr)
-    try:
-        save(net, args.output)
-    except OSError as e:
-        raise WeightFileError(f"{args.output}: cannot write: {e}") from None
-    what = net.meta.get("arch") or type(net.body).__name__
-    shape = "x".join(map(str, net.input_shape))
-    print(f"imported {args.source} ({net.meta['source_format']}, {what}): input {shape}, "
-          f"output {tuple(net.out_shape)}, {net.num_params():,} parameters")
-    print(f"wrote {args.output}; next: tabconv ops {args.output}   or   tabconv eval {args.output}")

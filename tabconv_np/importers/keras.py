@@ -39,7 +39,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import ConfigError, TabConvError, WeightFileError
-from .dispatch import read_source
+from .formats import read_source
 from .spec import build_from_spec
 
 KERAS_EPS = 1e-3

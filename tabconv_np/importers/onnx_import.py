@@ -36,7 +36,7 @@ from ..blocks import INPUT
 from ..layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Flatten, GlobalAvgPool2d, Linear,
                       MaxPool2d, ReLU)
 from ..network import Network
-from .dispatch import read_source
+from .formats import read_source
 from .spec import Builder, same_padding, simple_padding
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "MaxPool", "AveragePool",

@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import safe_pickle
 from ..errors import TabConvError, WeightFileError
-from .dispatch import read_source
+from .formats import read_source
 
 #: First pickle of a legacy file, and the second.
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c

@@ -1,0 +1,51 @@
+"""``tabconv import``: PyTorch / ONNX / Keras weights to a tabconv_np HDF5 file (no framework needed)."""
+import os
+import sys
+import warnings
+
+from ..errors import ConfigError, WeightFileError
+from ..importers.dispatch import import_model
+from ..io import save
+from ..models import ARCHS
+
+DESCRIPTION = ("Import a PyTorch state dict (torch.save, zip or legacy format), an ONNX model "
+               "or a Keras model (.h5, .weights.h5, .keras) into a tabconv_np HDF5 file, "
+               "without torch, onnxruntime or TensorFlow. The format is detected from the "
+               "file's content. See docs/byo_model.md.")
+
+
+def add_parser(sub):
+    p = sub.add_parser("import", help="import PyTorch / ONNX / Keras weights (no framework needed)",
+                       description=DESCRIPTION)
+    p.add_argument("source", help="the file to import")
+    p.add_argument("-o", "--output", required=True, help="the tabconv_np HDF5 file to write")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--arch", choices=ARCHS, help="a bundled architecture the state dict fits")
+    g.add_argument("--spec", help="a JSON layer spec (docs/import_spec.md) for other models")
+    p.add_argument("--input", help="C x H x W of one image, e.g. 1x28x28 (default: from the file)")
+    p.add_argument("--classes", type=int, help="number of classes (checked against the weights)")
+    p.add_argument("--mean", help="input normalisation mean per channel, e.g. 0.2860")
+    p.add_argument("--std", help="input normalisation std per channel, e.g. 0.3530")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args):
+    """Import, save, print a summary and what to do next."""
+    if os.path.abspath(args.output) == os.path.abspath(args.source):
+        raise ConfigError("the output file would overwrite the source; choose another -o")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = import_model(args.source, arch=args.arch, spec=args.spec, input_shape=args.input,
+                           num_classes=args.classes, mean=args.mean, std=args.std)
+    for w in caught:
+        print(f"tabconv import: warning: {w.message}", file=sys.stderr)
+    try:
+        save(net, args.output)
+    except OSError as e:
+        raise WeightFileError(f"{args.output}: cannot write: {e}") from None
+    what = net.meta.get("arch") or type(net.body).__name__
+    shape = "x".join(map(str, net.input_shape))
+    print(f"imported {args.source} ({net.meta['source_format']}, {what}): input {shape}, "
+          f"output {tuple(net.out_shape)}, {net.num_params():,} parameters")
+    print(f"wrote {args.output}; next: tabconv ops {args.output}   or   tabconv eval {args.output}")
