@@ -297,7 +297,7 @@ def encode_rows(X, codebooks, parallel_min_work=None):
     if X.shape[0]:
         work = X.shape[0] * K * C * Ds
         if parallel_min_work is not None and work < parallel_min_work:
-            fn = _k.encode[1]
+            fn = _k.encode.serial
         else:
             fn = pick(_k.encode, work)
         fn(X, codebooks, out)
@@ -346,7 +346,7 @@ def _kmeanspp(X, K, rng, x2):
     first = int(rng.integers(N))
     u = rng.random(K)
     idx = np.empty(K, np.int64)
-    _k.kmeanspp[1](X, x2, first, u, idx)
+    _k.kmeanspp.serial(X, x2, first, u, idx)
     return X[idx].copy()
 
 
@@ -422,7 +422,7 @@ def kmeans(X, K, iters=16, init="k-means++", rng=None, tol=1e-3):
     it = 0
     for it in range(1, iters + 1):
         # centroid k = mean of its rows:  for n: sums[labels[n]] += X[n]; counts[labels[n]] += 1
-        _k.centroid_sums[1](X, labels, sums, counts)
+        _k.centroid_sums.serial(X, labels, sums, counts)
         used = counts > 0
         new = cent.copy()
         new[used] = (sums[used] / counts[used, None]).astype(np.float32)

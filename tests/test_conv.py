@@ -252,9 +252,10 @@ def test_same_padding_matches_torch(kernel_size, dilation):
 
 
 # ------------------------------------------------ serial vs parallel kernels
-def _pair_outputs(pair, args, out_index):
+def _pair_outputs(kernel, args, out_index):
+    """``args[out_index]`` as written by ``kernel.parallel`` and by ``kernel.serial``."""
     outs = []
-    for fn in pair:
+    for fn in (kernel.parallel, kernel.serial):
         a = list(args)
         a[out_index] = np.full_like(a[out_index], np.nan)
         fn(*a)

@@ -40,7 +40,7 @@ def test_encode_is_brute_force_argmin(shape, seed, duplicate):
         P[:, -1] = P[:, 0]                           # exact ties: the first index must win
     for dt in (np.uint8, np.uint16):
         codes = np.empty((N, C), dt)
-        K.encode[1](X, P, codes)
+        K.encode.serial(X, P, codes)
         ref = K.encode_naive(X, P)
         d = _dist64(X, P)
         n, c = np.indices((N, C))
@@ -67,16 +67,21 @@ def test_serial_and_parallel_kernels_agree_bitwise(N, D, C, Kp, M, seed):
     W = rng.standard_normal((D, M)).astype(np.float32)
     b = rng.standard_normal(M).astype(np.float32)
     dt = code_dtype(Kp)
-    codes = [np.empty((N, C), dt) for _ in range(2)]
-    tables = [np.empty((C, Kp, M), np.float32) for _ in range(2)]
-    ys = [np.empty((N, M), np.float32) for _ in range(2)]
-    for i in range(2):                               # 0: parallel, 1: serial
-        K.encode[i](X, P, codes[i])
-        K.build_table[i](P, W, tables[i])
-        K.lookup[i](codes[0], tables[0], b, True, ys[i])
-    assert np.array_equal(codes[0], codes[1])
-    assert np.array_equal(tables[0].view(np.uint32), tables[1].view(np.uint32))
-    assert np.array_equal(ys[0].view(np.uint32), ys[1].view(np.uint32))
+    out = {}
+    for entry in ("parallel", "serial"):
+        codes = np.empty((N, C), dt)
+        table = np.empty((C, Kp, M), np.float32)
+        getattr(K.encode, entry)(X, P, codes)
+        getattr(K.build_table, entry)(P, W, table)
+        out[entry] = codes, table
+    (codes, table), (codes_s, table_s) = out["parallel"], out["serial"]
+    assert np.array_equal(codes, codes_s)
+    assert np.array_equal(table.view(np.uint32), table_s.view(np.uint32))
+    # lookups of the same codes and table
+    y, y_s = np.empty((N, M), np.float32), np.empty((N, M), np.float32)
+    K.lookup.parallel(codes, table, b, True, y)
+    K.lookup.serial(codes, table, b, True, y_s)
+    assert np.array_equal(y.view(np.uint32), y_s.view(np.uint32))
 
 
 @given(st.integers(1, 60), st.integers(1, 40), st.integers(1, 8), st.integers(2, 40),
@@ -94,10 +99,10 @@ def test_lookup_equals_decode_then_multiply(N, D, C, Kp, M, bias, seed):
     b = rng.standard_normal(M).astype(np.float32) if bias else None
     codes = pq.encode(X[:N])
     T = np.empty((pq.C, pq.K, M), np.float32)
-    K.build_table[1](pq.codebooks, W, T)
+    K.build_table.serial(pq.codebooks, W, T)
     assert np.allclose(T, K.build_table_naive(pq.codebooks, W), rtol=1e-5, atol=1e-5)
     y = np.empty((N, M), np.float32)
-    K.lookup[1](codes, T, b if bias else np.zeros(0, np.float32), bias, y)
+    K.lookup.serial(codes, T, b if bias else np.zeros(0, np.float32), bias, y)
     ref = pq.decode(codes).astype(np.float64) @ W + (0 if b is None else b)
     # float32 sums of D products: compare against the float64 result with a summation bound
     scale = np.abs(pq.decode(codes)).astype(np.float64) @ np.abs(W) + (0 if b is None else np.abs(b))
