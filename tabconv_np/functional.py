@@ -28,9 +28,9 @@ import operator
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-from .kernels import direct as _direct
-from .kernels import im2col as _im2col
-from .kernels import mec as _mec
+from .conv import direct as _direct
+from .conv import im2col as _im2col
+from .conv import mec as _mec
 from .reference import conv2d_naive
 
 METHODS = ("naive", "im2col", "mec", "direct", "auto")

@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-from .kernels import pq as _k
+from .kernels import pq_kernels as _k
 from .kernels._jit import pick
 
 #: Bounds on the number of prototypes per subspace.
@@ -290,7 +290,7 @@ def encode_rows(X, codebooks, parallel_min_work=None):
 
     The threaded kernel runs when the work (``N*K*C*Ds`` multiply-adds) is
     at least ``parallel_min_work`` (default: the package-wide threshold of
-    :func:`tabconv_np.kernels._jit.pick`).
+    :meth:`tabconv_np.kernels._jit.Kernel.pick`).
     """
     C, K, Ds = codebooks.shape
     out = np.empty((X.shape[0], C), code_dtype(K))
@@ -340,7 +340,7 @@ def _kmeanspp(X, K, rng, x2):
     """k-means++ seeding: each new centre drawn with probability proportional to D(x)^2.
 
     The draws come from ``rng``; the sequential sampling runs in a kernel
-    (:func:`tabconv_np.kernels.pq._kmeanspp`).
+    (:func:`tabconv_np.kernels.pq_kernels._kmeanspp`).
     """
     N = len(X)
     first = int(rng.integers(N))
@@ -404,7 +404,7 @@ def kmeans(X, K, iters=16, init="k-means++", rng=None, tol=1e-3):
     -----
     An empty cluster takes the row farthest from its centroid among the rows
     not already re-seeding another one; centroids are means computed in
-    float64 (:func:`tabconv_np.kernels.pq._centroid_sums`).
+    float64 (:func:`tabconv_np.kernels.pq_kernels._centroid_sums`).
     """
     rng = np.random.default_rng(0) if rng is None else rng
     X = np.ascontiguousarray(X, dtype=np.float32)

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import layers as _layers  # noqa: F401  (registers Conv2d, Sequential, ... for from_config)
 from .errors import ConfigError, ShapeError
-from .kernels import pq as _k
+from .kernels import pq_kernels as _k
 from .kernels._jit import pick
 from .module import Module, channel_axis, pair, register
 from .pq import K_MAX, check_codes, code_dtype, encode_rows, subspace_length

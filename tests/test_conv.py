@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from tabconv_np import functional as F
 from tabconv_np.errors import ConfigError, ShapeError
-from tabconv_np.kernels import direct, im2col, mec
+from tabconv_np.conv import chunks, direct, im2col, layout
+from tabconv_np.kernels import direct_kernels, im2col_kernels, layout_kernels, mec_kernels
 from tabconv_np.reference import conv2d_naive
 
 pytestmark = pytest.mark.usefixtures("warm_conv_jit")
@@ -114,8 +115,8 @@ def test_depthwise_matches_naive(case):
 def test_chunking_paths(monkeypatch, chunk_bytes, min_rows, layout, gijc_rows):
     """One image per chunk, several, and the whole batch; both lowerings."""
     monkeypatch.setattr(im2col, "GIJC_MIN_ROWS_PER_OUTPUT", gijc_rows)
-    monkeypatch.setattr(im2col, "CHUNK_BYTES", chunk_bytes)
-    monkeypatch.setattr(im2col, "MIN_CHUNK_ROWS", min_rows)
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(chunks, "MIN_CHUNK_ROWS", min_rows)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 6, 9, 7)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
@@ -276,30 +277,30 @@ def test_serial_and_parallel_kernels_agree_bitwise(shape, k, s, p, d):
     xh = _nhwc(x)
     rows = np.empty((N * Ho * Wo, C * kh * kw), np.float32)
     args = (x, kh, kw, s[0], s[1], p[0], p[1], d[0], d[1], Ho, Wo, rows)
-    a, b = _pair_outputs(im2col.lower_nchw, args, 11)
+    a, b = _pair_outputs(im2col_kernels.lower_nchw, args, 11)
     assert np.array_equal(a, b)
     args = (xh,) + args[1:]
-    c, e = _pair_outputs(im2col.lower_nhwc, args, 11)
+    c, e = _pair_outputs(im2col_kernels.lower_nhwc, args, 11)
     assert np.array_equal(c, e) and np.array_equal(a, c)
 
     for G in (1, C):
-        a, b = _pair_outputs(im2col.lower_gijc, (xh, G) + args[1:], 12)
+        a, b = _pair_outputs(im2col_kernels.lower_gijc, (xh, G) + args[1:], 12)
         assert np.array_equal(a, b)
-        a2, b2 = _pair_outputs(im2col.lower_nchw_gijc, (x, G) + args[1:], 12)
+        a2, b2 = _pair_outputs(im2col_kernels.lower_nchw_gijc, (x, G) + args[1:], 12)
         assert np.array_equal(a2, b2) and np.array_equal(a, a2)
         # the same matrix as the (C, kh, kw) rows, columns permuted
         perm = np.arange(C * kh * kw).reshape(G, C // G, kh, kw).transpose(0, 2, 3, 1).ravel()
         assert np.array_equal(a, c[:, perm])
     x3 = x.reshape(N, C, H * W)
-    a, b = _pair_outputs(im2col.swap_last2, (x3, np.empty((N, H * W, C), np.float32), 7), 1)
+    a, b = _pair_outputs(layout_kernels.swap_last2, (x3, np.empty((N, H * W, C), np.float32), 7), 1)
     assert np.array_equal(a, b) and np.array_equal(a, xh.reshape(N, H * W, C))
-    np.testing.assert_array_equal(im2col.to_nhwc(x), xh)
-    np.testing.assert_array_equal(im2col.to_nchw(xh), x)
+    np.testing.assert_array_equal(layout.to_nhwc(x), xh)
+    np.testing.assert_array_equal(layout.to_nchw(xh), x)
 
     Hu = (Ho - 1) * s[0] + (kh - 1) * d[0] + 1
     for G in (1, C):
         L = np.empty((G, N * Wo, Hu * kw * (C // G)), np.float32)
-        a, b = _pair_outputs(mec.lower_mec, (xh, G, kw, s[1], p[0], p[1], d[1], Hu, Wo, L), 9)
+        a, b = _pair_outputs(mec_kernels.lower_mec, (xh, G, kw, s[1], p[0], p[1], d[1], Hu, Wo, L), 9)
         assert np.array_equal(a, b)
 
     for groups in (1, C):
@@ -307,7 +308,7 @@ def test_serial_and_parallel_kernels_agree_bitwise(shape, k, s, p, d):
         bias = rng.standard_normal(2 * groups).astype(np.float32)
         out = np.empty((N, 2 * groups, Ho, Wo), np.float32)
         xs = direct.phase_split(x, s, (p[0], p[0], p[1], p[1]), d, k, (Ho, Wo))
-        a, b = _pair_outputs(direct.direct_phases, (xs, w, bias, d[0], d[1], groups, Ho, Wo, out), 8)
+        a, b = _pair_outputs(direct_kernels.direct_phases, (xs, w, bias, d[0], d[1], groups, Ho, Wo, out), 8)
         assert np.array_equal(a, b)
 
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tabconv_np.errors import ConfigError, ShapeError
-from tabconv_np.kernels import pq as K
+from tabconv_np.kernels import pq_kernels as K
 from tabconv_np.pq import ProductQuantizer, check_codes, code_dtype, kmeans, subspace_length
 
 

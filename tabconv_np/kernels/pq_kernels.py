@@ -1,6 +1,7 @@
 """Product-quantization kernels: encoding, table construction, lookup-accumulate.
 
-One kernel per job (``(parallel, serial)`` pairs from ``_jit.kernel``):
+One kernel per job (each a :class:`~tabconv_np.kernels._jit.Kernel`, with
+``.parallel`` and ``.serial`` entries):
 
 * :data:`encode` -- exhaustive nearest prototype of every row in every subspace;
 * :data:`build_table` -- ``T[c, k, m] = <prototype(c, k), weight column m on subspace c>``;
