@@ -180,7 +180,7 @@ class ProductQuantizer:
         if C > D:
             raise ConfigError(f"ProductQuantizer: codebooks C = {C} exceeds the row length D = {D}")
         Ds = subspace_length(D, C)
-        Xp = _k.pad_columns(X, C, Ds)                          # (N, C, Ds), zero-padded
+        Xp = np.pad(X, ((0, 0), (0, C * Ds - D))).reshape(N, C, Ds)   # zero-padded subspaces
         # K is capped at the largest number of distinct sub-rows of any subspace
         distinct = [_count_distinct(Xp[:, c]) for c in range(C)]
         K = min(self.K_requested, max(distinct))

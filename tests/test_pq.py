@@ -9,19 +9,13 @@ from hypothesis import strategies as st
 from tabconv_np.errors import ConfigError, ShapeError
 from tabconv_np.kernels import pq_kernels as K
 from tabconv_np.pq import ProductQuantizer, check_codes, code_dtype, kmeans, subspace_length
+from tabconv_np.reference import build_table_naive, encode_naive, lookup_naive, subspace_distances
 
 
 @pytest.fixture(scope="module", autouse=True)
 def warm():
     from tabconv_np.tables import warmup
     warmup()
-
-
-def _dist64(X, P):
-    """Exact squared distances (N, C, K) in float64, X zero-padded to C*Ds columns."""
-    C, _, Ds = P.shape
-    Xp = K.pad_columns(np.asarray(X, np.float64), C, Ds)
-    return ((Xp[:, :, None, :] - np.asarray(P, np.float64)[None]) ** 2).sum(-1)
 
 
 shapes = st.tuples(st.integers(1, 70), st.integers(1, 40), st.integers(1, 6), st.integers(1, 40))
@@ -41,8 +35,8 @@ def test_encode_is_brute_force_argmin(shape, seed, duplicate):
     for dt in (np.uint8, np.uint16):
         codes = np.empty((N, C), dt)
         K.encode.serial(X, P, codes)
-        ref = K.encode_naive(X, P)
-        d = _dist64(X, P)
+        ref = encode_naive(X, P)
+        d = subspace_distances(X, P)
         n, c = np.indices((N, C))
         got, best = d[n, c, codes.astype(np.int64)], d[n, c, ref]
         # the chosen prototype is a nearest one up to float32 rounding of the scores
@@ -100,14 +94,14 @@ def test_lookup_equals_decode_then_multiply(N, D, C, Kp, M, bias, seed):
     codes = pq.encode(X[:N])
     T = np.empty((pq.C, pq.K, M), np.float32)
     K.build_table.serial(pq.codebooks, W, T)
-    assert np.allclose(T, K.build_table_naive(pq.codebooks, W), rtol=1e-5, atol=1e-5)
+    assert np.allclose(T, build_table_naive(pq.codebooks, W), rtol=1e-5, atol=1e-5)
     y = np.empty((N, M), np.float32)
     K.lookup.serial(codes, T, b if bias else np.zeros(0, np.float32), bias, y)
     ref = pq.decode(codes).astype(np.float64) @ W + (0 if b is None else b)
     # float32 sums of D products: compare against the float64 result with a summation bound
     scale = np.abs(pq.decode(codes)).astype(np.float64) @ np.abs(W) + (0 if b is None else np.abs(b))
     assert np.all(np.abs(y - ref) <= 4 * (D + C + 1) * 2.0**-24 * scale + 1e-6)
-    assert np.allclose(y, K.lookup_naive(codes, T, b), rtol=1e-5, atol=1e-5)
+    assert np.allclose(y, lookup_naive(codes, T, b), rtol=1e-5, atol=1e-5)
 
 
 def test_fit_is_deterministic_and_seed_dependent():
