@@ -1,4 +1,9 @@
-"""Product quantization: k-means, encoding, decoding, the PQ kernels against their references."""
+"""Product quantization: k-means, encoding, decoding; the PQ kernels serial vs parallel, and
+tables and lookups against decode-then-multiply.
+
+Encoding, table building and lookups against their references are the ``encode``,
+``build_table`` and ``lookup`` pairs of tests/test_reference_pairs.py.
+"""
 import warnings
 
 import numpy as np
@@ -9,44 +14,13 @@ from hypothesis import strategies as st
 from tabconv_np.errors import ConfigError, ShapeError
 from tabconv_np.kernels import pq_kernels as K
 from tabconv_np.pq import ProductQuantizer, check_codes, code_dtype, kmeans, subspace_length
-from tabconv_np.reference import build_table_naive, encode_naive, lookup_naive, subspace_distances
+from tabconv_np.reference import build_table_naive, lookup_naive
 
 
 @pytest.fixture(scope="module", autouse=True)
 def warm():
     from tabconv_np.tables import warmup
     warmup()
-
-
-shapes = st.tuples(st.integers(1, 70), st.integers(1, 40), st.integers(1, 6), st.integers(1, 40))
-
-
-@given(shapes, st.integers(0, 2**31 - 1), st.booleans())
-@settings(max_examples=40)
-def test_encode_is_brute_force_argmin(shape, seed, duplicate):
-    N, D, C, Kp = shape
-    C = min(C, D)
-    Ds = subspace_length(D, C)
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((N, D)).astype(np.float32)
-    P = rng.standard_normal((C, Kp, Ds)).astype(np.float32)
-    if duplicate and Kp > 1:
-        P[:, -1] = P[:, 0]                           # exact ties: the first index must win
-    for dt in (np.uint8, np.uint16):
-        codes = np.empty((N, C), dt)
-        K.encode.serial(X, P, codes)
-        ref = encode_naive(X, P)
-        d = subspace_distances(X, P)
-        n, c = np.indices((N, C))
-        got, best = d[n, c, codes.astype(np.int64)], d[n, c, ref]
-        # the chosen prototype is a nearest one up to float32 rounding of the scores
-        assert np.all(got <= best + 1e-4 * (1 + best)), "encoding is not the nearest prototype"
-        # and it is the same index wherever the nearest is clearly unique
-        srt = np.sort(d, axis=2)
-        clear = (srt[..., 1] - srt[..., 0] > 1e-3 * (1 + srt[..., 0])) if Kp > 1 else np.ones((N, C), bool)
-        assert np.array_equal(codes.astype(np.int64)[clear], ref[clear])
-        if duplicate and Kp > 1:
-            assert not np.any(codes == Kp - 1)
 
 
 @given(st.integers(1, 300), st.integers(1, 50), st.integers(1, 9), st.integers(1, 300),
