@@ -24,10 +24,10 @@ argument and the offending value; the kernels themselves never validate.
 import numpy as np
 
 from .errors import ConfigError, ShapeError
+from .conv import direct as _direct
+from .conv import mec as _mec
+from .conv import im2col as _im2col
 from .geometry import as_batch4, conv_output_size, im2col_rows, lowering_workspace_bytes
-from .kernels import direct as _direct
-from .kernels import im2col as _im2col
-from .kernels import mec as _mec
 from .reference import conv2d_naive
 from .validate import LAYOUTS, as_int, as_layout, as_padding, as_pair
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-from .kernels import im2col as _im2col
+from .conv import im2col as _im2col
 from .validate import as_int, as_layout, as_padding, as_pair
 
 

@@ -26,10 +26,10 @@ import warnings
 import numpy as np
 
 from .errors import ConfigError, ShapeError
+from .kernels import pq_kernels as _k
+from .kernels._jit import pick
 from .progress import Progress
 from .validate import N_PROTOTYPES_MAX, N_PROTOTYPES_MIN, as_choice, as_int, as_n_prototypes
-from .kernels import pq as _k
-from .kernels._jit import pick
 
 #: Bounds on the number of prototypes per subspace (one definition, in validate).
 K_MIN, K_MAX = N_PROTOTYPES_MIN, N_PROTOTYPES_MAX
@@ -178,7 +178,7 @@ class ProductQuantizer:
         if C > D:
             raise ConfigError(f"ProductQuantizer: n_codebooks C = {C} exceeds the row length D = {D}")
         Ds = subspace_length(D, C)
-        Xp = _k.pad_columns(X, C, Ds)                          # (N, C, Ds), zero-padded
+        Xp = np.pad(X, ((0, 0), (0, C * Ds - D))).reshape(N, C, Ds)   # zero-padded subspaces
         # K is capped at the largest number of distinct sub-rows of any subspace
         distinct = [_count_distinct(Xp[:, c]) for c in range(C)]
         K = min(self.K_requested, max(distinct))
@@ -288,14 +288,14 @@ def encode_rows(X, prototypes, parallel_min_work=None):
 
     The threaded kernel runs when the work (``N*K*C*Ds`` multiply-adds) is
     at least ``parallel_min_work`` (default: the package-wide threshold of
-    :func:`tabconv_np.kernels._jit.pick`).
+    :meth:`tabconv_np.kernels._jit.Kernel.pick`).
     """
     C, K, Ds = prototypes.shape
     out = np.empty((X.shape[0], C), code_dtype(K))
     if X.shape[0]:
         work = X.shape[0] * K * C * Ds
         if parallel_min_work is not None and work < parallel_min_work:
-            fn = _k.encode[1]
+            fn = _k.encode.serial
         else:
             fn = pick(_k.encode, work)
         fn(X, prototypes, out)
@@ -338,13 +338,13 @@ def _kmeanspp(X, K, rng, x2):
     """k-means++ seeding: each new centre drawn with probability proportional to D(x)^2.
 
     The draws come from ``rng``; the sequential sampling runs in a kernel
-    (:func:`tabconv_np.kernels.pq._kmeanspp`).
+    (:func:`tabconv_np.kernels.pq_kernels._kmeanspp`).
     """
     N = len(X)
     first = int(rng.integers(N))
     u = rng.random(K)
     idx = np.empty(K, np.int64)
-    _k.kmeanspp[1](X, x2, first, u, idx)
+    _k.kmeanspp.serial(X, x2, first, u, idx)
     return X[idx].copy()
 
 
@@ -402,7 +402,7 @@ def kmeans(X, K, iters=16, init="k-means++", rng=None, tol=1e-3):
     -----
     An empty cluster takes the row farthest from its centroid among the rows
     not already re-seeding another one; centroids are means computed in
-    float64 (:func:`tabconv_np.kernels.pq._centroid_sums`).
+    float64 (:func:`tabconv_np.kernels.pq_kernels._centroid_sums`).
     """
     rng = np.random.default_rng(0) if rng is None else rng
     X = np.ascontiguousarray(X, dtype=np.float32)
@@ -420,7 +420,7 @@ def kmeans(X, K, iters=16, init="k-means++", rng=None, tol=1e-3):
     it = 0
     for it in range(1, iters + 1):
         # centroid k = mean of its rows:  for n: sums[labels[n]] += X[n]; counts[labels[n]] += 1
-        _k.centroid_sums[1](X, labels, sums, counts)
+        _k.centroid_sums.serial(X, labels, sums, counts)
         used = counts > 0
         new = cent.copy()
         new[used] = (sums[used] / counts[used, None]).astype(np.float32)

@@ -1,58 +1,80 @@
-"""Plain NumPy reference convolution: the tests' oracle and the teaching version.
+"""Plain NumPy references: the tests' oracles and the teaching versions.
 
-Nothing here is fast.  It is written to be read next to the definition of a
-2-D convolution (really a cross-correlation, as in every deep-learning
-framework)::
+Nothing here is fast, nothing here validates, and nothing here calls the
+package's kernels: every function is written to be read next to the
+definition of what it computes, in float64 where it sums, and each has the
+signature of the fast function it checks (the correspondence is in each
+docstring; :mod:`tabconv_np.pairs` lists the pairs and how closely they
+agree):
+
+=============================  =================================================
+reference                      fast function
+=============================  =================================================
+:func:`conv2d_naive`           :func:`tabconv_np.functional.conv2d`
+:func:`im2col_rows_naive`      :func:`tabconv_np.functional.im2col_rows`
+:func:`encode_naive`           :func:`tabconv_np.pq.encode_rows`
+:func:`build_table_naive`      :func:`tabconv_np.tables.table_from_weights`
+:func:`lookup_naive`           the ``lookup`` kernel (``TableLinear.lookup``)
+:func:`kmeanspp_naive`         the ``kmeanspp`` kernel (k-means++ seeding)
+:func:`centroid_sums_naive`    the ``centroid_sums`` kernel (k-means update)
+=============================  =================================================
+
+The convolution is really a cross-correlation, as in every deep-learning
+framework::
 
     y[n, o, p, q] = bias[o] + sum over c in group(o), i < kh, j < kw of
                     weight[o, c, i, j] * xpad[n, g*Cg + c, p*sh + i*dh, q*sw + j*dw]
 
 where ``xpad`` is ``x`` with zero padding and ``g = o // (C_out/groups)``.
-The sum is accumulated in float64; the result is returned as float32.
+
+Product quantization (:mod:`tabconv_np.pq`) cuts a row of ``D`` numbers into
+``C`` subspaces of ``Ds = ceil(D / C)`` columns, the last one(s) padded with
+zero columns (:func:`pad_columns`).
 """
 import numpy as np
 
-
-def _pair(v):
-    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
+from .validate import as_padding, as_pair
 
 
-def _padding4(padding):
-    """int | (ph, pw) | (top, bottom, left, right) -> (top, bottom, left, right)."""
-    if np.isscalar(padding):
-        p = int(padding)
-        return p, p, p, p
-    padding = tuple(int(p) for p in padding)
-    if len(padding) == 2:
-        return padding[0], padding[0], padding[1], padding[1]
-    return padding
+# ------------------------------------------------------------- convolution
+def _padded_nchw(x, padding, kernel_hw, dilation, layout, dtype):
+    """``x`` as NCHW ``dtype`` with its zero padding, and the padding as 4 ints."""
+    x = np.asarray(x, dtype)
+    if layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    top, bottom, left, right = as_padding(padding, kernel_hw, dilation)
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
 
 
-def conv2d_naive(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D convolution (cross-correlation) of an NCHW batch, by plain loops.
+def conv2d_naive(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                 layout="NCHW"):
+    """2-D convolution (cross-correlation), by a loop over output positions.
+
+    Reference for :func:`tabconv_np.functional.conv2d`, with its signature
+    less ``method`` (``layout`` is keyword-only here).
 
     Parameters
     ----------
-    x : array (N, C, H, W)
+    x : array (N, C, H, W), or (N, H, W, C) for ``layout="NHWC"``
     weight : array (C_out, C/groups, kh, kw)
     bias : array (C_out,) or None
     stride, dilation : int or (int, int)
-    padding : int, (ph, pw) or (top, bottom, left, right)
+    padding : int, (ph, pw), (top, bottom, left, right), "valid" or "same"
     groups : int
+    layout : "NCHW" or "NHWC" (of x and of the result)
 
     Returns
     -------
-    float32 array (N, C_out, Ho, Wo) with
+    float32 array (N, C_out, Ho, Wo) or (N, Ho, Wo, C_out), with
     ``Ho = (H + top + bottom - dh*(kh-1) - 1) // sh + 1`` (same for Wo).
+    Sums are accumulated in float64; the result is rounded once to float32.
     """
-    sh, sw = _pair(stride)
-    dh, dw = _pair(dilation)
-    top, bottom, left, right = _padding4(padding)
-    x = np.asarray(x, np.float64)
+    sh, sw = as_pair(stride, "stride")
+    dh, dw = as_pair(dilation, "dilation")
     weight = np.asarray(weight, np.float64)
-    xpad = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    N, C, Hp, Wp = xpad.shape
     C_out, Cg, kh, kw = weight.shape
+    xpad = _padded_nchw(x, padding, (kh, kw), (dh, dw), layout, np.float64)
+    N, C, Hp, Wp = xpad.shape
     Cog = C_out // groups
     Ho = (Hp - dh * (kh - 1) - 1) // sh + 1
     Wo = (Wp - dw * (kw - 1) - 1) // sw + 1
@@ -70,4 +92,171 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
                     patch, w_g, axes=([1, 2, 3], [1, 2, 3]))
     if bias is not None:
         y += np.asarray(bias, np.float64).reshape(1, C_out, 1, 1)
+    y = y.astype(np.float32)
+    return y if layout == "NCHW" else np.ascontiguousarray(y.transpose(0, 2, 3, 1))
+
+
+def im2col_rows_naive(x, kernel_size, stride=1, padding=0, dilation=1, layout="NCHW"):
+    """The im2col rows of a batch, one output position at a time.
+
+    Reference for :func:`tabconv_np.functional.im2col_rows` (same signature
+    and result)::
+
+        rows[(n*Ho + p)*Wo + q, (c*kh + i)*kw + j] = xpad[n, c, p*sh + i*dh, q*sw + j*dw]
+
+    Returns
+    -------
+    rows : float32 array (N*Ho*Wo, C*kh*kw)
+        A copy of (float32-rounded) input values and zeros: equal bit for bit
+        to the fast version.
+    (N, Ho, Wo) : tuple of int
+    """
+    kh, kw = as_pair(kernel_size, "kernel_size")
+    sh, sw = as_pair(stride, "stride")
+    dh, dw = as_pair(dilation, "dilation")
+    xpad = _padded_nchw(x, padding, (kh, kw), (dh, dw), layout, np.float32)
+    N, C, Hp, Wp = xpad.shape
+    Ho = (Hp - dh * (kh - 1) - 1) // sh + 1
+    Wo = (Wp - dw * (kw - 1) - 1) // sw + 1
+    rows = np.empty((N, Ho, Wo, C, kh, kw), np.float32)
+    for p in range(Ho):
+        for q in range(Wo):
+            rows[:, p, q] = xpad[:, :, p * sh: p * sh + dh * (kh - 1) + 1: dh,
+                                       q * sw: q * sw + dw * (kw - 1) + 1: dw]
+    return rows.reshape(N * Ho * Wo, C * kh * kw), (N, Ho, Wo)
+
+
+# ------------------------------------------------- product quantization
+def pad_columns(X, C, Ds):
+    """``X`` (N, D) with zero columns appended up to ``C*Ds`` columns, as (N, C, Ds)."""
+    N, D = X.shape
+    Xp = np.zeros((N, C * Ds), X.dtype)
+    Xp[:, :D] = X
+    return Xp.reshape(N, C, Ds)
+
+
+def subspace_distances(X, codebooks):
+    """Squared distances ``dist[n, c, k] = ||x_c - P[c, k]||^2`` in float64, (N, C, K).
+
+    ``x_c`` is subspace ``c`` of row ``n`` of ``X`` (zero-padded to ``C*Ds`` columns).
+    """
+    C, K, Ds = codebooks.shape
+    Xp = pad_columns(np.asarray(X, np.float64), C, Ds)          # (N, C, Ds)
+    return ((Xp[:, :, None, :] - np.asarray(codebooks, np.float64)[None]) ** 2).sum(-1)
+
+
+def encode_naive(X, codebooks):
+    """Brute-force nearest prototype in float64: ``codes[n, c] = argmin_k ||x_c - P[c, k]||^2``.
+
+    Reference for :func:`tabconv_np.pq.encode_rows` (and
+    ``ProductQuantizer.encode``), same signature.  Ties go to the first
+    prototype, as in the kernel; where two distances differ by less than
+    float32 rounding the kernel may pick either.
+
+    Parameters
+    ----------
+    X : array (N, D)
+    codebooks : array (C, K, Ds)
+
+    Returns
+    -------
+    int64 array (N, C)
+    """
+    return subspace_distances(X, codebooks).argmin(-1)
+
+
+def build_table_naive(prototypes, wmat):
+    """``T[c, k, m] = sum_d P[c, k, d] * Wpad[c*Ds + d, m]`` in float64, returned as float32.
+
+    Reference for :func:`tabconv_np.tables.table_from_weights`, same signature.
+
+    Parameters
+    ----------
+    prototypes : array (C, K, Ds)
+    wmat : array (D, M), zero-padded here to ``C*Ds`` rows
+    """
+    C, K, Ds = np.shape(prototypes)
+    D, M = np.shape(wmat)
+    Wp = np.zeros((C * Ds, M))
+    Wp[:D] = wmat
+    return np.einsum("ckd,cdm->ckm", np.asarray(prototypes, np.float64),
+                     Wp.reshape(C, Ds, M)).astype(np.float32)
+
+
+def lookup_naive(codes, table, bias=None):
+    """``y[n, m] = sum_c T[c, codes[n, c], m] + bias[m]`` in float64, returned as float32.
+
+    Reference for the ``lookup`` kernel (what ``TableLinear.lookup`` and
+    ``TableConv2d`` run), called as ``lookup(codes, table, bias)`` returning
+    ``y``; see :func:`tabconv_np.pairs.lookup_tables`.
+
+    Parameters
+    ----------
+    codes : integer array (N, C), values in [0, K)
+    table : array (C, K, M)
+    bias : array (M,) or None
+    """
+    C = np.shape(table)[0]
+    y = np.asarray(table, np.float64)[np.arange(C)[None, :], np.asarray(codes, np.int64)].sum(1)
+    if bias is not None:
+        y += bias
     return y.astype(np.float32)
+
+
+def kmeanspp_naive(X, x2, first, u):
+    """k-means++ (D^2) seeding: the row indices of ``len(u)`` centres among the rows of ``X``.
+
+    Reference for the ``kmeanspp`` kernel, called as ``kmeanspp(X, x2, first,
+    u)`` returning the indices (:func:`tabconv_np.pairs.kmeanspp_seeds`).
+    Centre 0 is row ``first``; centre ``i >= 1`` is the first row whose
+    running sum of ``mind`` (squared distance to the nearest centre so far)
+    exceeds ``u[i] * sum(mind)``, or row ``floor(u[i] * N)`` when every row
+    sits on a centre.
+
+    Parameters
+    ----------
+    X : array (N, d)
+    x2 : array (N,)
+        ``||X[n]||^2`` (unused here: distances are computed directly).
+    first : int
+    u : array (K,) of uniform draws in [0, 1)
+
+    Returns
+    -------
+    int64 array (K,)
+
+    The kernel computes distances as ``x2[n] - 2<X[n], X[c]> + x2[c]`` from
+    float32 dot products; on other data the two can break near-ties of the
+    sampling differently.
+    """
+    X = np.asarray(X, np.float64)
+    N = len(X)
+    out = np.empty(len(u), np.int64)
+    out[0] = first
+    mind = ((X - X[first]) ** 2).sum(1)
+    for i in range(1, len(u)):
+        total = mind.sum()
+        if total <= 0:
+            c = min(N - 1, int(u[i] * N))
+        else:
+            c = min(N - 1, int(np.searchsorted(np.cumsum(mind), u[i] * total, side="right")))
+        out[i] = c
+        mind = np.minimum(mind, ((X - X[c]) ** 2).sum(1))
+    return out
+
+
+def centroid_sums_naive(X, labels, K):
+    """Per-cluster sums (float64) and counts of the rows of ``X``.
+
+    Reference for the ``centroid_sums`` kernel, called as
+    ``centroid_sums(X, labels, K)`` returning ``(sums, counts)``
+    (:func:`tabconv_np.pairs.centroid_sums`)::
+
+        sums[k] = sum of X[n] over n with labels[n] == k    (float64, (K, d))
+        counts[k] = number of such n                         (int64, (K,))
+    """
+    X = np.asarray(X, np.float64)
+    labels = np.asarray(labels, np.int64)
+    sums = np.zeros((K, X.shape[1]))
+    np.add.at(sums, labels, X)
+    return sums, np.bincount(labels, minlength=K).astype(np.int64)

@@ -44,7 +44,7 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .geometry import ConvGeometry, from_rows
-from .kernels import pq as _k
+from .kernels import pq_kernels as _k
 from .kernels._jit import pick
 from .module import Module
 from .pq import check_codes, code_dtype, encode_rows, subspace_length
@@ -145,7 +145,7 @@ def fit_tables(codes, targets, tables, ridge=1.0, sweeps=3, relu=False, shift=No
                 # no loss where target and prediction are both clipped by the ReLU
                 resid[dead & ((pred + shift <= 0) if shift is not None else (pred <= 0))] = 0
             resid += old
-            _k.centroid_sums[1](resid, cols[c], sums, counts)
+            _k.centroid_sums.serial(resid, cols[c], sums, counts)
             T[c] = ((sums + ridge * T0[c]) / (counts + ridge)[:, None]).astype(np.float32)
             pred += T[c][cols[c]]
             pred -= old
@@ -378,12 +378,12 @@ def warmup():
     T = np.empty((3, 4, 5), np.float32)
     y = np.empty((3, 5), np.float32)
     b = np.zeros(5, np.float32)
-    _k.kmeanspp[1](X, np.einsum("nd,nd->n", X, X), 0, np.zeros(2), np.empty(2, np.int64))
-    _k.centroid_sums[1](X, np.zeros(3, np.int64), np.empty((2, 10)), np.empty(2, np.int64))
-    for par_ser in range(2):
-        _k.build_table[par_ser](P, W, T)
+    _k.kmeanspp.serial(X, np.einsum("nd,nd->n", X, X), 0, np.zeros(2), np.empty(2, np.int64))
+    _k.centroid_sums.serial(X, np.zeros(3, np.int64), np.empty((2, 10)), np.empty(2, np.int64))
+    for build, encode, lookup in zip(_k.build_table, _k.encode, _k.lookup):  # parallel, serial
+        build(P, W, T)
         for dt in (np.uint8, np.uint16):
             codes = np.empty((3, 3), dt)
-            _k.encode[par_ser](X, P, codes)
-            _k.lookup[par_ser](codes, T, b, True, y)
+            encode(X, P, codes)
+            lookup(codes, T, b, True, y)
     return True

@@ -33,7 +33,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tabconv"))
 def warm_conv_jit():
     """Compile or cache-load every conv kernel once per test session."""
     from tabconv_np.functional import conv2d, im2col_rows
-    from tabconv_np.kernels import direct, im2col, mec
+    from tabconv_np.conv.direct import phase_split
+    from tabconv_np.kernels import direct_kernels, im2col_kernels, layout_kernels, mec_kernels
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 4, 6, 5)).astype(np.float32)
@@ -45,23 +46,21 @@ def warm_conv_jit():
         conv2d(xh, w, b, stride=(1, 2), padding=1, groups=2, method=method, layout="NHWC")
     im2col_rows(x, 3, padding=1)
     im2col_rows(xh, 3, padding=1, layout="NHWC")
-    # the parallel variants, which small calls never reach through pick()
+    # both entries of every kernel (small calls never reach the parallel ones through pick)
     rows = np.empty((2 * 6 * 5, 4 * 9), np.float32)
-    for k in im2col.lower_nchw:
-        k(x, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
-    for k in im2col.lower_nhwc:
-        k(xh, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
-    for k in im2col.lower_gijc:
-        k(xh, 2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
-    for k in im2col.lower_nchw_gijc:
-        k(x, 2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)
-    for k in im2col.swap_last2:
-        k(x.reshape(2, 4, 30), np.empty((2, 30, 4), np.float32), 7)
     L = np.empty((2, 2 * 5, 8 * 3 * 2), np.float32)
-    for k in mec.lower_mec:
-        k(xh, 2, 3, 1, 1, 1, 1, 8, 5, L)
     out = np.empty((2, 4, 6, 3), np.float32)
-    xs = direct.phase_split(x, (1, 2), (1, 1, 1, 1), (1, 1), (3, 2), (6, 3))
-    for k in direct.direct_phases:
-        k(xs, w, b, 1, 1, 2, 6, 3, out)
+    xs = phase_split(x, (1, 2), (1, 1, 1, 1), (1, 1), (3, 2), (6, 3))
+    calls = [
+        (im2col_kernels.lower_nchw, (x, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)),
+        (im2col_kernels.lower_nhwc, (xh, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)),
+        (im2col_kernels.lower_gijc, (xh, 2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)),
+        (im2col_kernels.lower_nchw_gijc, (x, 2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 5, rows)),
+        (layout_kernels.swap_last2, (x.reshape(2, 4, 30), np.empty((2, 30, 4), np.float32), 7)),
+        (mec_kernels.lower_mec, (xh, 2, 3, 1, 1, 1, 1, 8, 5, L)),
+        (direct_kernels.direct_phases, (xs, w, b, 1, 1, 2, 6, 3, out)),
+    ]
+    for kernel, args in calls:
+        kernel.parallel(*args)
+        kernel.serial(*args)
     return True

@@ -1,8 +1,12 @@
-"""Convolution: every method against the naive reference, scipy and torch.
+"""Convolution: methods against the naive reference, scipy and torch; kernels, layouts, errors.
 
-Tolerance: a float32 sum of K products has error at most about K*u*sum|terms|
-(u = 2**-24), whatever the summation order, so results are compared
-elementwise within ``TOL_FACTOR * K * 2**-24 * (|x| conv |w| + |b|)``.
+Every method against the naive reference, in both layouts, is
+``tests/test_reference_pairs.py`` (the ``conv2d[...]`` pairs of
+``tabconv_np.pairs``); this file adds the paths those random cases rarely
+reach (chunking, GEMM orientations, 1x1 fast path, ...).  Tolerance: a
+float32 sum of K products has error at most about K*u*sum|terms| (u =
+2**-24), whatever the summation order, so results are compared elementwise
+within ``pairs.TOL_FACTOR * K * 2**-24 * (|x| conv |w| + |b|)``.
 """
 import os
 import subprocess
@@ -15,65 +19,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tabconv_np import functional as F
+from tabconv_np.conv import chunks, direct, im2col
+from tabconv_np.conv.layout import to_nchw, to_nhwc
 from tabconv_np.errors import ConfigError, ShapeError
-from tabconv_np.kernels import direct, im2col, mec
+from tabconv_np.kernels import direct_kernels, im2col_kernels, layout_kernels, mec_kernels
+from tabconv_np.pairs import assert_conv_close, conv_case, conv_error_bound
 from tabconv_np.reference import conv2d_naive
 from tabconv_np.validate import as_pair
 
 pytestmark = pytest.mark.usefixtures("warm_conv_jit")
 
 METHODS = ("im2col", "mec", "direct", "auto")
-TOL_FACTOR = 4.0
 
 
 def _bound(x, w, b, cfg):
     """Elementwise error bound for float32 results of this convolution."""
-    absref = conv2d_naive(np.abs(x), np.abs(w), None if b is None else np.abs(b), **cfg)
-    K = w.shape[1] * w.shape[2] * w.shape[3] + 1
-    return TOL_FACTOR * K * 2.0 ** -24 * absref.astype(np.float64) + 1e-7
-
-
-def assert_conv_close(got, ref, bound, what=""):
-    err = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-    worst = np.max(err - bound) if err.size else 0
-    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
-    assert got.dtype == np.float32, f"{what}: dtype {got.dtype}"
-    assert worst <= 0, f"{what}: error exceeds bound by {worst:.3g}"
+    return conv_error_bound(x, w, b, **cfg)
 
 
 @st.composite
 def conv_cases(draw, max_groups=4, max_hw=11, depthwise=None):
-    """A random valid convolution: arrays plus keyword arguments."""
-    groups = draw(st.integers(1, max_groups))
-    if depthwise is None:
-        depthwise = draw(st.booleans()) and groups > 1
-    Cg = 1 if depthwise else draw(st.integers(1, 4))
-    Cog = draw(st.integers(1, 3))
-    N = draw(st.integers(1, 3))
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    form = draw(st.sampled_from(["int", "pair", "four"]))
-    if form == "int":
-        p = draw(st.integers(0, 3))
-        padding, pads = p, (p, p, p, p)
-    elif form == "pair":
-        ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
-        padding, pads = (ph, pw), (ph, ph, pw, pw)
-    else:
-        pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
-        padding = pads
-    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    H = draw(st.integers(max(1, eh - pads[0] - pads[1]), max(1, eh - pads[0] - pads[1]) + max_hw))
-    W = draw(st.integers(max(1, ew - pads[2] - pads[3]), max(1, ew - pads[2] - pads[3]) + max_hw))
+    """A random valid convolution ``(x, w, b, cfg)`` (:func:`tabconv_np.pairs.conv_case`)."""
     seed = draw(st.integers(0, 2 ** 32 - 1))
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, groups * Cg, H, W)).astype(np.float32)
-    w = rng.standard_normal((groups * Cog, Cg, kh, kw)).astype(np.float32)
-    b = rng.standard_normal(groups * Cog).astype(np.float32) if draw(st.booleans()) else None
-    cfg = dict(stride=(sh, sw) if sh != sw or draw(st.booleans()) else sh,
-               padding=padding, dilation=(dh, dw) if dh != dw else dh, groups=groups)
-    return x, w, b, cfg
+    return conv_case(lambda lo, hi: draw(st.integers(lo, hi)), np.random.default_rng(seed),
+                     max_groups=max_groups, max_hw=max_hw, depthwise=depthwise)
 
 
 def _nhwc(a):
@@ -81,24 +50,6 @@ def _nhwc(a):
 
 
 # ------------------------------------------------------- against the oracle
-@given(conv_cases())
-@settings(max_examples=60)
-def test_every_method_matches_naive(case):
-    x, w, b, cfg = case
-    ref = conv2d_naive(x, w, b, **cfg)
-    bound = _bound(x, w, b, cfg)
-    for method in METHODS:
-        got = F.conv2d(x, w, b, method=method, **cfg)
-        assert_conv_close(got, ref, bound, f"{method} NCHW {cfg}")
-        got_h = F.conv2d(_nhwc(x), w, b, method=method, layout="NHWC", **cfg)
-        assert got_h.shape == (ref.shape[0], ref.shape[2], ref.shape[3], ref.shape[1])
-        assert_conv_close(got_h.transpose(0, 3, 1, 2), ref, bound, f"{method} NHWC {cfg}")
-    # naive through the public API, both layouts
-    np.testing.assert_array_equal(F.conv2d(x, w, b, method="naive", **cfg), ref)
-    np.testing.assert_array_equal(
-        F.conv2d(_nhwc(x), w, b, method="naive", layout="NHWC", **cfg), _nhwc(ref))
-
-
 @given(conv_cases(depthwise=True, max_groups=6))
 @settings(max_examples=30)
 def test_depthwise_matches_naive(case):
@@ -115,8 +66,8 @@ def test_depthwise_matches_naive(case):
 def test_chunking_paths(monkeypatch, chunk_bytes, min_rows, layout, gijc_rows):
     """One image per chunk, several, and the whole batch; both lowerings."""
     monkeypatch.setattr(im2col, "GIJC_MIN_ROWS_PER_OUTPUT", gijc_rows)
-    monkeypatch.setattr(im2col, "CHUNK_BYTES", chunk_bytes)
-    monkeypatch.setattr(im2col, "MIN_CHUNK_ROWS", min_rows)
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(chunks, "MIN_CHUNK_ROWS", min_rows)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 6, 9, 7)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
@@ -253,9 +204,10 @@ def test_same_padding_matches_torch(kernel_size, dilation):
 
 
 # ------------------------------------------------ serial vs parallel kernels
-def _pair_outputs(pair, args, out_index):
+def _pair_outputs(kernel, args, out_index):
+    """``args[out_index]`` as written by ``kernel.parallel`` and by ``kernel.serial``."""
     outs = []
-    for fn in pair:
+    for fn in (kernel.parallel, kernel.serial):
         a = list(args)
         a[out_index] = np.full_like(a[out_index], np.nan)
         fn(*a)
@@ -276,30 +228,30 @@ def test_serial_and_parallel_kernels_agree_bitwise(shape, k, s, p, d):
     xh = _nhwc(x)
     rows = np.empty((N * Ho * Wo, C * kh * kw), np.float32)
     args = (x, kh, kw, s[0], s[1], p[0], p[1], d[0], d[1], Ho, Wo, rows)
-    a, b = _pair_outputs(im2col.lower_nchw, args, 11)
+    a, b = _pair_outputs(im2col_kernels.lower_nchw, args, 11)
     assert np.array_equal(a, b)
     args = (xh,) + args[1:]
-    c, e = _pair_outputs(im2col.lower_nhwc, args, 11)
+    c, e = _pair_outputs(im2col_kernels.lower_nhwc, args, 11)
     assert np.array_equal(c, e) and np.array_equal(a, c)
 
     for G in (1, C):
-        a, b = _pair_outputs(im2col.lower_gijc, (xh, G) + args[1:], 12)
+        a, b = _pair_outputs(im2col_kernels.lower_gijc, (xh, G) + args[1:], 12)
         assert np.array_equal(a, b)
-        a2, b2 = _pair_outputs(im2col.lower_nchw_gijc, (x, G) + args[1:], 12)
+        a2, b2 = _pair_outputs(im2col_kernels.lower_nchw_gijc, (x, G) + args[1:], 12)
         assert np.array_equal(a2, b2) and np.array_equal(a, a2)
         # the same matrix as the (C, kh, kw) rows, columns permuted
         perm = np.arange(C * kh * kw).reshape(G, C // G, kh, kw).transpose(0, 2, 3, 1).ravel()
         assert np.array_equal(a, c[:, perm])
     x3 = x.reshape(N, C, H * W)
-    a, b = _pair_outputs(im2col.swap_last2, (x3, np.empty((N, H * W, C), np.float32), 7), 1)
+    a, b = _pair_outputs(layout_kernels.swap_last2, (x3, np.empty((N, H * W, C), np.float32), 7), 1)
     assert np.array_equal(a, b) and np.array_equal(a, xh.reshape(N, H * W, C))
-    np.testing.assert_array_equal(im2col.to_nhwc(x), xh)
-    np.testing.assert_array_equal(im2col.to_nchw(xh), x)
+    np.testing.assert_array_equal(to_nhwc(x), xh)
+    np.testing.assert_array_equal(to_nchw(xh), x)
 
     Hu = (Ho - 1) * s[0] + (kh - 1) * d[0] + 1
     for G in (1, C):
         L = np.empty((G, N * Wo, Hu * kw * (C // G)), np.float32)
-        a, b = _pair_outputs(mec.lower_mec, (xh, G, kw, s[1], p[0], p[1], d[1], Hu, Wo, L), 9)
+        a, b = _pair_outputs(mec_kernels.lower_mec, (xh, G, kw, s[1], p[0], p[1], d[1], Hu, Wo, L), 9)
         assert np.array_equal(a, b)
 
     for groups in (1, C):
@@ -307,7 +259,7 @@ def test_serial_and_parallel_kernels_agree_bitwise(shape, k, s, p, d):
         bias = rng.standard_normal(2 * groups).astype(np.float32)
         out = np.empty((N, 2 * groups, Ho, Wo), np.float32)
         xs = direct.phase_split(x, s, (p[0], p[0], p[1], p[1]), d, k, (Ho, Wo))
-        a, b = _pair_outputs(direct.direct_phases, (xs, w, bias, d[0], d[1], groups, Ho, Wo, out), 8)
+        a, b = _pair_outputs(direct_kernels.direct_phases, (xs, w, bias, d[0], d[1], groups, Ho, Wo, out), 8)
         assert np.array_equal(a, b)
 
 

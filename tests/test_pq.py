@@ -1,4 +1,9 @@
-"""Product quantization: k-means, encoding, decoding, the PQ kernels against their references."""
+"""Product quantization: k-means, encoding, decoding; the PQ kernels serial vs parallel, and
+tables and lookups against decode-then-multiply.
+
+Encoding, table building and lookups against their references are the ``encode``,
+``build_table`` and ``lookup`` pairs of tests/test_reference_pairs.py.
+"""
 import warnings
 
 import numpy as np
@@ -7,52 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tabconv_np.errors import ConfigError, ShapeError
-from tabconv_np.kernels import pq as K
+from tabconv_np.kernels import pq_kernels as K
 from tabconv_np.pq import ProductQuantizer, check_codes, code_dtype, kmeans, subspace_length
+from tabconv_np.reference import build_table_naive, lookup_naive
 
 
 @pytest.fixture(scope="module", autouse=True)
 def warm():
     from tabconv_np.tables import warmup
     warmup()
-
-
-def _dist64(X, P):
-    """Exact squared distances (N, C, K) in float64, X zero-padded to C*Ds columns."""
-    C, _, Ds = P.shape
-    Xp = K.pad_columns(np.asarray(X, np.float64), C, Ds)
-    return ((Xp[:, :, None, :] - np.asarray(P, np.float64)[None]) ** 2).sum(-1)
-
-
-shapes = st.tuples(st.integers(1, 70), st.integers(1, 40), st.integers(1, 6), st.integers(1, 40))
-
-
-@given(shapes, st.integers(0, 2**31 - 1), st.booleans())
-@settings(max_examples=40)
-def test_encode_is_brute_force_argmin(shape, seed, duplicate):
-    N, D, C, Kp = shape
-    C = min(C, D)
-    Ds = subspace_length(D, C)
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((N, D)).astype(np.float32)
-    P = rng.standard_normal((C, Kp, Ds)).astype(np.float32)
-    if duplicate and Kp > 1:
-        P[:, -1] = P[:, 0]                           # exact ties: the first index must win
-    for dt in (np.uint8, np.uint16):
-        codes = np.empty((N, C), dt)
-        K.encode[1](X, P, codes)
-        ref = K.encode_naive(X, P)
-        d = _dist64(X, P)
-        n, c = np.indices((N, C))
-        got, best = d[n, c, codes.astype(np.int64)], d[n, c, ref]
-        # the chosen prototype is a nearest one up to float32 rounding of the scores
-        assert np.all(got <= best + 1e-4 * (1 + best)), "encoding is not the nearest prototype"
-        # and it is the same index wherever the nearest is clearly unique
-        srt = np.sort(d, axis=2)
-        clear = (srt[..., 1] - srt[..., 0] > 1e-3 * (1 + srt[..., 0])) if Kp > 1 else np.ones((N, C), bool)
-        assert np.array_equal(codes.astype(np.int64)[clear], ref[clear])
-        if duplicate and Kp > 1:
-            assert not np.any(codes == Kp - 1)
 
 
 @given(st.integers(1, 300), st.integers(1, 50), st.integers(1, 9), st.integers(1, 300),
@@ -67,16 +35,21 @@ def test_serial_and_parallel_kernels_agree_bitwise(N, D, C, Kp, M, seed):
     W = rng.standard_normal((D, M)).astype(np.float32)
     b = rng.standard_normal(M).astype(np.float32)
     dt = code_dtype(Kp)
-    codes = [np.empty((N, C), dt) for _ in range(2)]
-    tables = [np.empty((C, Kp, M), np.float32) for _ in range(2)]
-    ys = [np.empty((N, M), np.float32) for _ in range(2)]
-    for i in range(2):                               # 0: parallel, 1: serial
-        K.encode[i](X, P, codes[i])
-        K.build_table[i](P, W, tables[i])
-        K.lookup[i](codes[0], tables[0], b, True, ys[i])
-    assert np.array_equal(codes[0], codes[1])
-    assert np.array_equal(tables[0].view(np.uint32), tables[1].view(np.uint32))
-    assert np.array_equal(ys[0].view(np.uint32), ys[1].view(np.uint32))
+    out = {}
+    for entry in ("parallel", "serial"):
+        codes = np.empty((N, C), dt)
+        table = np.empty((C, Kp, M), np.float32)
+        getattr(K.encode, entry)(X, P, codes)
+        getattr(K.build_table, entry)(P, W, table)
+        out[entry] = codes, table
+    (codes, table), (codes_s, table_s) = out["parallel"], out["serial"]
+    assert np.array_equal(codes, codes_s)
+    assert np.array_equal(table.view(np.uint32), table_s.view(np.uint32))
+    # lookups of the same codes and table
+    y, y_s = np.empty((N, M), np.float32), np.empty((N, M), np.float32)
+    K.lookup.parallel(codes, table, b, True, y)
+    K.lookup.serial(codes, table, b, True, y_s)
+    assert np.array_equal(y.view(np.uint32), y_s.view(np.uint32))
 
 
 @given(st.integers(1, 60), st.integers(1, 40), st.integers(1, 8), st.integers(2, 40),
@@ -94,15 +67,15 @@ def test_lookup_equals_decode_then_multiply(N, D, C, Kp, M, bias, seed):
     b = rng.standard_normal(M).astype(np.float32) if bias else None
     codes = pq.encode(X[:N])
     T = np.empty((pq.C, pq.K, M), np.float32)
-    K.build_table[1](pq.prototypes, W, T)
-    assert np.allclose(T, K.build_table_naive(pq.prototypes, W), rtol=1e-5, atol=1e-5)
+    K.build_table.serial(pq.prototypes, W, T)
+    assert np.allclose(T, build_table_naive(pq.prototypes, W), rtol=1e-5, atol=1e-5)
     y = np.empty((N, M), np.float32)
-    K.lookup[1](codes, T, b if bias else np.zeros(0, np.float32), bias, y)
+    K.lookup.serial(codes, T, b if bias else np.zeros(0, np.float32), bias, y)
     ref = pq.decode(codes).astype(np.float64) @ W + (0 if b is None else b)
     # float32 sums of D products: compare against the float64 result with a summation bound
     scale = np.abs(pq.decode(codes)).astype(np.float64) @ np.abs(W) + (0 if b is None else np.abs(b))
     assert np.all(np.abs(y - ref) <= 4 * (D + C + 1) * 2.0**-24 * scale + 1e-6)
-    assert np.allclose(y, K.lookup_naive(codes, T, b), rtol=1e-5, atol=1e-5)
+    assert np.allclose(y, lookup_naive(codes, T, b), rtol=1e-5, atol=1e-5)
 
 
 def test_fit_is_deterministic_and_seed_dependent():

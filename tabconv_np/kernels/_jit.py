@@ -1,10 +1,12 @@
 """How every kernel is compiled.
 
-``kernel(fn)`` returns a pair ``(parallel, serial)`` of jitted versions of one
-Python function written with ``prange``: the parallel one threads the
-outermost ``prange`` loop, the serial one runs it as a plain ``range``.  Both
-compute each output element with the same sequence of operations, so they
-agree bitwise.
+``kernel(fn)`` returns a :class:`Kernel`, the named pair ``(parallel,
+serial)`` of jitted versions of one Python function written with ``prange``:
+``.parallel`` threads the outermost ``prange`` loop, ``.serial`` runs it as a
+plain ``range``.  Both compute each output element with the same sequence of
+operations, so they agree bitwise.  ``k.pick(work)`` (or ``pick(k, work)``)
+chooses between them by the amount of work; ``for fn in k`` visits both
+(warm-up code).
 
 Compilation is lazy (no signatures), so importing a kernel module compiles
 nothing.  Compiled code is cached on disk (``cache=True``) unless the
@@ -13,6 +15,7 @@ than ``0``.
 """
 import os
 import types
+from typing import Callable, NamedTuple
 
 # Numba's "omp" threading layer is GNU libgomp, whose idle workers busy-wait
 # for 300,000 spins after every parallel region.  The convolution drivers
@@ -71,13 +74,27 @@ def _renamed(fn, suffix):
     return g
 
 
+class Kernel(NamedTuple):
+    """The two compiled entries of one kernel function (see the module docstring)."""
+
+    #: Threads the outermost ``prange`` loop.
+    parallel: Callable
+    #: The same code with ``prange`` run as ``range``; bitwise equal results.
+    serial: Callable
+
+    def pick(self, work):
+        """:attr:`parallel` when ``work`` is large enough and threads are on, else :attr:`serial`."""
+        if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
+            return self.parallel
+        return self.serial
+
+
 def kernel(fn):
-    """Compile ``fn`` twice: ``(parallel, serial)``; see the module docstring."""
+    """Compile ``fn`` twice, as a :class:`Kernel`; see the module docstring."""
     par = numba.njit(parallel=True, cache=CACHE, nogil=True)(fn)
     ser = numba.njit(parallel=False, cache=CACHE, nogil=True)(_renamed(fn, "__serial"))
-    return par, ser
+    return Kernel(par, ser)
 
 
-def pick(pair, work):
-    """The parallel kernel of ``pair`` when ``work`` is large enough, else the serial one."""
-    return pair[0] if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1 else pair[1]
+#: ``pick(kernel, work)`` is ``kernel.pick(work)``.
+pick = Kernel.pick

@@ -1,4 +1,4 @@
-"""Direct convolution: reordered loops, no lowering buffer.
+"""Direct convolution driver: reordered loops, no lowering buffer.
 
 The textbook loop nest is ``for n, o, p, q: for c, i, j: y += w * x``: the
 innermost loops jump between channels and rows and cannot be vectorised.
@@ -33,64 +33,19 @@ the method of choice for depthwise and small-group convolutions, where GEMMs
 would be tiny.  Each element's sum runs in the same order (bias, then taps in
 ``(c, i, j)`` order) whatever the thread count, so the parallel and serial
 kernels agree bitwise.
+
+The loop nest is :mod:`tabconv_np.kernels.direct_kernels`; this module
+builds its phase-split input (:func:`phase_split`) and converts layouts.
+Nothing here validates (see :mod:`tabconv_np.conv`).
 """
 import numpy as np
-from numba import prange
 
-from ._jit import kernel, pick
-from .im2col import to_nchw, to_nhwc
-
-
-def _direct_phases(xs, weight, bias, dh, dw, groups, Ho, Wo, out):
-    """Direct convolution on a phase-split padded input.
-
-    Parameters
-    ----------
-    xs : float32 C-contiguous array (N, C, sh, sw, Hq, Wq)
-        ``xs[n, c, rh, rw, a, b] = xpad[n, c, a*sh + rh, b*sw + rw]`` (zero
-        beyond the padded input).
-    weight : float32 array (C_out, C/groups, kh, kw)
-    bias : float32 array (C_out,) (zeros for no bias)
-    dh, dw : int
-        Dilation.
-    groups, Ho, Wo : int
-    out : float32 array (N, C_out, Ho, Wo), written
-    """
-    N, C, sh, sw, Hq, Wq = xs.shape
-    C_out, Cg, kh, kw = weight.shape
-    Cog = C_out // groups
-    L = (Ho - 1) * Wq + Wo
-    plane = Hq * Wq
-    xflat = xs.reshape(N, C, sh * sw * plane)
-    for t in prange(N * C_out):
-        n = t // C_out
-        o = t - n * C_out
-        c0 = (o // Cog) * Cg
-        acc = np.empty(L, np.float32)
-        acc[:] = bias[o]
-        for c in range(Cg):
-            xc = xflat[n, c0 + c]
-            wc = weight[o, c]
-            for i in range(kh):
-                rh = (i * dh) % sh
-                ai = (i * dh) // sh
-                for j in range(kw):
-                    # phase (rh, rw), then row ai and column bj inside it
-                    b0 = (rh * sw + (j * dw) % sw) * plane + ai * Wq + (j * dw) // sw
-                    wv = wc[i, j]
-                    xf = xc[b0:b0 + L]
-                    for q in range(L):             # contiguous, vectorised
-                        acc[q] += wv * xf[q]
-        for p in range(Ho):
-            out[n, o, p, :] = acc[p * Wq:p * Wq + Wo]
-    return out
-
-
-direct_phases = kernel(_direct_phases)
+from ..kernels.direct_kernels import direct_phases
+from .layout import to_nchw, to_nhwc
 
 
 def phase_split(x, stride, padding, dilation, kernel_hw, out_hw):
-    """Padded, phase-split copy of an NCHW batch for :func:`_direct_phases`.
+    """Padded, phase-split copy of an NCHW batch for ``direct_phases``.
 
     Parameters
     ----------
@@ -154,7 +109,7 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, layout, ou
     out = np.empty((N, C_out, Ho, Wo), np.float32)
     xs = phase_split(x, tuple(stride), tuple(padding), dilation, (kh, kw), out_hw)
     work = N * C_out * Ho * Wo * Cg * kh * kw
-    pick(direct_phases, work)(xs, weight, bias, dilation[0], dilation[1], groups, Ho, Wo, out)
+    direct_phases.pick(work)(xs, weight, bias, dilation[0], dilation[1], groups, Ho, Wo, out)
     if layout == "NHWC":
         out = to_nhwc(out)
     return out

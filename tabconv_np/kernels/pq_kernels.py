@@ -1,6 +1,7 @@
 """Product-quantization kernels: encoding, table construction, lookup-accumulate.
 
-One kernel per job (``(parallel, serial)`` pairs from ``_jit.kernel``):
+One kernel per job (each a :class:`~tabconv_np.kernels._jit.Kernel`, with
+``.parallel`` and ``.serial`` entries):
 
 * :data:`encode` -- exhaustive nearest prototype of every row in every subspace;
 * :data:`build_table` -- ``T[c, k, m] = <prototype(c, k), weight column m on subspace c>``;
@@ -18,8 +19,8 @@ caller's job (:mod:`tabconv_np.pq`, :mod:`tabconv_np.tables`).  Every output
 element is computed by one thread with a fixed sequence of float32
 operations, so the serial and the parallel kernel agree bitwise.
 
-The ``*_naive`` functions are the plain NumPy versions of the same maths, for
-tests and for reading.
+The plain NumPy versions of the same maths, for tests and for reading, are
+in :mod:`tabconv_np.reference`.
 """
 import numpy as np
 from numba import prange
@@ -303,49 +304,3 @@ build_table = kernel(_build_table)
 lookup = kernel(_lookup)
 kmeanspp = kernel(_kmeanspp)
 centroid_sums = kernel(_centroid_sums)
-
-
-# --------------------------------------------------------------- references
-def pad_columns(X, C, Ds):
-    """``X`` (N, D) with zero columns appended up to ``C*Ds`` columns, as (N, C, Ds)."""
-    N, D = X.shape
-    Xp = np.zeros((N, C * Ds), X.dtype)
-    Xp[:, :D] = X
-    return Xp.reshape(N, C, Ds)
-
-
-def encode_naive(X, P):
-    """Brute-force nearest prototype in float64: ``argmin_k ||x_c - P[c, k]||^2``.
-
-    Parameters
-    ----------
-    X : array (N, D)
-    P : array (C, K, Ds)
-
-    Returns
-    -------
-    int64 array (N, C)
-    """
-    C, K, Ds = P.shape
-    Xp = pad_columns(np.asarray(X, np.float64), C, Ds)          # (N, C, Ds)
-    # dist[n, c, k] = sum_d (Xp[n, c, d] - P[c, k, d])**2
-    dist = ((Xp[:, :, None, :] - np.asarray(P, np.float64)[None]) ** 2).sum(-1)
-    return dist.argmin(-1)
-
-
-def build_table_naive(P, W):
-    """``T[c, k, m] = sum_d P[c, k, d] * Wpad[c*Ds + d, m]`` in float64, returned as float32."""
-    C, K, Ds = P.shape
-    D, M = W.shape
-    Wp = np.zeros((C * Ds, M))
-    Wp[:D] = W
-    return np.einsum("ckd,cdm->ckm", np.asarray(P, np.float64), Wp.reshape(C, Ds, M)).astype(np.float32)
-
-
-def lookup_naive(codes, T, bias=None):
-    """``y[n, m] = sum_c T[c, codes[n, c], m] + bias[m]`` in float64, returned as float32."""
-    C = T.shape[0]
-    y = np.asarray(T, np.float64)[np.arange(C)[None, :], np.asarray(codes, np.int64)].sum(1)
-    if bias is not None:
-        y += bias
-    return y.astype(np.float32)

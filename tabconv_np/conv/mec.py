@@ -1,4 +1,4 @@
-"""MEC: memory-efficient convolution (Cho & Brand, ICML 2017), NHWC.
+"""MEC convolution driver: memory-efficient convolution (Cho & Brand, ICML 2017), NHWC.
 
 Instead of one lowered row per output position (im2col, ``Ho*Wo`` rows of
 ``kh*kw*C`` per image), MEC lowers one row per output *column* ``w``: the
@@ -17,63 +17,16 @@ vertical strip of width ``kw`` under it, over the whole padded height::
 ``Y`` is ``(Ho, N*Wo, C_out)`` ("HNWC"), transposed to the caller's layout at
 the end.  The workspace is ``N*Wo*Hu*kw*C`` floats against im2col's
 ``N*Ho*Wo*kh*kw*C``: about ``kh/sh`` times smaller.  The batch goes in
-chunks of images (``im2col.CHUNK_BYTES`` of ``L``).  With groups, each group
+chunks of images (``chunks.CHUNK_BYTES`` of ``L``).  With groups, each group
 has its own ``L`` (its channels are not contiguous in a shared ``L``'s
-columns); one kernel call lowers them all.
+columns); one kernel call (:mod:`tabconv_np.kernels.mec_kernels`) lowers
+them all.  Nothing here validates (see :mod:`tabconv_np.conv`).
 """
 import numpy as np
-from numba import prange
 
-from . import im2col as _im2col
-from ._jit import kernel, pick
-from .im2col import run_chunks, to_nhwc, weight_ijc
-
-
-def _lower_mec(x, G, kw, sw, pt, pl, dw, Hu, Wo, out):
-    """MEC lowering of an NHWC batch, one matrix per group.
-
-    Parameters
-    ----------
-    x : float32 array (N, H, W, C)
-    G : int
-        Groups; group ``g`` holds channels ``[g*Cg, (g+1)*Cg)``.
-    kw, sw, pt, pl, dw : int
-        Kernel width, horizontal stride, top/left padding, horizontal dilation.
-    Hu, Wo : int
-        Padded rows used and output width.
-    out : float32 array (G, N*Wo, Hu*kw*Cg), written::
-
-        out[g, n*Wo + w, (h*kw + j)*Cg + c] = xpad[n, h, w*sw + j*dw, g*Cg + c]
-
-    Notes
-    -----
-    Parallel over the rows ``n*Wo + w`` (all groups in one region); copies
-    run along ``c`` through views indexed from 0, so they vectorise.
-    """
-    N, H, W, C = x.shape
-    Cg = C // G
-    for t in prange(N * Wo):
-        n = t // Wo
-        w = t - n * Wo
-        for g in range(G):
-            orow = out[g, t]
-            c0 = g * Cg
-            for h in range(Hu):
-                ih = h - pt
-                for j in range(kw):
-                    iw = w * sw + j * dw - pl
-                    base = (h * kw + j) * Cg
-                    dst = orow[base:base + Cg]
-                    if ih < 0 or ih >= H or iw < 0 or iw >= W:
-                        dst[:] = 0.0
-                    else:
-                        src = x[n, ih, iw, c0:c0 + Cg]
-                        for c in range(Cg):
-                            dst[c] = src[c]
-    return out
-
-
-lower_mec = kernel(_lower_mec)
+from ..kernels.mec_kernels import lower_mec
+from .chunks import images_per_chunk, run_chunks
+from .layout import to_nhwc, weight_ijc
 
 
 def conv2d_mec(x, weight, bias, stride, padding, dilation, groups, layout, out_hw):
@@ -115,7 +68,7 @@ def conv2d_mec(x, weight, bias, stride, padding, dilation, groups, layout, out_h
     Y = np.empty((Ho, N * Wo, C_out), np.float32)
     row = Hu * kw * Cg                                  # floats per L row, per group
     # images per chunk: keep L near CHUNK_BYTES
-    nb = _im2col.images_per_chunk(N, G * Wo * row * 4)
+    nb = images_per_chunk(N, G * Wo * row * 4)
     itm = 4
 
     def make_buffers():
@@ -126,7 +79,7 @@ def conv2d_mec(x, weight, bias, stride, padding, dilation, groups, layout, out_h
         n1 = min(N, n0 + nb)
         R = (n1 - n0) * Wo
         Lc = L[:, :R]
-        lowk = pick(lower_mec, Lc.size)
+        lowk = lower_mec.pick(Lc.size)
         lowk(xv[n0:n1], G, kw, sw, pt, pl, dw, Hu, Wo, Lc)
         for g in range(G):
             Lg = Lc[g]

@@ -1,0 +1,313 @@
+"""The registry of (fast, reference) pairs: every fast function and its readable oracle.
+
+:data:`PAIRS` lists, for each fast function of the package, the reference in
+:mod:`tabconv_np.reference` that checks it (called with the same arguments),
+a generator of valid inputs and the agreement check with its tolerance.
+``tests/test_reference_pairs.py`` runs every pair under Hypothesis; every
+later engine (a new convolution method, a new encoder, ...) adds its pair
+here and is tested with no new test code.
+
+Input generators are ``inputs(draw, rng) -> (args, kwargs)``: ``draw(lo, hi)``
+returns an int in ``[lo, hi]`` (the tests pass Hypothesis draws, so that a
+failing case shrinks; :func:`random_draw` makes one from a NumPy generator)
+and ``rng`` is a :class:`numpy.random.Generator` for array contents.  The
+package does not depend on Hypothesis.
+
+Tolerances (``u = 2**-24``, float32 rounding): a float32 sum of ``K``
+products has error at most about ``K*u*sum|terms|`` whatever the summation
+order, so the float32 results are compared elementwise within
+``TOL_FACTOR * K * u * (the same computation on absolute values)``; copies,
+integer results and float64 sums done in the same order are compared
+exactly.  Each pair's ``tolerance`` says which applies.
+"""
+from functools import partial
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from . import functional as F
+from . import reference as R
+from .kernels import pq_kernels as _pq
+from .pq import code_dtype, encode_rows, subspace_length
+from .tables import table_from_weights
+
+#: Slack on the ``K*u`` rounding-error bounds.
+TOL_FACTOR = 4.0
+U = 2.0 ** -24
+
+
+class Pair(NamedTuple):
+    """One fast function and the reference that checks it."""
+
+    #: Short unique name (the test id).
+    name: str
+    #: The fast function, called as ``fast(*args, **kwargs)``.
+    fast: Callable
+    #: The reference, called with the same arguments.
+    reference: Callable
+    #: ``inputs(draw, rng) -> (args, kwargs)``: a random valid input.
+    inputs: Callable
+    #: ``check(got, want, args, kwargs)``: raises AssertionError when they disagree.
+    check: Callable
+    #: The agreement ``check`` asserts, in words.
+    tolerance: str
+
+
+def random_draw(rng):
+    """A ``draw(lo, hi)`` for :attr:`Pair.inputs` taking integers from ``rng``."""
+    return lambda lo, hi: int(rng.integers(lo, hi + 1))
+
+
+def run(pair, draw, rng):
+    """Generate one input, call both sides and check them; returns ``(args, kwargs)``."""
+    args, kwargs = pair.inputs(draw, rng)
+    got = pair.fast(*args, **kwargs)
+    want = pair.reference(*args, **kwargs)
+    pair.check(got, want, args, kwargs)
+    return args, kwargs
+
+
+def _assert_within(got, want, bound, what):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert got.dtype == np.float32, f"{what}: dtype {got.dtype}, expected float32"
+    err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    worst = np.max(err - bound) if err.size else 0
+    assert worst <= 0, f"{what}: error exceeds the bound by {worst:.3g}"
+
+
+def _assert_equal(got, want, what):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    assert np.array_equal(got, want), f"{what}: values differ"
+
+
+# ------------------------------------------------------------- convolution
+def conv_case(draw, rng, max_groups=4, max_hw=11, depthwise=None, string_padding=False):
+    """A random valid convolution ``(x, weight, bias, cfg)``, x NCHW float32.
+
+    ``cfg`` holds ``stride``, ``padding``, ``dilation``, ``groups`` in the
+    forms :func:`~tabconv_np.functional.conv2d` accepts (ints or pairs;
+    padding as int, pair or 4-tuple, and with ``string_padding`` also
+    ``"valid"``, or ``"same"`` when the stride is 1).  ``depthwise`` None:
+    drawn.
+    """
+    groups = draw(1, max_groups)
+    if depthwise is None:
+        depthwise = bool(draw(0, 1)) and groups > 1
+    Cg = 1 if depthwise else draw(1, 4)
+    Cog = draw(1, 3)
+    N = draw(1, 3)
+    kh, kw = draw(1, 4), draw(1, 4)
+    sh, sw = draw(1, 3), draw(1, 3)
+    dh, dw = draw(1, 3), draw(1, 3)
+    forms = ["int", "pair", "four"] + (["valid", "same"] if string_padding else [])
+    form = forms[draw(0, len(forms) - 1)]
+    if form == "same" and (sh, sw) != (1, 1):
+        form = "valid"
+    if form == "int":
+        p = draw(0, 3)
+        padding, pads = p, (p, p, p, p)
+    elif form == "pair":
+        ph, pw = draw(0, 3), draw(0, 3)
+        padding, pads = (ph, pw), (ph, ph, pw, pw)
+    elif form == "four":
+        pads = tuple(draw(0, 3) for _ in range(4))
+        padding = pads
+    else:
+        padding = form
+        pads = F.normalize_padding(form, (kh, kw), (dh, dw))
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    H0 = max(1, eh - pads[0] - pads[1])
+    W0 = max(1, ew - pads[2] - pads[3])
+    H, W = draw(H0, H0 + max_hw), draw(W0, W0 + max_hw)
+    x = rng.standard_normal((N, groups * Cg, H, W)).astype(np.float32)
+    w = rng.standard_normal((groups * Cog, Cg, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(groups * Cog).astype(np.float32) if draw(0, 1) else None
+    cfg = dict(stride=(sh, sw) if sh != sw or draw(0, 1) else sh,
+               padding=padding, dilation=(dh, dw) if dh != dw else dh, groups=groups)
+    return x, w, b, cfg
+
+
+def _nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def _conv_inputs(draw, rng):
+    x, w, b, cfg = conv_case(draw, rng, string_padding=True)
+    layout = ("NCHW", "NHWC")[draw(0, 1)]
+    return (x if layout == "NCHW" else _nhwc(x), w, b), dict(cfg, layout=layout)
+
+
+def conv_error_bound(x, weight, bias=None, **kwargs):
+    """Elementwise bound on the float32 error of ``conv2d(x, weight, bias, **kwargs)``:
+    ``TOL_FACTOR * K * u * (|x| conv |w| + |b|) + 1e-7`` with ``K = C/groups*kh*kw + 1``."""
+    absref = R.conv2d_naive(np.abs(x), np.abs(weight), None if bias is None else np.abs(bias),
+                            **kwargs)
+    K = weight.shape[1] * weight.shape[2] * weight.shape[3] + 1
+    return TOL_FACTOR * K * U * absref.astype(np.float64) + 1e-7
+
+
+def assert_conv_close(got, want, bound, what=""):
+    """``got`` is float32, of ``want``'s shape, and within ``bound`` of it elementwise."""
+    _assert_within(got, want, bound, what)
+
+
+def _check_conv(got, want, args, kwargs):
+    assert_conv_close(got, want, conv_error_bound(*args, **kwargs), f"conv2d {kwargs}")
+
+
+def _check_exact(got, want, args, kwargs):
+    _assert_equal(got, want, "result")
+
+
+def _im2col_inputs(draw, rng):
+    x, w, _, cfg = conv_case(draw, rng, max_groups=1, string_padding=True)
+    layout = ("NCHW", "NHWC")[draw(0, 1)]
+    return ((x if layout == "NCHW" else _nhwc(x), w.shape[2:], cfg["stride"], cfg["padding"],
+             cfg["dilation"], layout), {})
+
+
+def _check_im2col(got, want, args, kwargs):
+    assert got[1] == want[1], f"output size {got[1]} != {want[1]}"
+    _assert_equal(got[0], want[0], "rows")
+
+
+# ------------------------------------------------- product quantization
+def _pq_shape(draw, max_n=70, max_d=40, max_c=6):
+    N, D = draw(1, max_n), draw(1, max_d)
+    C = draw(1, min(max_c, D))
+    return N, D, C, subspace_length(D, C)
+
+
+def _encode_inputs(draw, rng):
+    N, D, C, Ds = _pq_shape(draw)
+    K = draw(257, 300) if draw(0, 3) == 0 else draw(1, 40)      # uint16 and uint8 codes
+    X = rng.standard_normal((N, D)).astype(np.float32)
+    P = rng.standard_normal((C, K, Ds)).astype(np.float32)
+    for _ in range(draw(0, 2)):                                   # exact ties: first index wins
+        P[:, draw(0, K - 1)] = P[:, draw(0, K - 1)]
+    return (X, P), {}
+
+
+def _check_encode(got, want, args, kwargs):
+    X, P = args
+    C, K, _ = P.shape
+    assert got.shape == want.shape, f"codes shape {got.shape} != {want.shape}"
+    assert got.dtype == code_dtype(K), f"codes dtype {got.dtype}"
+    assert not got.size or int(got.max()) < K, f"codes out of range [0, {K})"
+    d = R.subspace_distances(X, P)
+    n, c = np.indices(got.shape)
+    chosen, best = d[n, c, got.astype(np.int64)], d[n, c, want]
+    # a nearest prototype up to float32 rounding of the scores ...
+    assert np.all(chosen <= best + 1e-4 * (1 + best)), "a code is not a nearest prototype"
+    # ... the same index wherever the nearest is clearly unique ...
+    srt = np.sort(d, axis=2)
+    clear = (srt[..., 1] - srt[..., 0] > 1e-3 * (1 + srt[..., 0])) if K > 1 else np.ones(got.shape, bool)
+    assert np.array_equal(got.astype(np.int64)[clear], want[clear]), "codes differ"
+    # ... and never a prototype equal to an earlier one of its subspace
+    same = np.all(P[:, :, None, :] == P[:, None, :, :], axis=-1)         # (C, K, K)
+    repeat = np.tril(same, -1).any(axis=2)                               # (C, K)
+    assert not repeat[c, got.astype(np.int64)].any(), "a tie did not go to the first prototype"
+
+
+def _table_inputs(draw, rng):
+    _, D, C, Ds = _pq_shape(draw)
+    K, M = draw(1, 40), draw(1, 20)
+    P = rng.standard_normal((C, K, Ds)).astype(np.float32)
+    W = rng.standard_normal((D, M)).astype(np.float32)
+    return (P, W), {}
+
+
+def _check_table(got, want, args, kwargs):
+    P, W = args
+    bound = TOL_FACTOR * (P.shape[2] + 1) * U * R.build_table_naive(np.abs(P), np.abs(W))
+    _assert_within(got, want, bound.astype(np.float64), "table")
+
+
+def lookup_tables(codes, table, bias=None):
+    """The ``lookup`` kernel as a function: ``y[n, m] = sum_c table[c, codes[n, c], m] + bias[m]``.
+
+    Codes must be in range (not checked); ``table`` float32 C-contiguous.
+    """
+    N, M = codes.shape[0], table.shape[2]
+    out = np.empty((N, M), np.float32)
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(0, np.float32)
+    _pq.lookup.pick(N * M * table.shape[0])(codes, table, b, has_bias, out)
+    return out
+
+
+def _lookup_inputs(draw, rng):
+    N, C, K, M = draw(1, 60), draw(1, 8), draw(1, 300), draw(1, 12)
+    codes = rng.integers(0, K, (N, C)).astype(code_dtype(K))
+    T = rng.standard_normal((C, K, M)).astype(np.float32)
+    bias = rng.standard_normal(M).astype(np.float32) if draw(0, 1) else None
+    return (codes, T, bias), {}
+
+
+def _check_lookup(got, want, args, kwargs):
+    codes, T, bias = args
+    absref = R.lookup_naive(codes, np.abs(T), None if bias is None else np.abs(bias))
+    bound = TOL_FACTOR * (T.shape[0] + 1) * U * absref.astype(np.float64)
+    _assert_within(got, want, bound, "lookup")
+
+
+def kmeanspp_seeds(X, x2, first, u):
+    """The ``kmeanspp`` kernel as a function: row indices (int64, ``len(u)``) of the centres."""
+    out = np.empty(len(u), np.int64)
+    _pq.kmeanspp.serial(X, x2, first, u, out)        # sequential: no parallel entry to pick
+    return out
+
+
+def _kmeanspp_inputs(draw, rng):
+    N, d, K = draw(1, 60), draw(1, 6), draw(1, 12)
+    # small integers: every distance and running sum is exact on both sides
+    X = rng.integers(-3, 4, (N, d)).astype(np.float32)
+    return (X, np.einsum("nd,nd->n", X, X), draw(0, N - 1), rng.random(K)), {}
+
+
+def centroid_sums(X, labels, K):
+    """The ``centroid_sums`` kernel as a function: ``(sums (K, d) float64, counts (K,) int64)``."""
+    sums, counts = np.empty((K, X.shape[1]), np.float64), np.empty(K, np.int64)
+    _pq.centroid_sums.serial(X, labels, sums, counts)    # sequential: no parallel entry to pick
+    return sums, counts
+
+
+def _centroid_inputs(draw, rng):
+    N, d, K = draw(1, 80), draw(1, 8), draw(1, 10)
+    X = rng.standard_normal((N, d)).astype(np.float32)
+    return (X, rng.integers(0, K, N).astype(np.int64), K), {}
+
+
+def _check_centroids(got, want, args, kwargs):
+    _assert_equal(got[0], want[0], "sums")
+    _assert_equal(got[1], want[1], "counts")
+
+
+_CONV_TOL = ("elementwise |fast - ref| <= 4*K*2**-24*(|x| conv |w| + |b|) + 1e-7, "
+             "K = C/groups*kh*kw + 1 (float32 sums in any order vs float64)")
+
+#: Every (fast, reference) pair of the package.  A new engine adds its own.
+PAIRS = [
+    *(Pair(f"conv2d[{m}]", partial(F.conv2d, method=m), R.conv2d_naive, _conv_inputs,
+           _check_conv, _CONV_TOL) for m in ("im2col", "mec", "direct", "auto")),
+    Pair("conv2d[naive]", partial(F.conv2d, method="naive"), R.conv2d_naive, _conv_inputs,
+         _check_exact, "bitwise: the public API's naive method is the reference itself"),
+    Pair("im2col_rows", F.im2col_rows, R.im2col_rows_naive, _im2col_inputs, _check_im2col,
+         "bitwise rows and equal (N, Ho, Wo): both copy input values and zeros"),
+    Pair("encode", encode_rows, R.encode_naive, _encode_inputs, _check_encode,
+         "codes of the fast side's dtype; each a nearest prototype within 1e-4*(1 + d) of "
+         "the float64 distance; the reference's index wherever the nearest is unique by "
+         "1e-3*(1 + d); exact ties to the first prototype"),
+    Pair("build_table", table_from_weights, R.build_table_naive, _table_inputs, _check_table,
+         "elementwise |fast - ref| <= 4*(Ds + 1)*2**-24*(|P| . |W|)"),
+    Pair("lookup", lookup_tables, R.lookup_naive, _lookup_inputs, _check_lookup,
+         "elementwise |fast - ref| <= 4*(C + 1)*2**-24*(sum_c |T[c, code]| + |bias|)"),
+    Pair("kmeanspp", kmeanspp_seeds, R.kmeanspp_naive, _kmeanspp_inputs, _check_exact,
+         "equal indices, on small-integer rows where every distance is exact (on other "
+         "data the float32 dot products can break sampling near-ties differently)"),
+    Pair("centroid_sums", centroid_sums, R.centroid_sums_naive, _centroid_inputs,
+         _check_centroids, "bitwise: both add the rows in order, in float64"),
+]
