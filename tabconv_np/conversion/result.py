@@ -1,4 +1,5 @@
 """What :func:`~tabconv_np.conversion.convert` returns."""
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -10,7 +11,6 @@ from ..network import Network
 
 def replace_module(body, path, new):
     """A shallow copy of ``body`` with the module at dotted ``path`` replaced by ``new``."""
-    import copy
     head, _, rest = path.partition(".")
     clone = copy.copy(body)
     clone.children = type(body.children)(body.children)

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import ConfigError, TabConvError, WeightFileError
 from .formats import read_source
-from .spec import build_from_spec
+from .spec import build_from_spec, load_spec
 
 KERAS_EPS = 1e-3
 _BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
@@ -448,7 +448,6 @@ def _import_h5(f, where, spec, input_shape, meta):
 
 
 def _with_spec(spec, state, input_shape, meta):
-    from .spec import load_spec
     spec = dict(load_spec(spec))
     spec.setdefault("channels_last", True)
     return build_from_spec(spec, state, input_shape=input_shape, default_eps=KERAS_EPS, meta=meta)

@@ -84,6 +84,8 @@ from ..blocks import INPUT, BasicBlock, Graph, Sequential
 from ..layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
                       Linear, MaxPool2d, ReLU)
 from ..network import Network
+from ..validate import as_pair
+from .statedict import clean_state
 
 _ALIASES = {
     "conv": "conv", "conv2d": "conv",
@@ -128,14 +130,10 @@ def _pool_padding(kind, pads, kernel, where):
 
 
 def _pair(v, what, where):
-    if isinstance(v, bool):
-        raise ConfigError(f"{where}: {what} must be an int or a pair, got {v!r}")
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(a, (int, np.integer))
-                                                           and not isinstance(a, bool) for a in v):
-        return int(v[0]), int(v[1])
-    raise ConfigError(f"{where}: {what} must be an int or a pair, got {v!r:.60}")
+    try:
+        return as_pair(v, what, 0)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def sanitize(raw):
@@ -148,8 +146,7 @@ def _config_key(m):
     cfg = dict(m.config())
     cfg.pop("method", None)
     if isinstance(m, Conv2d):
-        from ..functional import normalize_padding
-        cfg["padding"] = list(normalize_padding(m.padding))
+        cfg["padding"] = list(m.geometry.padding)
     return json.dumps(cfg, sort_keys=True)
 
 
@@ -470,7 +467,6 @@ def build_from_spec(spec, state, input_shape=None, channels_last=None, default_e
     meta : dict, optional
         Extra network metadata.
     """
-    from .statedict import clean_state
     spec = load_spec(spec)
     if not isinstance(spec.get("layers"), list) or not spec["layers"]:
         raise ConfigError("the spec needs a non-empty 'layers' list")
