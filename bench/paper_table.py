@@ -15,7 +15,7 @@ images; MNIST subset: its 1000 test images), the retention, the operation
 reduction under both conventions (``tabconv_np.ops.op_reduction``) and the
 storage.  CIFAR-10/100 are not available here: their rows give the operation
 reduction of the architecture alone (3x32x32 input, the same settings, no
-data: ``convert.table_structure``) and say "not measured".
+data: ``conversion.skeleton``) and say "not measured".
 
 Every measured row is also stored, as soon as it is measured, in the raw
 rows file (``--json``, default docs/results.json) together with the sha256 of
@@ -49,7 +49,7 @@ MODELS = {
 }
 DATASETS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST subset"}
 
-#: Published operation reductions (TabConv abstract; RESEARCH.md section 1), with
+#: Published operation reductions (TabConv abstract; docs/background.md section 1), with
 #: "over 93% of the original model's performance" preserved.
 PUBLISHED = {
     ("resnet18", "cifar10"): 36.5, ("resnet18", "cifar100"): 25.8, ("resnet18", "mnist"): 99.4,
@@ -241,7 +241,7 @@ def render(rows, arch_rows, ablations, args, seconds):
          "(`tabconv_np.ops.op_reduction`):", "",
          "* **paper**: lookups + lookup adds of the table layers, plus the MACs of the layers "
          "kept exact, against the exact network's MACs. Encoding is *not* counted; this is the "
-         "convention under which the TabConv abstract's figures are reachable (RESEARCH.md section 3).",
+         "convention under which the TabConv abstract's figures are reachable (docs/background.md section 2).",
          "* **full**: every arithmetic operation, encoding (distance multiply-adds to all K "
          "prototypes and the argmin comparisons) included, against every arithmetic operation of "
          "the BN-folded exact network. Negative means more work than the exact network.", "",

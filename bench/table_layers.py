@@ -109,7 +109,7 @@ def bench_layer(shape, Ks, Cs, batch, repeat, rng):
             if C > D:
                 out["cells"][(K, C)] = None
                 continue
-            t = TableConv2d(cin, cout, k, s, p, codebooks=C, prototypes=K, bias=True)
+            t = TableConv2d(cin, cout, k, s, p, n_codebooks=C, n_prototypes=K, bias=True)
             Ds = subspace_length(D, C)
             t.params["prototypes"][...] = rng.standard_normal((C, K, Ds)).astype(np.float32)
             t.params["table"][...] = 1.0

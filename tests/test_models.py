@@ -1,4 +1,4 @@
-"""Bundled networks: MAC counts against RESEARCH.md, BN folding, layouts, repr, CLI."""
+"""Bundled networks: MAC counts against docs/background.md, BN folding, layouts, repr, CLI."""
 import json
 
 import numpy as np
@@ -11,7 +11,7 @@ from tabconv_np.layers import BatchNorm2d
 from tabconv_np.models import ARCHS, build
 from helpers import randomize
 
-# RESEARCH.md section 3: conv + linear MACs, batch 1, 10 classes
+# docs/background.md section 2: conv + linear MACs, batch 1, 10 classes
 REFERENCE_MACS = [
     ("resnet18-cifar", (3, 32, 32), 555.42, 11.17),
     ("resnet34-cifar", (3, 32, 32), 1159.40, 21.28),
@@ -35,7 +35,7 @@ def test_reference_mac_counts(arch, shape, macs_m, params_m):
 
 @pytest.mark.parametrize("depth", [18, 34])
 def test_paper_variant_params_add_the_layer1_shortcut(depth):
-    # RESEARCH.md lists 11.17 M / 21.28 M for both variants; the "paper" variant's layer1
+    # docs/background.md lists 11.17 M / 21.28 M for both variants; the "paper" variant's layer1
     # starts at stride 2 and so has a 1x1 shortcut conv (64*64) and its BN (2*64): +4,224.
     cifar = count_ops(build(f"resnet{depth}-cifar", 3, 10)).total["params"]
     paper = count_ops(build(f"resnet{depth}-paper", 3, 10)).total["params"]

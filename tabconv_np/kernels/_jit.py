@@ -54,7 +54,7 @@ import numba  # noqa: E402
 CACHE = os.environ.get("TABCONV_NO_CACHE", "") in ("", "0")
 
 #: Below this many multiply-adds a kernel call runs serially: thread start-up
-#: costs more than the work (RESEARCH.md section 5).
+#: costs more than the work (docs/background.md, section 4).
 PARALLEL_MIN_WORK = 200_000
 
 

@@ -17,7 +17,7 @@ Kernels here do no validation: the caller passes float32 arrays of the right
 shapes, non-negative paddings and a preallocated ``out``.  Inner copy loops
 run over views indexed from 0, so that Numba can prove the index
 non-negative, drop its negative-index wraparound test and vectorise
-(RESEARCH.md section 5 lists the other Numba rules followed here).
+(docs/background.md, section 4 lists the other Numba rules followed here).
 """
 import numba
 import numpy as np
