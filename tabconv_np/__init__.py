@@ -1,13 +1,15 @@
 """tabconv_np: table-lookup (TabConv) CNN inference in NumPy + Numba, every operation counted.
 
-Importing the package compiles nothing and imports Numba only when a kernel
-is first used.  Main entry points::
+Importing the package imports nothing else; Numba is imported with the
+layers and compiles each kernel on its first use (``tabconv warmup`` compiles
+them all up front).  Main entry points::
 
     tabconv_np.load(path) / tabconv_np.save(net, path)   # HDF5 networks
     tabconv_np.models.build("resnet18-paper", 1, 10)      # bundled architectures
     tabconv_np.conv2d(x, w, ...)                          # like torch.nn.functional.conv2d
     tabconv_np.count_ops(net, (1, 28, 28))                # per-layer operation counts
     tabconv_np.fold_batchnorm(net)
+    tabconv_np.convert(net, calibration_images, method="tabconv", ...)
     tabconv_np.set_num_threads(n)
 """
 import importlib

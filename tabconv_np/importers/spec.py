@@ -84,6 +84,7 @@ from ..blocks import INPUT, BasicBlock, Graph, Sequential
 from ..layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
                       Linear, MaxPool2d, ReLU)
 from ..network import Network
+from ..structure import Residual
 from ..validate import as_pair
 from .statedict import clean_state
 
@@ -300,35 +301,31 @@ def _common_scope(raws):
 
 
 def _match_block(main, short):
-    """A BasicBlock equal to ``main`` (conv-bn-relu-conv-bn) plus ``short`` (none or conv-bn), or None."""
+    """A BasicBlock equal to ``main`` (conv-bn-relu-conv-bn) plus ``short`` (none or conv-bn), or None.
+
+    The candidate block's own structure says what it holds, so the block layout is known in
+    one place (:class:`~tabconv_np.blocks.BasicBlock`).
+    """
     mods = [n.module for n in main]
     smods = [n.module for n in short]
-    bn = len(mods) == 5
-    want = [Conv2d, BatchNorm2d, ReLU, Conv2d, BatchNorm2d] if bn else [Conv2d, ReLU, Conv2d]
-    if [type(m) for m in mods] != want:
-        return None
-    if smods and [type(m) for m in smods] != ([Conv2d, BatchNorm2d] if bn else [Conv2d]):
+    if not mods or type(mods[0]) is not Conv2d or mods[0].stride[0] != mods[0].stride[1]:
         return None
     c1 = mods[0]
-    if c1.stride[0] != c1.stride[1]:
-        return None
-    eps = mods[1].eps if bn else 1e-5
-    if bn and any(m.eps != eps for m in mods + smods if isinstance(m, BatchNorm2d)):
-        return None
+    bn = any(isinstance(m, BatchNorm2d) for m in mods)
+    eps = next((m.eps for m in mods if isinstance(m, BatchNorm2d)), 1e-5)
     block = BasicBlock(c1.in_channels, c1.out_channels, c1.stride[0], eps, batchnorm=bn)
-    if ("downsample" in block.children) != bool(smods):
+    node = block.structure()
+    short_items = list(node.shortcut[0][1].structure().items) if node.shortcut else []
+    if len(node.main) != len(mods) or len(short_items) != len(smods):
         return None
-    names = ["conv1", "bn1", None, "conv2", "bn2"] if bn else ["conv1", None, "conv2"]
-    pairs = [(block.children, n, m) for n, m in zip(names, mods) if n]
+    if any(_config_key(want) != _config_key(got)
+           for (_, want), got in zip(list(node.main) + short_items, mods + smods)):
+        return None
+    main_items = tuple((n, m) for (n, _), m in zip(node.main, mods))
+    shortcut = ()
     if smods:
-        ds = block.children["downsample"].children
-        pairs += [(ds, str(i), m) for i, m in enumerate(smods)]
-    for holder, n, m in pairs:
-        if _config_key(holder[n]) != _config_key(m):
-            return None
-    for holder, n, m in pairs:
-        holder[n] = m
-    return block
+        shortcut = ((node.shortcut[0][0], Sequential([(n, m) for (n, _), m in zip(short_items, smods)])),)
+    return BasicBlock.rebuild(Residual(main_items, shortcut, node.act), block)
 
 
 # --- reading a spec ---------------------------------------------------------------------------
