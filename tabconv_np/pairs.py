@@ -29,7 +29,9 @@ from . import functional as F
 from . import reference as R
 from .kernels import pq_kernels as _pq
 from .pq import code_dtype, encode_rows, subspace_length
+from .kernels import tree_kernels as _tree
 from .tables import table_from_weights
+from .tree_tables import TreeConv2d
 
 #: Slack on the ``K*u`` rounding-error bounds.
 TOL_FACTOR = 4.0
@@ -286,6 +288,87 @@ def _check_centroids(got, want, args, kwargs):
     _assert_equal(got[1], want[1], "counts")
 
 
+def tree_encode_rows(X, split_cols, thresholds):
+    """The tree ``encode_rows`` kernel as a function: codes (N, C) uint8."""
+    out = np.empty((len(X), len(split_cols)), np.uint8)
+    _tree.encode_rows.pick(out.size * 4)(X, split_cols, thresholds, out)
+    return out
+
+
+def _trees(draw, rng, D, C):
+    """Random trees over ``D`` columns whose thresholds often equal input values (ties)."""
+    cols = rng.integers(0, D, (C, 4)).astype(np.int32)
+    thr = np.round(rng.standard_normal((C, 16)), 1).astype(np.float32)
+    return cols, thr
+
+
+def _tree_encode_inputs(draw, rng):
+    N, D = draw(1, 50), draw(1, 30)
+    C = draw(1, 12)
+    X = np.round(rng.standard_normal((N, D)), 1).astype(np.float32)     # values tie thresholds
+    return (X, *_trees(draw, rng, D, C)), {}
+
+
+def tree_lookup(codes, table8, step, bias):
+    """The tree ``lookup`` kernel as a function: float32 (N, M)."""
+    out = np.empty((len(codes), table8.shape[2]), np.float32)
+    _tree.lookup.pick(out.size * table8.shape[0])(codes, table8, step, bias, out)
+    return out
+
+
+def _tree_lookup_inputs(draw, rng):
+    N, C, M = draw(1, 40), draw(1, 300), draw(1, 20)      # C > 257: more than one uint16 block
+    codes = rng.integers(0, 16, (N, C)).astype(np.uint8)
+    T8 = rng.integers(0, 256, (C, 16, M)).astype(np.uint8)
+    if draw(0, 3) == 0:
+        T8[:] = 255                                        # the accumulation bound's extreme
+    step = rng.uniform(1e-3, 1, M).astype(np.float32)
+    bias = rng.standard_normal(M).astype(np.float32)
+    return (codes, T8, step, bias), {}
+
+
+def _check_tree_lookup(got, want, args, kwargs):
+    codes, T8, step, bias = args
+    bound = TOL_FACTOR * U * (np.abs(want) + np.abs(bias.astype(np.float64))) + 1e-30
+    _assert_within(got, want, bound, "tree lookup")
+
+
+def tree_conv(x, split_cols, thresholds, table8, step, bias, kernel_size, stride=1, padding=0,
+              dilation=1, layout="NCHW"):
+    """``TreeConv2d.forward`` with the given parameters."""
+    C_in = x.shape[1] if layout == "NCHW" else x.shape[3]
+    layer = TreeConv2d(C_in, table8.shape[2], kernel_size, stride, padding, dilation, len(split_cols))
+    for k, v in (("split_cols", split_cols), ("thresholds", thresholds), ("table", table8),
+                 ("step", step), ("bias", bias)):
+        layer.params[k][...] = v
+    return layer.forward(x, layout)
+
+
+def _tree_conv_inputs(draw, rng):
+    (x, w, _b, cfg), layout = conv_case(draw, rng, max_groups=1), ("NCHW", "NHWC")[draw(0, 1)]
+    kh, kw = w.shape[2:]
+    C_in = x.shape[1]
+    D = C_in * kh * kw
+    C = draw(1, D)
+    x = np.round(x, 1)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    M = draw(1, 9)
+    T8 = rng.integers(0, 256, (C, 16, M)).astype(np.uint8)
+    step = rng.uniform(1e-3, 1, M).astype(np.float32)
+    bias = rng.standard_normal(M).astype(np.float32)
+    cols, thr = _trees(draw, rng, D, C)
+    kwargs = {k: cfg[k] for k in ("stride", "padding", "dilation")}
+    return (x, cols, thr, T8, step, bias, (kh, kw)), dict(kwargs, layout=layout)
+
+
+def _check_tree_lookup_conv(got, want, args, kwargs):
+    bias = args[5]
+    shape = (1, -1, 1, 1) if kwargs["layout"] == "NCHW" else (1, 1, 1, -1)
+    bound = TOL_FACTOR * U * (np.abs(want) + np.abs(bias.astype(np.float64)).reshape(shape)) + 1e-30
+    _assert_within(got, want, bound, "tree conv")
+
+
 _CONV_TOL = ("elementwise |fast - ref| <= 4*K*2**-24*(|x| conv |w| + |b|) + 1e-7, "
              "K = C/groups*kh*kw + 1 (float32 sums in any order vs float64)")
 
@@ -310,4 +393,13 @@ PAIRS = [
          "data the float32 dot products can break sampling near-ties differently)"),
     Pair("centroid_sums", centroid_sums, R.centroid_sums_naive, _centroid_inputs,
          _check_centroids, "bitwise: both add the rows in order, in float64"),
+    Pair("tree_encode", tree_encode_rows, R.tree_encode_naive, _tree_encode_inputs, _check_exact,
+         "equal codes, inputs tying thresholds included (ties go left)"),
+    Pair("tree_lookup", tree_lookup, R.tree_lookup_naive, _tree_lookup_inputs, _check_tree_lookup,
+         "|fast - ref| <= 4*2**-24*(|ref| + |bias|): the integer sums are exact (uint16 blocks of "
+         "257 codebooks widened to int32, all-255 tables included), only the float32 multiply-add "
+         "rounds"),
+    Pair("tree_conv", tree_conv, R.tree_conv_naive, _tree_conv_inputs, _check_tree_lookup_conv,
+         "as tree_lookup, with codes read from the tensor (both layouts, padding, stride, "
+         "dilation) equal to those of the im2col rows"),
 ]

@@ -17,6 +17,9 @@ reference                      fast function
 :func:`lookup_naive`           the ``lookup`` kernel (``TableLinear.lookup``)
 :func:`kmeanspp_naive`         the ``kmeanspp`` kernel (k-means++ seeding)
 :func:`centroid_sums_naive`    the ``centroid_sums`` kernel (k-means update)
+:func:`tree_encode_naive`      :func:`tabconv_np.hashtree.encode`, the tree layers' encoding
+:func:`tree_lookup_naive`      the 8-bit ``lookup`` kernel (``TreeLinear.lookup``)
+:func:`tree_conv_naive`        :class:`tabconv_np.tree_tables.TreeConv2d` (encoding from the tensor)
 =============================  =================================================
 
 The convolution is really a cross-correlation, as in every deep-learning
@@ -260,3 +263,57 @@ def centroid_sums_naive(X, labels, K):
     sums = np.zeros((K, X.shape[1]))
     np.add.at(sums, labels, X)
     return sums, np.bincount(labels, minlength=K).astype(np.int64)
+
+
+# ------------------------------------------------------------ hash trees
+def tree_encode_naive(X, split_cols, thresholds):
+    """Leaf of every row in every depth-4 tree, by walking the trees one comparison at a time.
+
+    Reference for :func:`tabconv_np.hashtree.encode` (and the tree layers'
+    encoding from the tensor, on the im2col rows of the same input)::
+
+        node = 0
+        for t in range(4):
+            node = 2*node + (X[n, split_cols[c, t]] > thresholds[c, 2**t - 1 + node])
+        codes[n, c] = node
+    """
+    X = np.asarray(X, np.float32)
+    C = len(split_cols)
+    codes = np.zeros((len(X), C), np.uint8)
+    for n in range(len(X)):
+        for c in range(C):
+            node = 0
+            for t in range(4):
+                right = X[n, split_cols[c, t]] > thresholds[c, (1 << t) - 1 + node]
+                node = 2 * node + int(right)
+            codes[n, c] = node
+    return codes
+
+
+def tree_lookup_naive(codes, table8, step, bias):
+    """``y[n, m] = step[m] * sum_c table8[c, codes[n, c], m] + bias[m]`` in float64.
+
+    Reference for the 8-bit lookup of :mod:`tabconv_np.tree_tables`
+    (``TreeLinear.lookup``); the integer sum is exact, so the two differ only
+    by the float32 rounding of the final multiply-add.
+    """
+    codes = np.asarray(codes, np.intp)
+    T = np.asarray(table8, np.int64)
+    acc = np.zeros((len(codes), T.shape[2]), np.int64)
+    for c in range(T.shape[0]):
+        acc += T[c, codes[:, c]]
+    return acc * np.asarray(step, np.float64) + np.asarray(bias, np.float64)
+
+
+def tree_conv_naive(x, split_cols, thresholds, table8, step, bias, kernel_size, stride=1, padding=0,
+                    dilation=1, layout="NCHW"):
+    """A hash-tree table convolution through its im2col rows: lower, walk the trees, look up.
+
+    Reference for :class:`tabconv_np.tree_tables.TreeConv2d`, which reads the
+    trees' values straight from the tensor instead of lowering it.  Returns
+    float64 ``(N, M, Ho, Wo)`` (``(N, Ho, Wo, M)`` for NHWC).
+    """
+    rows, (N, Ho, Wo) = im2col_rows_naive(x, kernel_size, stride, padding, dilation, layout)
+    y = tree_lookup_naive(tree_encode_naive(rows, split_cols, thresholds), table8, step, bias)
+    y = y.reshape(N, Ho, Wo, -1)
+    return y if layout == "NHWC" else y.transpose(0, 3, 1, 2)

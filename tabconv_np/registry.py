@@ -10,12 +10,14 @@ from .errors import ConfigError
 from .layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
                      Linear, MaxPool2d, ReLU)
 from .tables import TableConv2d, TableLinear
+from .tree_tables import TreeConv2d, TreeLinear
 
 #: The layer types :func:`from_config` builds, by config ``"type"``.
 LAYER_TYPES = {cls.__name__: cls for cls in (
     Conv2d, BatchNorm2d, ReLU, Clip, Dropout, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear,
     Sequential, BasicBlock, Graph,
     TableConv2d, TableLinear,
+    TreeConv2d, TreeLinear,
 )}
 
 

@@ -13,6 +13,7 @@ module             what it holds
 ``result``         :class:`ConversionResult`
 ``method``         the :class:`Method` seam and the registry of methods
 ``tabconv``        the TabConv method (PQ prototypes + lookup tables)
+``maddness``       hash-tree encoding + 8-bit output-targeted tables
 =================  ===============================================================
 
 A new method subclasses :class:`Method` (three things: ``resolve``, ``fit``,
@@ -27,9 +28,10 @@ from .pipeline import convert, skeleton, table_structure
 from .result import ConversionResult
 from .settings import ConversionSettings
 from .switches import Switch, find_switches
+from .maddness import Maddness, MaddnessSettings
 from .tabconv import TabConv, TabConvSettings
 
 __all__ = ["convert", "skeleton", "table_structure", "op_reduction", "ConversionResult",
            "ConversionSettings", "Switch", "find_switches", "priority_mask", "cosine_similarity",
            "switch_similarities", "augment_images", "Method", "METHODS", "register_method",
-           "get_method", "TabConv", "TabConvSettings"]
+           "get_method", "TabConv", "TabConvSettings", "Maddness", "MaddnessSettings"]

@@ -1,0 +1,155 @@
+"""Hash-tree (MADDNESS) encoding and 8-bit lookup kernels.
+
+A codebook ``c`` is a balanced binary tree of depth 4: level ``t`` compares
+one input value, column ``cols[c, t]`` of the row, with the threshold of the
+current node, heap-indexed ``thr[c, 2**t - 1 + node]``, and goes right when
+the value is greater (``node = 2*node + (v > thr)``).  The leaf reached,
+0..15, is the code.  Four comparisons per codebook, no multiplies.
+
+The 8-bit tables hold ``T[c, k, m]`` as uint8; an output is
+``y[n, m] = scale[m] * sum_c T[c, code[n, c], m] + bias[m]``.  Accumulation
+runs in uint16 over blocks of :data:`ACC_BLOCK` codebooks, then widens to
+int32: ``255 * 257 = 65535`` is the largest uint16, so a block of at most 257
+codebooks can never overflow, and ``int32`` holds ``255 * C`` for any
+``C < 8.4e6``.  The inner loop adds a contiguous uint8 table row over the
+outputs ``m``: the loop LLVM turns into vector adds.
+
+Convolution kernels read the four values of a codebook straight from the
+layer's input tensor (NCHW or NHWC, zero padding by bounds checks): codebook
+``c``, level ``t`` reads channel ``ci[c, t]`` at offset ``(di[c, t], dj[c, t])``
+from the window's top-left corner, so no im2col matrix is built.
+
+No validation here (see :mod:`tabconv_np.tree_tables`); each output element
+is computed by one thread in a fixed order, so serial and parallel entries
+agree bitwise.  The readable versions are in :mod:`tabconv_np.reference`.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from ._jit import CACHE, kernel
+
+#: Codebooks accumulated in uint16 before widening (``255 * 257 = 65535``).
+ACC_BLOCK = 257
+#: Tree depth (K = 2**DEPTH = 16 leaves).
+DEPTH = 4
+
+
+def _walk_row_py(X, n, c, cols, thr):
+    node = 0
+    for t in range(DEPTH):
+        v = X[n, cols[c, t]]
+        node = 2 * node + (1 if v > thr[c, (1 << t) - 1 + node] else 0)
+    return node
+
+
+_walk_row = numba.njit(inline="always", cache=CACHE)(_walk_row_py)
+
+
+def _walk_tensor_py(x, nhwc, n, c, h0, w0, ci, di, dj, thr):
+    H = x.shape[1] if nhwc else x.shape[2]
+    W = x.shape[2] if nhwc else x.shape[3]
+    node = 0
+    for t in range(DEPTH):
+        h = h0 + di[c, t]
+        w = w0 + dj[c, t]
+        v = np.float32(0.0)
+        if h >= 0 and h < H and w >= 0 and w < W:
+            v = x[n, h, w, ci[c, t]] if nhwc else x[n, ci[c, t], h, w]
+        node = 2 * node + (1 if v > thr[c, (1 << t) - 1 + node] else 0)
+    return node
+
+
+_walk_tensor = numba.njit(inline="always", cache=CACHE)(_walk_tensor_py)
+
+
+def _encode_rows(X, cols, thr, out):
+    """``out[n, c]`` = leaf of row ``n`` in tree ``c``.
+
+    X (N, D) float32; cols (C, 4) int32 column indices; thr (C, 16) float32
+    heap-indexed node thresholds; out (N, C) uint8.
+    """
+    N, C = out.shape
+    for n in prange(N):
+        for c in range(C):
+            out[n, c] = _walk_row(X, n, c, cols, thr)
+
+
+def _encode_tensor(x, nhwc, ci, di, dj, thr, sh, sw, pt, pl, Ho, Wo, out):
+    """Codes of every output position of a convolution, read from its input tensor.
+
+    x (N, C_in, H, W) or (N, H, W, C_in) float32 (``nhwc``); ci, di, dj (C, 4)
+    int32: channel and (row, column) offset of each level's value inside the
+    window; thr (C, 16); sh, sw, pt, pl: stride and top/left padding;
+    out (N*Ho*Wo, C) uint8, rows in (n, ho, wo) order.
+    """
+    C = out.shape[1]
+    for r in prange(out.shape[0]):
+        n = r // (Ho * Wo)
+        ho = (r // Wo) % Ho
+        wo = r % Wo
+        for c in range(C):
+            out[r, c] = _walk_tensor(x, nhwc, n, c, ho * sh - pt, wo * sw - pl, ci, di, dj, thr)
+
+
+def _lookup(codes, T, scale, bias, out):
+    """``out[n, m] = scale[m] * sum_c T[c, codes[n, c], m] + bias[m]``.
+
+    codes (N, C) uint8 < 16; T (C, 16, M) uint8; scale, bias (M,) float32; out (N, M) float32.
+    """
+    N, C = codes.shape
+    M = T.shape[2]
+    for n in prange(N):
+        acc = np.zeros(M, np.int32)
+        acc16 = np.empty(M, np.uint16)
+        for c0 in range(0, C, ACC_BLOCK):
+            acc16[:] = 0
+            for c in range(c0, min(C, c0 + ACC_BLOCK)):
+                row = T[c, codes[n, c]]
+                for m in range(M):
+                    acc16[m] += row[m]
+            for m in range(M):
+                acc[m] += acc16[m]
+        for m in range(M):
+            out[n, m] = np.float32(acc[m]) * scale[m] + bias[m]
+
+
+def _conv(x, nhwc, ci, di, dj, thr, T, scale, bias, sh, sw, pt, pl, Ho, Wo, out):
+    """Encode and look up in one pass, one output row ``(n, ho)`` per task.
+
+    Shapes as in :func:`_encode_tensor` and :func:`_lookup`; out (N, M, Ho, Wo)
+    float32, or (N, Ho, Wo, M) when ``nhwc``.  The ``Wo`` positions of a row
+    share each codebook's 16 x M table while it is in L1.
+    """
+    N = x.shape[0]
+    C = T.shape[0]
+    M = T.shape[2]
+    for b in prange(N * Ho):
+        n = b // Ho
+        ho = b % Ho
+        acc = np.zeros((Wo, M), np.int32)
+        acc16 = np.empty((Wo, M), np.uint16)
+        for c0 in range(0, C, ACC_BLOCK):
+            acc16[:] = 0
+            for c in range(c0, min(C, c0 + ACC_BLOCK)):
+                for wo in range(Wo):
+                    k = _walk_tensor(x, nhwc, n, c, ho * sh - pt, wo * sw - pl, ci, di, dj, thr)
+                    row = T[c, k]
+                    for m in range(M):
+                        acc16[wo, m] += row[m]
+            for wo in range(Wo):
+                for m in range(M):
+                    acc[wo, m] += acc16[wo, m]
+        for wo in range(Wo):
+            for m in range(M):
+                y = np.float32(acc[wo, m]) * scale[m] + bias[m]
+                if nhwc:
+                    out[n, ho, wo, m] = y
+                else:
+                    out[n, m, ho, wo] = y
+
+
+encode_rows = kernel(_encode_rows)
+encode_tensor = kernel(_encode_tensor)
+lookup = kernel(_lookup)
+conv = kernel(_conv)
