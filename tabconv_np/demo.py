@@ -64,7 +64,7 @@ def find_model(path=None):
 def parse_setting(text, kind):
     """A per-layer setting from the command line.
 
-    ``"8"`` -> 8, ``"D/32"`` -> "D/32", ``"4,8,D/32"`` -> [4, 8, "D/32"] (one
+    ``"8"`` -> 8, ``"D/32"`` -> "D/32", ``"auto"`` -> "auto" (str kinds), ``"4,8,D/32"`` -> [4, 8, "D/32"] (one
     per switch), ``"layer1.*=D/28,*=D/48"`` -> {"layer1.*": "D/28", "*": "D/48"}
     (keys: layer paths, switch names or glob patterns; see ``convert``).
     """
@@ -81,6 +81,9 @@ def parse_setting(text, kind):
         return out
     vals = []
     for p in parts:
+        if kind is not int and p.lower() == "auto":
+            vals.append("auto")
+            continue
         if kind is int or not p.lower().startswith("d/"):
             try:
                 vals.append(int(p))
@@ -100,84 +103,125 @@ def accuracy(net, images, labels, batch=250):
     return float(np.mean(logits.argmax(1) == labels)), dt
 
 
-def batch1_latency(net, image, repeats=5):
-    """Median seconds of one single-image ``predict`` (after one warm-up call)."""
-    net.predict(image[None])
+#: The fast conversion of the demo: hash-tree encoding with 8-bit tables
+#: (``method="maddness"``), one codebook per input channel's 3x3 window (per 4
+#: channels in the 1x1 shortcut convs), tables fitted to the exact network's
+#: outputs; the stem and the classifier stay exact, as in DEMO_SETTINGS.
+FAST_SETTINGS = {"switches": [0, 1, 1, 1, 1, 1, 1, 1, 1, 0], "mask_rate": None, "refine": "exact",
+                 "max_rows": 20_000}
+
+#: What ``tabconv demo`` runs: the fast setting, reported beside the paper-faithful one.
+METHODS = {"maddness": FAST_SETTINGS, "tabconv": DEMO_SETTINGS}
+
+
+def median_seconds(net, images, repeats=5):
+    """Median seconds of ``net.predict(images)`` over ``repeats`` calls, after one warm-up call."""
+    net.predict(images)
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        net.predict(image[None])
+        net.predict(images)
         ts.append(time.perf_counter() - t0)
     return float(np.median(ts))
 
 
+def speedups(exact, converted, images, repeats=5):
+    """``{"batch1": ..., "batch32": ...}``: exact time / converted time, interleaved medians."""
+    out, ms = {}, {}
+    for b in (1, 32):
+        x = images[:b]
+        te, tc = [], []
+        for _ in range(repeats):                  # interleaved: both see the same machine state
+            te.append(median_seconds(exact, x, 1))
+            tc.append(median_seconds(converted, x, 1))
+        te, tc = float(np.median(te)), float(np.median(tc))
+        out[f"batch{b}"] = te / tc
+        ms[f"batch{b}"] = {"exact": 1e3 * te, "table": 1e3 * tc}
+    return out, ms
+
+
 def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None, switches=None,
              mask_rate=None, seed=0, progress=None, max_rows=None, iters=None, calibrate="approx",
-             latency=True, refine="default"):
-    """Convert the demo model and measure it; returns the report dict (see ``tabconv demo --json``).
+             latency=True, refine="default", method="tabconv", save=None):
+    """Convert the demo model with one method and measure it; returns the report dict.
 
     Parameters mirror :func:`tabconv_np.conversion.convert`; ``None`` takes the
-    value of ``DEMO_SETTINGS``.  ``calib`` / ``test``: how many of the shipped
-    sample's training / test images to use (at most 1000 each).
+    value of the method's defaults (``METHODS[method]``: ``DEMO_SETTINGS`` for
+    "tabconv", ``FAST_SETTINGS`` for "maddness").  ``calib`` / ``test``: how
+    many of the shipped sample's training / test images to use (at most 1000
+    each).  ``latency``: measure batch-1 and batch-32 wall clock against the
+    exact network in the same run (``speedup``).  ``save``: write the
+    converted network to this HDF5 path.
     """
     # imported here, not at the top: convert loads Numba and SciPy, which the CLI would
     # pay for on every command (it imports this module to build its parser)
     from .conversion import convert, op_reduction
+    from .io import save as save_network
+    if method not in METHODS:
+        raise ConfigError(f"demo: method must be one of {sorted(METHODS)}, got {method!r}")
     t0 = time.perf_counter()
     path = find_model(model)
     net = load(path)
     xc, _ = load_dataset("sample", "train", limit=calib)
     xt, yt = load_dataset("sample", "test", limit=test)
-    s = DEMO_SETTINGS
-    opts = dict(codebooks=s["codebooks"] if codebooks is None else codebooks,
-                prototypes=s["prototypes"] if prototypes is None else prototypes,
-                switches=s["switches"] if switches is None else switches,
-                mask_rate=s["mask_rate"] if mask_rate is None else mask_rate,
-                max_rows=s["max_rows"] if max_rows is None else max_rows,
-                iters=s["iters"] if iters is None else iters,
-                refine=s["refine"] if refine == "default" else refine)
-    res = convert(net, xc, seed=seed, progress=progress, calibrate=calibrate, **opts)
+    defaults = METHODS[method]
+    opts = {}
+    for k, v in (("codebooks", codebooks), ("prototypes", prototypes), ("switches", switches),
+                 ("mask_rate", mask_rate), ("max_rows", max_rows), ("iters", iters)):
+        v = defaults.get(k) if v is None else v
+        if v is not None:
+            opts[k] = v
+    opts["refine"] = defaults["refine"] if refine == "default" else refine
+    res = convert(net, xc, method=method, seed=seed, progress=progress, calibrate=calibrate, **opts)
     exact_acc, exact_s = accuracy(res.exact, xt, yt)
     both = res.accuracies(xt, yt)
     table_acc, table_s, norefit_acc = both["table"], both["seconds"], both["without_refit"]
     red = op_reduction(res.network, res.exact)
+    if save:
+        save_network(res.network, save)
     out = {
+        "method": method,
         "model": os.path.relpath(path) if not os.path.isabs(model or "") else path,
         "arch": net.meta.get("arch"), "dataset": net.meta.get("dataset"),
         "calibration_images": int(len(xc)), "test_images": int(len(xt)),
         "settings": {k: v for k, v in opts.items()},
         "switches": res.switches, "on": [int(v) for v in res.on], "masked": res.masked,
-        "layers": [{k: r[k] for k in ("name", "D", "C", "K", "rows", "rows_used", "rel_error")}
+        "layers": [{k: r[k] for k in ("name", "D", "C", "K", "rows", "rows_used", "rel_error") if k in r}
                    for r in res.layers],
         "exact_accuracy": exact_acc, "table_accuracy": table_acc,
         "retention": table_acc / exact_acc if exact_acc else 0.0,
         "table_accuracy_without_refit": norefit_acc,
-        "op_reduction": {"paper": red["paper"]["reduction"], "full": red["full"]["reduction"]},
-        "ops": {k: {kk: red[k][kk] for kk in ("cost", "exact", "convention")} for k in ("paper", "full")},
+        "op_reduction": {k: red[k]["reduction"] for k in ("paper", "full", "bolt")},
+        "ops": {k: {kk: red[k][kk] for kk in ("cost", "exact", "convention")} for k in ("paper", "full", "bolt")},
         "storage_bytes": red["storage"]["network_bytes"],
+        "weights_bytes": red["storage"]["exact_network_bytes"],
         "storage": red["storage"],
         "conversion_seconds": res.seconds,
         "throughput": {"exact_ms_per_image": 1e3 * exact_s / len(xt),
                        "table_ms_per_image": 1e3 * table_s / len(xt), "batch": 250},
         "notes": res.notes,
     }
+    if save:
+        out["saved"] = save
     if latency:
-        out["latency_batch1_ms"] = {"exact": 1e3 * batch1_latency(res.exact, xt[0]),
-                                    "table": 1e3 * batch1_latency(res.network, xt[0])}
+        out["speedup"], out["latency_ms"] = speedups(res.exact, res.network, xt)
+        out["latency_batch1_ms"] = out["latency_ms"]["batch1"]
     out["seconds"] = time.perf_counter() - t0
     return out
 
 
 def format_report(r):
-    """The text report of :func:`run_demo`'s dict."""
+    """The text report of :func:`run_demo`'s dict (one method)."""
     mb = 1 / 2**20
     st = r["storage"]
+    settings = " ".join(f"{k}={r['settings'][k]}" for k in ("codebooks", "prototypes", "mask_rate", "refine")
+                        if k in r["settings"])
     lines = [
+        f"method     {r['method']}",
         f"model      {r['model']} ({r['arch']}, {r['dataset']})",
         f"data       calibration: {r['calibration_images']} shipped Fashion-MNIST training images; "
         f"test: {r['test_images']} shipped test images",
-        f"settings   codebooks={r['settings']['codebooks']} prototypes={r['settings']['prototypes']} "
-        f"mask_rate={r['settings']['mask_rate']} switches on: "
+        f"settings   {settings or 'defaults'} switches on: "
         f"{sum(r['on'])}/{len(r['on'])} ({', '.join(n for n, o in zip(r['switches'], r['on']) if not o) or 'none'} exact)",
         f"accuracy   exact {100 * r['exact_accuracy']:.2f}%   table {100 * r['table_accuracy']:.2f}%   "
         f"retention {100 * r['retention']:.1f}%"
@@ -189,15 +233,38 @@ def format_report(r):
         f"           full convention:  {100 * r['op_reduction']['full']:.2f}% fewer "
         f"({r['ops']['full']['cost'] / 1e6:.2f} M vs {r['ops']['full']['exact'] / 1e6:.2f} M "
         f"arithmetic ops, encoding included)",
-        f"storage    network {r['storage_bytes'] * mb:.1f} MiB (exact {st['exact_network_bytes'] * mb:.1f} MiB); "
+        f"storage    network {r['storage_bytes'] * mb:.1f} MiB (exact {r['weights_bytes'] * mb:.1f} MiB); "
         f"table layers {st['table_bytes'] * mb:.1f} MiB replace {st['replaced_weight_bytes'] * mb:.1f} MiB of weights",
-        f"speed      batch 250: exact {r['throughput']['exact_ms_per_image']:.3f} ms/image, "
-        f"table {r['throughput']['table_ms_per_image']:.3f} ms/image"
-        + (f"; batch 1: exact {r['latency_batch1_ms']['exact']:.2f} ms, table "
-           f"{r['latency_batch1_ms']['table']:.2f} ms" if "latency_batch1_ms" in r else ""),
-        f"time       conversion {r['conversion_seconds']:.1f} s, whole demo {r['seconds']:.1f} s",
     ]
+    if "speedup" in r:
+        lat = r["latency_ms"]
+        lines.append(f"speed      batch 1: exact {lat['batch1']['exact']:.2f} ms, table {lat['batch1']['table']:.2f} ms "
+                     f"({r['speedup']['batch1']:.2f}x); batch 32: exact {lat['batch32']['exact']:.1f} ms, "
+                     f"table {lat['batch32']['table']:.1f} ms ({r['speedup']['batch32']:.2f}x)")
+    lines.append(f"time       conversion {r['conversion_seconds']:.1f} s, this method {r['seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def run_demos(methods=("maddness", "tabconv"), save=None, **kw):
+    """:func:`run_demo` for each method (the fast one first); ``save`` writes the first one's network.
+
+    Returns the first method's report with the others' under ``"compare"``
+    (``{method: report}``): ``tabconv demo --json`` prints it.
+    """
+    reports = []
+    for i, m in enumerate(methods):
+        own = kw if m == "tabconv" else {k: v for k, v in kw.items() if k not in ("prototypes", "iters")}
+        reports.append(run_demo(method=m, save=save if i == 0 else None, **own))
+    out = dict(reports[0])
+    if len(reports) > 1:
+        out["compare"] = {r["method"]: r for r in reports[1:]}
+    return out
+
+
+def format_reports(r):
+    """The text report of :func:`run_demos`: one block per method."""
+    blocks = [format_report(r)] + [format_report(o) for o in r.get("compare", {}).values()]
+    return "\n\n".join(blocks)
 
 
 if __name__ == "__main__":  # pragma: no cover

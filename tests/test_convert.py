@@ -201,8 +201,25 @@ def test_demo_json_small(capsys):
     r = json.loads(capsys.readouterr().out)
     for k in ("exact_accuracy", "table_accuracy", "retention", "storage_bytes", "seconds"):
         assert isinstance(r[k], (int, float))
-    assert set(r["op_reduction"]) == {"paper", "full"}
+    assert set(r["op_reduction"]) == {"paper", "full", "bolt"}
     assert 0 < r["op_reduction"]["paper"] < 1 and r["exact_accuracy"] > 0.5
+    # the fast setting first, the paper-faithful one beside it
+    assert r["method"] == "maddness" and set(r["compare"]) == {"tabconv"}
+    assert r["storage_bytes"] < r["weights_bytes"]
+    assert r["op_reduction"]["full"] > 0.5 and "full" in r["compare"]["tabconv"]["op_reduction"]
+
+
+@pytest.mark.skipif(not os.path.exists(DEMO_MODEL), reason="demo weights not present")
+def test_demo_speedup_and_save(capsys, tmp_path):
+    out = tmp_path / "fast.h5"
+    rc = main(["demo", "--json", "--method", "maddness", "--calib", "60", "--test", "40",
+               "--save", str(out)])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["speedup"]) == {"batch1", "batch32"} and all(v > 0 for v in r["speedup"].values())
+    assert "compare" not in r and r["saved"] == str(out)
+    net = load(str(out))
+    assert net.meta["maddness"]["on"] == r["on"]
 
 
 def test_glob_settings_structure_and_switch_similarities(lenet, calib):

@@ -1,22 +1,28 @@
-"""``tabconv convert``: a network file to a table network file (TabConv)."""
+"""``tabconv convert``: a network file to a table network file (TabConv PQ tables or hash trees)."""
 import json
 
 import numpy as np
 
 from ..data import load_dataset
+from ..errors import ConfigError
 from ..demo import parse_setting
 from ..io import load, save
 
 
 def add_parser(sub):
-    c = sub.add_parser("convert", help="convert a network to table lookups (TabConv)")
+    c = sub.add_parser("convert", help="convert a network to table lookups (TabConv or hash trees)")
     c.add_argument("model", help="a tabconv_np HDF5 file")
     c.add_argument("-o", "--output", required=True, help="where to write the table network (HDF5)")
-    c.add_argument("--codebooks", default="8",
+    c.add_argument("--encoder", default="pq", choices=["pq", "tree"],
+                   help="pq: the paper's product quantization, nearest of K prototypes (method "
+                   "'tabconv'); tree: hash-tree encoding, K = 16, 8-bit tables (method 'maddness')")
+    c.add_argument("--codebooks",
                    help="C per layer: an int, D/<ds> (ceil(D/ds) subspaces), a comma list per switch, "
-                   "or PATTERN=VALUE items (e.g. 'layer1.*=D/28,*=D/128')")
-    c.add_argument("--prototypes", default="256",
-                   help="K per layer (2..16384): an int, a comma list per switch, or PATTERN=VALUE items")
+                   "or PATTERN=VALUE items (e.g. 'layer1.*=D/28,*=D/128'); default 8 (pq) or "
+                   "auto (tree: one codebook per input channel's window, per 4 inputs for 1x1 and linear)")
+    c.add_argument("--prototypes",
+                   help="pq only: K per layer (1..16384): an int, a comma list per switch, or "
+                   "PATTERN=VALUE items; default 256")
     c.add_argument("--mask-rate", type=float, help="priority masking rate M in percent")
     c.add_argument("--switches", help="comma list of 0/1, one per switch (1: table)")
     c.add_argument("--calib", type=int, default=1000, help="calibration images (training split)")
@@ -25,10 +31,11 @@ def add_parser(sub):
     c.add_argument("--calibrate", default="approx", choices=["approx", "exact"],
                    help="learn prototypes from the table network's activations (approx) or the exact ones")
     c.add_argument("--max-rows", type=int, default=50_000, help="k-means rows per layer (seeded subsample)")
-    c.add_argument("--iters", type=int, default=16, help="Lloyd iterations")
+    c.add_argument("--iters", type=int, help="pq only: Lloyd iterations (default 16)")
     c.add_argument("--no-refit", action="store_true", help="do not refit the final Linear")
-    c.add_argument("--refine", default="none", choices=["exact", "local", "none"],
-                   help="least-squares table refinement (none: the authors' plain PQ tables)")
+    c.add_argument("--refine", choices=["exact", "local", "none"],
+                   help="least-squares table refinement toward the exact network (default: none for "
+                   "pq, the authors' plain tables; exact for tree)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=run)
@@ -55,15 +62,22 @@ def run(args):
     # imported here, not at the top: convert loads Numba and SciPy, which every other
     # command would pay for at start-up
     from ..conversion import convert, op_reduction
+    tree = args.encoder == "tree"
+    if tree and (args.prototypes is not None or args.iters is not None):
+        raise ConfigError("tabconv convert: --prototypes and --iters apply to --encoder pq only "
+                          "(a hash tree has 16 leaves)")
     net = load(args.model)
     xc, dataset = calibration_images(net, args.calib_dataset, args.calib, args.seed)
-    res = convert(net, xc, codebooks=parse_setting(args.codebooks, str),
-                  prototypes=parse_setting(args.prototypes, int), switches=args.switches,
+    own = {"codebooks": parse_setting(args.codebooks or ("auto" if tree else "8"), str)}
+    if not tree:
+        own.update(prototypes=parse_setting(args.prototypes or "256", int),
+                   iters=16 if args.iters is None else args.iters)
+    refine = args.refine or ("exact" if tree else "none")
+    res = convert(net, xc, method="maddness" if tree else "tabconv", switches=args.switches,
                   mask_rate=args.mask_rate, refit_classifier=not args.no_refit, seed=args.seed,
                   progress=None if not args.json else False, calibrate=args.calibrate,
-                  max_rows=args.max_rows, iters=args.iters,
-                  refine=None if args.refine == "none" else args.refine)
-    res.network.meta["tabconv"]["calibration_dataset"] = dataset
+                  max_rows=args.max_rows, refine=None if refine == "none" else refine, **own)
+    res.network.meta[res.method.name]["calibration_dataset"] = dataset
     save(res.network, args.output)
     red = op_reduction(res.network, res.exact)
     if args.json:
