@@ -4,7 +4,7 @@ Usage::
 
     python bench/paper_table.py [--models resnet18,resnet34,nin] [--datasets fashion-mnist,mnist]
                                 [--quick] [--ablations] [--out docs/results.md]
-                                [--json docs/results.json] [--fresh]
+                                [--json docs/results.json] [--fresh] [--no-fast]
 
 For each shipped network (``weights/<arch>_<dataset>.h5``) it converts the
 network with the settings in ``SETTINGS`` on calibration images from the
@@ -15,7 +15,9 @@ images; MNIST subset: its 1000 test images), the retention, the operation
 reduction under both conventions (``tabconv_np.ops.op_reduction``) and the
 storage.  CIFAR-10/100 are not available here: their rows give the operation
 reduction of the architecture alone (3x32x32 input, the same settings, no
-data: ``conversion.skeleton``) and say "not measured".
+data: ``conversion.skeleton``) and say "not measured".  Each measured row has
+a "fast" twin (``FAST``: hash-tree encoding and 8-bit tables, method
+``maddness``) reported beside it.
 
 Every measured row is also stored, as soon as it is measured, in the raw
 rows file (``--json``, default docs/results.json) together with the sha256 of
@@ -70,6 +72,14 @@ SETTINGS = {
     "nin": dict(codebooks={"conv1": "D/5", "conv4": "D/64", "*": "D/48"}, prototypes=256,
                 refine="exact", max_rows=20_000, iters=4),
 }
+#: The fast setting per model (method "maddness": hash-tree encoding, K = 16, 8-bit
+#: tables fitted to the exact outputs; one codebook per input channel's window, per 4
+#: inputs for 1x1 convs): the same switches as above, no setting tuned on test images.
+FAST = {
+    "resnet18": dict(method="maddness", switches=[0] + [1] * 8 + [0], max_rows=20_000),
+    "resnet34": dict(method="maddness", switches=[0] + [1] * 16 + [0], max_rows=20_000),
+    "nin": dict(method="maddness", max_rows=20_000),
+}
 CALIB = 1000
 #: The demo's ResNet settings were chosen by trying a few values on the first
 #: TUNED_ON Fashion-MNIST test images; rows also report the rest of the split.
@@ -87,6 +97,7 @@ def parse_args(argv=None):
     p.add_argument("--json", default=os.path.join(ROOT, "docs", "results.json"),
                    help="raw rows file: written as rows are measured, read to reuse unchanged rows")
     p.add_argument("--fresh", action="store_true", help="measure every row again")
+    p.add_argument("--no-fast", action="store_true", help="skip the fast (hash-tree) rows")
     return p.parse_args(argv)
 
 
@@ -98,6 +109,9 @@ def _short(v):
 
 def settings_text(kw, mask_rate=None):
     """``(C, K, M)`` as used: C as subspace rule, K, masking rate, and what stays exact."""
+    if kw.get("method") == "maddness":
+        return (f"hash trees, K=16, C={_short(kw.get('codebooks', 'auto'))}, 8-bit tables, "
+                f"M={kw.get('mask_rate') or 0}, refine={kw.get('refine', 'exact')}")
     sw = kw.get("switches")
     exact = []
     if sw and not sw[0]:
@@ -153,11 +167,12 @@ class RowStore:
                 f.write("\n")
 
 
-def measure(model, dataset, quick, extra=None, log=print, store=None):
+def measure(model, dataset, quick, extra=None, log=print, store=None, fast=False):
     """Convert and evaluate one (model, dataset); None when the weights are missing.
 
-    A row already in ``store`` (a :class:`RowStore`) for the same weight file
-    and settings is returned as it is.
+    ``fast``: with the model's ``FAST`` setting instead of ``SETTINGS``.  A row
+    already in ``store`` (a :class:`RowStore`) for the same weight file and
+    settings is returned as it is.
     """
     from tabconv_np.conversion import convert, op_reduction
     from tabconv_np.data import load_dataset
@@ -166,7 +181,7 @@ def measure(model, dataset, quick, extra=None, log=print, store=None):
     path = os.path.join(ROOT, "weights", f"{arch}_{dataset}.h5")
     if not os.path.exists(path):
         return None
-    kw = dict(SETTINGS[model])
+    kw = dict(FAST[model] if fast else SETTINGS[model])
     kw.update(extra or {})
     key = RowStore.key(path, kw, quick)
     if store is not None and key in store.rows:
@@ -189,6 +204,7 @@ def measure(model, dataset, quick, extra=None, log=print, store=None):
            "exact_accuracy": ea, "table_accuracy": ta, "retention": ta / ea,
            "table_accuracy_without_refit": na,
            "paper": red["paper"]["reduction"], "full": red["full"]["reduction"],
+           "bolt": red["bolt"]["reduction"],
            "storage": red["storage"], "settings": settings_text(kw), "kw": {k: v for k, v in kw.items()},
            "masked": res.masked, "calibration": calib_text, "test_images": int(len(xt)),
            "convert_seconds": conv_s, "exact_eval_seconds": es, "table_eval_seconds": ts,
@@ -201,7 +217,7 @@ def measure(model, dataset, quick, extra=None, log=print, store=None):
                            "table_accuracy": float(np.mean(both["predictions"][held] == yt[held]))}
     if store is not None:
         store.put(row)
-    log(f"{model} {dataset}: exact {ea:.4f} table {ta:.4f} retention {ta / ea:.3f} "
+    log(f"{model} {dataset}{' (fast)' if fast else ''}: exact {ea:.4f} table {ta:.4f} retention {ta / ea:.3f} "
         f"paper {red['paper']['reduction']:.4f} full {red['full']['reduction']:.4f} "
         f"({conv_s:.0f} s conversion)")
     return row
@@ -228,7 +244,7 @@ def mib(b):
     return f"{b / 2**20:.1f} MiB"
 
 
-def render(rows, arch_rows, ablations, args, seconds):
+def render(rows, arch_rows, ablations, args, seconds, fast_rows=None):
     import numba
     L = ["# TabConv results", "",
          f"Generated by `python bench/paper_table.py{' --quick' if args.quick else ''}"
@@ -317,6 +333,29 @@ def render(rows, arch_rows, ablations, args, seconds):
                  f"{mib(r['storage']['table_bytes'])} replace {mib(r['storage']['replaced_weight_bytes'])} "
                  f"of weights.")
     L.append("")
+    if fast_rows:
+        L += ["## The fast setting beside the paper-faithful one", "",
+              "Fast: hash-tree encoding (4 comparisons per codebook, read from the input tensor), "
+              "K = 16, 8-bit tables fitted to the exact network's outputs (method `maddness`); "
+              "one codebook per input channel's 3x3 window, per 4 channels in 1x1 convs; same "
+              "switches as the paper-faithful rows (stem and classifier exact for the ResNets). "
+              "Wall clock: docs/bench_trees.md.", "",
+              "| model | data set | exact acc. | paper-faithful acc. (retention) | fast acc. "
+              "(retention) | fast reduction: paper / full | paper-faithful full | storage: fast / "
+              "paper-faithful / exact |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+        for (m, ds), f in fast_rows.items():
+            r = rows.get((m, ds))
+            if f is None:
+                continue
+            L.append(f"| {MODELS[m]['label']} | {DATASETS[ds]} | {pct(f['exact_accuracy'], 2)} | "
+                     + (f"{pct(r['table_accuracy'], 2)} ({pct(r['retention'])}) | " if r else "– | ")
+                     + f"{pct(f['table_accuracy'], 2)} ({pct(f['retention'])}) | {pct(f['paper'], 1)} / "
+                     f"{pct(f['full'], 1)} | {pct(r['full'], 1) if r else '–'} | "
+                     f"{mib(f['storage']['network_bytes'])} / "
+                     f"{mib(r['storage']['network_bytes']) if r else '–'} / "
+                     f"{mib(f['storage']['exact_network_bytes'])} |")
+        L.append("")
     if ablations:
         L += ["## Ablations: ResNet-18 on Fashion-MNIST", "",
               "Same measurement as above, one ingredient changed at a time.", "",
@@ -328,6 +367,8 @@ def render(rows, arch_rows, ablations, args, seconds):
         L.append("")
     L += ["## Settings", "", "```python", "SETTINGS = {"]
     L += [f"    {json.dumps(k)}: {json.dumps(v)}," for k, v in SETTINGS.items()]
+    L += ["}", "FAST = {"]
+    L += [f"    {json.dumps(k)}: {json.dumps(v)}," for k, v in FAST.items()]
     L += ["}", "```", "",
           "`refine=\"exact\"` refits each table by least squares to the exact network's output at "
           "that layer on the calibration codes (`tabconv_np.tables.fit_tables`); the TabConv "
@@ -358,10 +399,12 @@ def main(argv=None):
     t0 = time.perf_counter()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     store = RowStore(args.json, args.fresh)
-    rows, arch_rows = {}, {}
+    rows, arch_rows, fast_rows = {}, {}, {}
     for m in args.models.split(","):
         for ds in args.datasets.split(","):
             rows[(m, ds)] = measure(m, ds, args.quick, log=log, store=store)
+            if not args.no_fast:
+                fast_rows[(m, ds)] = measure(m, ds, args.quick, log=log, store=store, fast=True)
         for ds, cls in (("cifar10", 10), ("cifar100", 100)):
             arch_rows[(m, ds)] = architecture_only(m, cls)
     ablations = []
@@ -372,7 +415,7 @@ def main(argv=None):
             if r is not None:
                 ablations.append((name, r))
                 log(f"ablation {name}: {r['table_accuracy']:.4f}")
-    md = render(rows, arch_rows, ablations, args, time.perf_counter() - t0)
+    md = render(rows, arch_rows, ablations, args, time.perf_counter() - t0, fast_rows)
     with open(args.out, "w") as f:
         f.write(md + "\n")
     print(md)

@@ -96,6 +96,7 @@ def bench_layer(shape, Ks, Cs, batch, repeat, rng):
     from tabconv_np.layers import Conv2d
     from tabconv_np.pq import encode_rows, subspace_length
     from tabconv_np.tables import TableConv2d
+    from tabconv_np.tree_tables import TreeConv2d
     name, cin, cout, k, s, p, side = shape
     D = cin * k * k
     conv = Conv2d(cin, cout, k, s, p, bias=True, method="im2col")
@@ -104,6 +105,14 @@ def bench_layer(shape, Ks, Cs, batch, repeat, rng):
     exact = timeit(lambda: conv(x, "NCHW"), repeat)
     rows, (n, ho, wo) = im2col_rows(x, k, s, p)
     out = {"name": name, "D": D, "M": cout, "rows": rows.shape[0], "exact": exact, "cells": {}}
+    # hash-tree layer: one codebook per input channel's window (per 4 channels for 1x1), K = 16,
+    # 8-bit tables, encoding read from the tensor; random trees and tables
+    C = cin if k > 1 else max(1, -(-cin // 4))
+    tl = TreeConv2d(cin, cout, k, s, p, n_codebooks=C)
+    tl.params["split_cols"][...] = rng.integers(0, D, tl.params["split_cols"].shape)
+    tl.params["thresholds"][...] = rng.standard_normal(tl.params["thresholds"].shape) * 0.5
+    tl.params["table"][...] = rng.integers(0, 256, tl.params["table"].shape)
+    out["tree"] = timeit(lambda: tl(x, "NCHW"), repeat)
     for K in Ks:
         for C in Cs:
             if C > D:
@@ -116,7 +125,7 @@ def bench_layer(shape, Ks, Cs, batch, repeat, rng):
             P = t.params["prototypes"]
             codes = encode_rows(rows, P)
             enc = timeit(lambda: encode_rows(rows, P), repeat)
-            look = timeit(lambda: t._lookup(codes), repeat)
+            look = timeit(lambda: t.lookup_trusted(codes), repeat)
             whole = timeit(lambda: t(x, "NCHW"), repeat)
             out["cells"][(K, C)] = (enc, look, whole)
             del t
@@ -134,11 +143,14 @@ def markdown(results, Ks, Cs, batches, args, seconds):
              "`Conv2d(method=\"im2col\")` time of the same layer and batch (so > 1 is slower). "
              "Encoding costs `rows*K*D` multiply-adds (the exact layer `rows*M*D`), so its ratio "
              "grows about like K/M; the lookup costs `rows*M*C` reads and adds. "
-             "`-`: C > D (the stem has D = 9).", ""]
+             "`-`: C > D (the stem has D = 9).",
+             "Column **tree**: the whole hash-tree layer (`TreeConv2d`: 4 comparisons per codebook "
+             "read from the input tensor, K = 16, 8-bit tables; one codebook per input channel's "
+             "window, per 4 channels for 1x1) divided by the exact time.", ""]
     for batch in batches:
         lines += [f"## Batch {batch}", "",
-                  "| layer | D | M | rows | exact ms | K | " + " | ".join(f"C={c}" for c in Cs) + " |",
-                  "|---|---:|---:|---:|---:|---:|" + "---|" * len(Cs)]
+                  "| layer | D | M | rows | exact ms | tree | K | " + " | ".join(f"C={c}" for c in Cs) + " |",
+                  "|---|---:|---:|---:|---:|---:|---:|" + "---|" * len(Cs)]
         for r in results[batch]:
             for i, K in enumerate(Ks):
                 cells = []
@@ -146,10 +158,13 @@ def markdown(results, Ks, Cs, batches, args, seconds):
                     v = r["cells"][(K, C)]
                     cells.append("-" if v is None else " / ".join(f"{t / r['exact']:.2g}" for t in v))
                 head = (f"| {r['name']} | {r['D']} | {r['M']} | {r['rows']} | {1e3 * r['exact']:.3f} "
-                        if i == 0 else "| | | | | ")
+                        f"| {r['tree'] / r['exact']:.2g} " if i == 0 else "| | | | | | ")
                 lines.append(head + f"| {K} | " + " | ".join(cells) + " |")
         lines.append("")
         # geometric means over layers
+        g3 = [r["tree"] / r["exact"] for r in results[batch] if "stem" not in r["name"]]
+        lines += [f"Hash-tree layer / exact, geometric mean over the non-stem layers, batch {batch}: "
+                  f"{float(np.exp(np.mean(np.log(g3)))):.2g}", ""]
         lines += [f"Geometric mean over layers, batch {batch} (encode / lookup / whole):", "",
                   "| K | " + " | ".join(f"C={c}" for c in Cs) + " |", "|---:|" + "---|" * len(Cs)]
         for K in Ks:
