@@ -152,6 +152,6 @@ class ConversionResult:
         if self.refit:
             r = self.refit
             lines.append(f"classifier refit ({r['layer']}): calibration MSE to exact logits "
-                         f"{r['mse_before']:.4f} -> {r['mse_after']:.4f}")
+                         f"{r['mse_before']:.4g} -> {r['mse_after']:.4g}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -116,12 +116,17 @@ class Pass:
         exact_layer = m
         if path == self.refit_leaf:
             ya_exact = apply(m, xa, layout)
-            exact_layer, lam = refit_linear(m, xa, ye, self.common.ridge_alpha)
-            ya_refit = apply(exact_layer, xa, layout)
-            self.refit = {"layer": path, "alpha": self.common.ridge_alpha, "lambda": lam,
-                          "mse_before": float(np.mean((ya_exact - ye) ** 2)),
-                          "mse_after": float(np.mean((ya_refit - ye) ** 2))}
-            self.unrefit = m
+            refit, lam = refit_linear(m, xa, ye, self.common.ridge_alpha)
+            before = float(np.mean((ya_exact - ye) ** 2))
+            after = float(np.mean((apply(refit, xa, layout) - ye) ** 2))
+            if after < before:
+                exact_layer = refit
+                self.refit = {"layer": path, "alpha": self.common.ridge_alpha, "lambda": lam,
+                              "mse_before": before, "mse_after": after}
+                self.unrefit = m
+            elif self.reuse_before == 0:          # said once, in the first pass
+                self.notes.append(f"classifier refit of {path} skipped: it would not lower the "
+                                  f"calibration error to the exact logits ({before:.3g} -> {after:.3g})")
         if not self.on[s.index]:
             return exact_layer, apply(exact_layer, xa, layout), ye
         t0 = time.perf_counter()
