@@ -23,7 +23,7 @@ from tabconv_np.kernels import tree_kernels as K
 from tabconv_np.layers import Conv2d, Flatten, Linear, ReLU
 from tabconv_np.network import Network
 from tabconv_np.ops import op_reduction
-from tabconv_np.reference import tree_encode_naive
+from tabconv_np.reference import pairwise_sum, sequential_sum, tree_encode_naive
 from tabconv_np.tree_tables import TreeConv2d, TreeLinear
 from helpers import randomize
 
@@ -206,3 +206,17 @@ def test_maddness_refinement_reduces_the_error(lenet_pair):
     ref = a.exact.predict(imgs)
     err = lambda r: np.linalg.norm(r.network.predict(imgs) - ref)   # noqa: E731
     assert err(a) < err(plain)
+
+
+def test_the_reference_sums_in_numpys_order():
+    """``fit_trees_naive`` spells out its summation orders; they are those of NumPy's
+    ``A.sum(-1)`` (pairwise) and ``A.sum(0)`` (row after row, two or more columns), so the
+    trees equal those of the plain NumPy formulation bit for bit."""
+    rng = np.random.default_rng(0)
+    for n in range(1, 300):
+        A = rng.standard_normal((4, n)) * np.exp(3 * rng.standard_normal((4, n)))
+        assert np.array_equal(pairwise_sum(A), A.sum(-1)), n
+        B = np.ascontiguousarray(A.T)
+        if B.shape[1] >= 2:
+            assert np.array_equal(sequential_sum(B), B.sum(0)), n
+    assert np.signbit(sequential_sum(np.full((3, 2), -0.0))).sum() == 0    # from +0.0
