@@ -288,3 +288,9 @@ def test_fit_trees_refuses_empty_subspaces():
     with pytest.raises(ConfigError, match="empty; use n_codebooks = 3"):
         fit_trees(X, 4)                                        # ceil(9/4) = 3: 3 subspaces fill D
     assert fit_trees(X, 3).C == 3
+
+
+def test_tree_learning_warmup_compiles_both_entries():
+    from tabconv_np.hashtree import warmup
+    assert warmup()
+    assert all(fn.signatures for fn in TF.fit)
