@@ -28,8 +28,10 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .kernels import tree_kernels as _k
+from .kernels import treefit_kernels as _fk
 from .kernels._jit import pick
 from .pq import subspace_length
+from .threads import get_num_threads
 from .validate import as_int
 
 #: Tree depth and leaves per tree.
@@ -63,29 +65,6 @@ class HashTrees:
         return self.split_cols.shape[0]
 
 
-def _best_split(S, v):
-    """``(loss, threshold)``: the split of bucket rows ``S`` (n, ds) float64 on values ``v`` (n,)
-    float32 that minimises the children's summed squared error."""
-    n = len(v)
-    if n < 2:
-        return 0.0, np.float32(v.max() if n else 0.0)
-    order = np.argsort(v, kind="stable")
-    vs, Y = v[order], S[order]
-    cum, cum2 = np.cumsum(Y, 0), np.cumsum(Y * Y, 0)
-    i = np.arange(1, n)                                        # left = first i rows
-    left = (cum2[:-1] - cum[:-1] ** 2 / i[:, None]).sum(1)
-    right = ((cum2[-1] - cum2[:-1]) - (cum[-1] - cum[:-1]) ** 2 / (n - i)[:, None]).sum(1)
-    loss = left + right
-    loss[vs[:-1] == vs[1:]] = np.inf                           # only between distinct values
-    j = int(np.argmin(loss))
-    if not np.isfinite(loss[j]):                               # all values equal: no split
-        return float((cum2[-1] - cum[-1] ** 2 / n).sum()), np.float32(vs[-1])
-    t = np.float32((np.float64(vs[j]) + np.float64(vs[j + 1])) / 2)
-    if not vs[j] <= t < vs[j + 1]:                             # float32 midpoint rounded onto vs[j+1]
-        t = vs[j]
-    return float(loss[j]), t
-
-
 def fit_trees(X, n_codebooks, candidates=4):
     """Learn one depth-4 tree per subspace of the rows ``X`` (see the module docstring).
 
@@ -94,13 +73,17 @@ def fit_trees(X, n_codebooks, candidates=4):
     X : float32 array (N, D)
         Finite training rows, N >= 2.
     n_codebooks : int
-        ``C`` subspaces, ``1 <= C <= D``.
+        ``C`` subspaces, ``1 <= C <= D``, none of them empty (``(C - 1) * ceil(D / C) < D``).
     candidates : int
         Columns tried at each level (the highest-error ones).
 
     Returns
     -------
     HashTrees
+        Bitwise those of :func:`tabconv_np.reference.fit_trees_naive`, which
+        defines the learning (summation orders and ties included); the kernel
+        (:mod:`tabconv_np.kernels.treefit_kernels`) learns the subspaces in
+        parallel.
     """
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] < 2 or X.dtype.kind != "f":
@@ -112,34 +95,26 @@ def fit_trees(X, n_codebooks, candidates=4):
     C = as_int(n_codebooks, f"fit_trees: n_codebooks (D = {D})", 1, D)
     cand = as_int(candidates, "fit_trees: candidates", 1)
     Ds = subspace_length(D, C)
-    cols = np.zeros((C, DEPTH), np.int32)
-    thr = np.zeros((C, N_LEAVES), np.float32)
-    P = np.zeros((C, N_LEAVES, Ds), np.float32)
-    for c in range(C):
-        lo, hi = c * Ds, min((c + 1) * Ds, D)
-        V = X[:, lo:hi]
-        S = V.astype(np.float64)
-        buckets = [np.arange(N)]
-        for t in range(DEPTH):
-            sse = sum(((S[b] - S[b].mean(0)) ** 2).sum(0) for b in buckets if len(b))
-            best = None
-            for d in np.argsort(-sse, kind="stable")[:cand]:
-                splits = [_best_split(S[b], V[b, d]) for b in buckets]
-                total = sum(s[0] for s in splits)
-                if best is None or total < best[0]:
-                    best = (total, int(d), [s[1] for s in splits])
-            _, d, ts = best
-            cols[c, t] = lo + d
-            children = []
-            for j, (b, th) in enumerate(zip(buckets, ts)):
-                thr[c, (1 << t) - 1 + j] = th
-                right = V[b, d] > th
-                children += [b[~right], b[right]]
-            buckets = children
-        for k, b in enumerate(buckets):
-            if len(b):
-                P[c, k, :hi - lo] = S[b].mean(0)
+    if (C - 1) * Ds >= D:
+        raise ConfigError(f"fit_trees: n_codebooks = {C} cuts D = {D} columns into subspaces of "
+                          f"ceil({D}/{C}) = {Ds}, which leaves {C - subspace_length(D, Ds)} of them "
+                          f"empty; use n_codebooks = {subspace_length(D, Ds)}")
+    cols = np.empty((C, DEPTH), np.int32)
+    thr = np.empty((C, N_LEAVES), np.float32)
+    P = np.empty((C, N_LEAVES, Ds), np.float32)
+    fit = pick(_fk.fit, N * D * DEPTH * min(cand, Ds))
+    tasks = min(C, get_num_threads()) if fit is _fk.fit.parallel else 1
+    fit(X, Ds, min(cand, Ds), tasks, cols, thr, P)
     return HashTrees(cols, thr, P, D)
+
+
+def warmup():
+    """Compile (or load from the on-disk cache) the learning kernel, serial and parallel."""
+    X = np.random.default_rng(0).standard_normal((20, 6)).astype(np.float32)
+    for fn in _fk.fit:                                          # parallel, serial
+        fn(X, 3, 2, 2, np.empty((2, DEPTH), np.int32), np.empty((2, N_LEAVES), np.float32),
+           np.empty((2, N_LEAVES, 3), np.float32))
+    return True
 
 
 def encode(X, trees):

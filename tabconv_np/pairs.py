@@ -30,6 +30,7 @@ from . import reference as R
 from .kernels import pq_kernels as _pq
 from .pq import code_dtype, encode_rows, subspace_length
 from .kernels import tree_kernels as _tree
+from .hashtree import fit_trees
 from .tables import table_from_weights
 from .tree_tables import TreeConv2d
 
@@ -369,6 +370,47 @@ def _check_tree_lookup_conv(got, want, args, kwargs):
     _assert_within(got, want, bound, "tree conv")
 
 
+def fit_tree_arrays(X, n_codebooks, candidates=4):
+    """:func:`~tabconv_np.hashtree.fit_trees` as the reference returns it:
+    ``(split_cols, thresholds, prototypes)``."""
+    trees = fit_trees(X, n_codebooks, candidates)
+    return trees.split_cols, trees.thresholds, trees.prototypes
+
+
+def _fit_trees_inputs(draw, rng):
+    """Rows that exercise every branch of the learning: ties (rounded values, constant
+    columns, duplicate rows, -0.0 next to +0.0), neighbouring float32 values (midpoints that
+    round onto the right value), tiny buckets, wide subspaces (pairwise column sums)."""
+    N = draw(2, 60)
+    D = draw(1, 200) if draw(0, 9) == 0 else draw(1, 30)
+    C = draw(1, D)
+    Ds = subspace_length(D, C)
+    C = subspace_length(D, Ds)                      # no empty subspace: C = ceil(D / Ds)
+    X = rng.standard_normal((N, D)) * 10.0 ** draw(-3, 3)
+    kind = draw(0, 4)
+    if kind == 1:
+        X = np.round(X, 0)                                        # many ties, zeros of both signs
+        X[rng.random(X.shape) < 0.3] = -0.0
+    elif kind == 2:                                               # neighbouring float32 values
+        base = np.float32(rng.standard_normal())
+        steps = rng.integers(0, 4, X.shape)
+        X = np.full(X.shape, base, np.float32)
+        for k in range(3):
+            X = np.where(steps > k, np.nextafter(X, np.float32(np.inf)), X)
+    elif kind == 3:
+        X[:, rng.random(D) < 0.5] = rng.standard_normal()         # constant columns
+        X[rng.integers(0, N, N // 2)] = X[0]                      # duplicate rows
+    X = X.astype(np.float32)
+    return (X, C), dict(candidates=draw(1, 6))
+
+
+def _check_trees(got, want, args, kwargs):
+    for name, g, w in zip(("split_cols", "thresholds", "prototypes"), got, want):
+        _assert_equal(g, w, name)
+        if g.dtype == np.float32:                                # the sign of zero too
+            _assert_equal(g.view(np.uint32), w.view(np.uint32), f"{name} (bits)")
+
+
 _CONV_TOL = ("elementwise |fast - ref| <= 4*K*2**-24*(|x| conv |w| + |b|) + 1e-7, "
              "K = C/groups*kh*kw + 1 (float32 sums in any order vs float64)")
 
@@ -402,4 +444,8 @@ PAIRS = [
     Pair("tree_conv", tree_conv, R.tree_conv_naive, _tree_conv_inputs, _check_tree_lookup_conv,
          "as tree_lookup, with codes read from the tensor (both layouts, padding, stride, "
          "dilation) equal to those of the im2col rows"),
+    Pair("fit_trees", fit_tree_arrays, R.fit_trees_naive, _fit_trees_inputs, _check_trees,
+         "bitwise split columns, thresholds and prototypes: both sum in float64 in the same "
+         "order (rows one after another from +0.0; a subspace's columns in NumPy's pairwise "
+         "order, reference.pairwise_sum), compare in float32 and break ties the same way"),
 ]

@@ -20,6 +20,7 @@ reference                      fast function
 :func:`tree_encode_naive`      :func:`tabconv_np.hashtree.encode`, the tree layers' encoding
 :func:`tree_lookup_naive`      the 8-bit ``lookup`` kernel (``TreeLinear.lookup``)
 :func:`tree_conv_naive`        :class:`tabconv_np.tree_tables.TreeConv2d` (encoding from the tensor)
+:func:`fit_trees_naive`        :func:`tabconv_np.hashtree.fit_trees` (learning the trees)
 =============================  =================================================
 
 The convolution is really a cross-correlation, as in every deep-learning
@@ -317,3 +318,138 @@ def tree_conv_naive(x, split_cols, thresholds, table8, step, bias, kernel_size, 
     y = tree_lookup_naive(tree_encode_naive(rows, split_cols, thresholds), table8, step, bias)
     y = y.reshape(N, Ho, Wo, -1)
     return y if layout == "NHWC" else y.transpose(0, 3, 1, 2)
+
+
+# ------------------------------------------------------- learning hash trees
+def pairwise_sum(A):
+    """Sum over the last axis of a float64 array, in NumPy's pairwise order.
+
+    The order (what ``A.sum(-1)`` does on a C-contiguous float64 array):
+    fewer than 8 terms are added one after the other from 0; up to 128 terms
+    go to 8 running partial sums ``r[j]`` (terms ``j, j+8, j+16, ...`` up to a
+    multiple of 8), combined as ``((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7))``, then
+    the remaining ``n % 8`` terms are added one by one; above 128 terms the
+    first half (rounded down to a multiple of 8) and the rest are summed so and
+    added.  Spelled out here so that the result does not depend on NumPy's
+    internals; the hash-tree learning kernel sums a subspace's columns in this
+    order.
+    """
+    A = np.asarray(A, np.float64)
+    n = A.shape[-1]
+    if n < 8:
+        s = np.zeros(A.shape[:-1])
+        for k in range(n):
+            s = s + A[..., k]
+        return s
+    if n <= 128:
+        m = n - n % 8
+        r = [A[..., j] for j in range(8)]
+        for i in range(8, m, 8):
+            r = [r[j] + A[..., i + j] for j in range(8)]
+        s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        for k in range(m, n):
+            s = s + A[..., k]
+        return s
+    h = n // 2
+    h -= h % 8
+    return pairwise_sum(A[..., :h]) + pairwise_sum(A[..., h:])
+
+
+def sequential_sum(A):
+    """Sum over the first axis of a float64 array, one row after another starting from +0.0.
+
+    (What ``A.sum(0)`` does on a C-contiguous array of two or more columns;
+    with a single column NumPy sums pairwise instead.)  ``+ 0.0`` turns a sum
+    of -0.0 terms into +0.0, as a sum started from +0.0 gives.
+    """
+    A = np.asarray(A, np.float64)
+    return np.cumsum(A, 0)[-1] + 0.0 if len(A) else np.zeros(A.shape[1:])
+
+
+def _best_tree_split(S, v):
+    """``(loss, threshold)``: the split of bucket rows ``S`` (n, ds) float64 on values ``v`` (n,)
+    float32 that minimises the children's summed squared error (:func:`fit_trees_naive`)."""
+    n = len(v)
+    if n < 2:
+        return 0.0, np.float32(v.max() if n else 0.0)
+    order = np.argsort(v, kind="stable")
+    vs, Y = v[order], S[order]
+    cum, cum2 = np.cumsum(Y, 0), np.cumsum(Y * Y, 0)                 # row after row, sorted order
+    i = np.arange(1, n)[:, None]                                     # left = first i rows
+    left = pairwise_sum(cum2[:-1] - cum[:-1] ** 2 / i)
+    right = pairwise_sum((cum2[-1] - cum2[:-1]) - (cum[-1] - cum[:-1]) ** 2 / (n - i))
+    loss = left + right
+    loss[vs[:-1] == vs[1:]] = np.inf                                 # only between distinct values
+    j = int(np.argmin(loss))                                         # the first minimum
+    if not np.isfinite(loss[j]):                                     # all values equal: no split
+        return float(pairwise_sum(cum2[-1] - cum[-1] ** 2 / n)), vs[-1]
+    t = np.float32((np.float64(vs[j]) + np.float64(vs[j + 1])) / 2)
+    if not vs[j] <= t < vs[j + 1]:                                   # midpoint rounded onto vs[j+1]
+        t = vs[j]
+    return float(loss[j]), t
+
+
+def fit_trees_naive(X, n_codebooks, candidates=4):
+    """One depth-4 hash tree per subspace, learned greedily level by level.
+
+    Reference for :func:`tabconv_np.hashtree.fit_trees`; returns its three
+    arrays ``(split_cols (C, 4) int32, thresholds (C, 16) float32,
+    prototypes (C, 16, Ds) float32)``.  Subspace ``c`` is columns
+    ``[c*Ds, min((c+1)*Ds, D))``, ``Ds = ceil(D / C)``; its values ``S`` in
+    float64.  Level ``t`` has ``2**t`` buckets of rows (in row order):
+
+    * every column's squared error ``sse[d]``: summed over the non-empty
+      buckets (in bucket order) of ``sum over the bucket's rows of
+      (S[r, d] - mean_d)**2``, the mean and the sum taken row after row;
+    * candidates: the ``candidates`` columns of largest ``sse``
+      (``argsort(-sse, kind="stable")``: ties to the lower column);
+    * each candidate column ``d``, each bucket: rows stably sorted by column
+      ``d`` (float32 values), running sums of the rows and squared rows
+      (float64, row after row), and at each position ``i`` between two
+      distinct sorted values the loss ``sum over columns of (cum2 - cum**2/i)
+      + sum over columns of ((tot2 - cum2) - (tot - cum)**2/(n - i))``, the
+      column sums in :func:`pairwise_sum` order; the first minimum wins, its
+      threshold is the float32 midpoint of the two values (the left value if
+      the midpoint rounds onto the right one).  A bucket of fewer than 2 rows:
+      loss 0, threshold its value (0.0 if empty); all values equal: loss the
+      bucket's squared error, threshold the value;
+    * the candidate with the strictly smallest total loss (summed over the
+      buckets in order) wins; each bucket splits into ``value <= threshold``
+      (left child, heap index ``2j``) and ``value > threshold`` (``2j + 1``).
+
+    The prototypes are the leaves' row means (summed row after row, float64,
+    then rounded to float32); zeros for empty leaves and padding columns.
+    """
+    X = np.asarray(X, np.float32)
+    N, D = X.shape
+    C = int(n_codebooks)
+    Ds = -(-D // C)
+    cols = np.zeros((C, 4), np.int32)
+    thr = np.zeros((C, 16), np.float32)
+    P = np.zeros((C, 16, Ds), np.float32)
+    for c in range(C):
+        lo, hi = c * Ds, min((c + 1) * Ds, D)
+        V = X[:, lo:hi]
+        S = V.astype(np.float64)
+        buckets = [np.arange(N)]
+        for t in range(4):
+            sse = sum(sequential_sum((S[b] - sequential_sum(S[b]) / len(b)) ** 2)
+                      for b in buckets if len(b))
+            best = None
+            for d in np.argsort(-sse, kind="stable")[:candidates]:
+                splits = [_best_tree_split(S[b], V[b, d]) for b in buckets]
+                total = sum(s[0] for s in splits)
+                if best is None or total < best[0]:
+                    best = (total, int(d), [s[1] for s in splits])
+            _, d, ts = best
+            cols[c, t] = lo + d
+            children = []
+            for j, (b, th) in enumerate(zip(buckets, ts)):
+                thr[c, (1 << t) - 1 + j] = th
+                right = V[b, d] > th
+                children += [b[~right], b[right]]
+            buckets = children
+        for k, b in enumerate(buckets):
+            if len(b):
+                P[c, k, :hi - lo] = sequential_sum(S[b]) / len(b)
+    return cols, thr, P

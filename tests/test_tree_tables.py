@@ -20,10 +20,11 @@ from tabconv_np.geometry import im2col_rows
 from tabconv_np.hashtree import decode, encode, fit_trees, quantize_tables
 from tabconv_np.io import load, save
 from tabconv_np.kernels import tree_kernels as K
+from tabconv_np.kernels import treefit_kernels as TF
 from tabconv_np.layers import Conv2d, Flatten, Linear, ReLU
 from tabconv_np.network import Network
 from tabconv_np.ops import op_reduction
-from tabconv_np.reference import tree_encode_naive
+from tabconv_np.reference import fit_trees_naive, pairwise_sum, sequential_sum, tree_encode_naive
 from tabconv_np.tree_tables import TreeConv2d, TreeLinear
 from helpers import randomize
 
@@ -206,3 +207,90 @@ def test_maddness_refinement_reduces_the_error(lenet_pair):
     ref = a.exact.predict(imgs)
     err = lambda r: np.linalg.norm(r.network.predict(imgs) - ref)   # noqa: E731
     assert err(a) < err(plain)
+
+
+def test_the_reference_sums_in_numpys_order():
+    """``fit_trees_naive`` spells out its summation orders; they are those of NumPy's
+    ``A.sum(-1)`` (pairwise) and ``A.sum(0)`` (row after row, two or more columns), so the
+    trees equal those of the plain NumPy formulation bit for bit."""
+    rng = np.random.default_rng(0)
+    for n in range(1, 300):
+        A = rng.standard_normal((4, n)) * np.exp(3 * rng.standard_normal((4, n)))
+        assert np.array_equal(pairwise_sum(A), A.sum(-1)), n
+        B = np.ascontiguousarray(A.T)
+        if B.shape[1] >= 2:
+            assert np.array_equal(sequential_sum(B), B.sum(0)), n
+    assert np.signbit(sequential_sum(np.full((3, 2), -0.0))).sum() == 0    # from +0.0
+
+
+def _bits(a):
+    return a.view(np.uint32) if a.dtype == np.float32 else a
+
+
+def _assert_same_trees(got, want):
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and np.array_equal(_bits(g), _bits(w))
+
+
+def test_fit_trees_equals_the_reference_on_activation_like_rows():
+    """ReLU-like rows (many exact zeros, -0.0 among them), thousands of rows, 3x3 windows."""
+    rng = np.random.default_rng(7)
+    X = np.maximum(rng.standard_normal((3000, 45)) + rng.standard_normal(45), 0).astype(np.float32)
+    X[rng.random(X.shape) < 0.05] = -0.0
+    for C, cand in ((5, 4), (3, 2), (45, 4)):
+        t = fit_trees(X, C, cand)
+        _assert_same_trees((t.split_cols, t.thresholds, t.prototypes), fit_trees_naive(X, C, cand))
+
+
+def test_tree_learning_serial_and_parallel_agree_bitwise():
+    rng = np.random.default_rng(3)
+    X = np.round(rng.standard_normal((700, 50)), 2).astype(np.float32)
+    C, Ds = 6, 9                                               # the last subspace has 5 columns
+    outs = []
+    for fn, tasks in ((TF.fit.serial, 1), (TF.fit.parallel, 1), (TF.fit.parallel, 4),
+                      (TF.fit.serial, 6)):
+        o = (np.full((C, 4), -1, np.int32), np.full((C, 16), np.nan, np.float32),
+             np.full((C, 16, Ds), np.nan, np.float32))
+        fn(X, Ds, 4, tasks, *o)
+        outs.append(o)
+    for o in outs[1:]:
+        _assert_same_trees(o, outs[0])
+    t = fit_trees(X, C)
+    _assert_same_trees((t.split_cols, t.thresholds, t.prototypes), outs[0])
+    assert np.all(outs[0][2][5, :, 5:] == 0)                   # padding columns: zeros
+
+
+def test_tree_learning_kernel_helpers_match_their_definitions():
+    """The pairwise column sum (also above 128 terms) and the stable radix argsort."""
+    rng = np.random.default_rng(0)
+    for n in list(range(1, 140)) + [255, 256, 257, 600, 1031]:
+        a = rng.standard_normal(n) * np.exp(3 * rng.standard_normal(n))
+        assert TF._colsum(a, n) == pairwise_sum(a), n
+    v = rng.standard_normal(5000).astype(np.float32)
+    v[::19] = np.round(v[::19], 1)                              # ties
+    v[::7] = 0.0
+    v[::11] = -0.0
+    v[::13] = np.float32(1e-42)                                 # subnormals
+    v[::17] = -np.float32(3e38)
+    out = np.empty(len(v), np.int32)
+    args = (np.empty(len(v), np.uint32), np.empty(len(v), np.uint32), np.empty(len(v), np.int32),
+            np.empty(1 << TF.RADIX_BITS, np.int64))
+    TF._argsort_column(v, out, *args)
+    np.testing.assert_array_equal(out, np.argsort(v, kind="stable"))
+    c = np.full(10, 2.5, np.float32)                            # one digit everywhere: passes skipped
+    out = np.empty(10, np.int32)
+    TF._argsort_column(c, out, *(a[:10] for a in args[:3]), args[3])
+    np.testing.assert_array_equal(out, np.arange(10))
+
+
+def test_fit_trees_refuses_empty_subspaces():
+    X = np.random.default_rng(0).standard_normal((20, 9)).astype(np.float32)
+    with pytest.raises(ConfigError, match="empty; use n_codebooks = 3"):
+        fit_trees(X, 4)                                        # ceil(9/4) = 3: 3 subspaces fill D
+    assert fit_trees(X, 3).C == 3
+
+
+def test_tree_learning_warmup_compiles_both_entries():
+    from tabconv_np.hashtree import warmup
+    assert warmup()
+    assert all(fn.signatures for fn in TF.fit)

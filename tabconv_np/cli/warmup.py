@@ -29,4 +29,7 @@ def run(args):
     from ..tables import warmup as table_warmup
     table_warmup()
     print("warmed table kernels", file=sys.stderr)
+    from ..hashtree import warmup as tree_learning_warmup
+    tree_learning_warmup()
+    print("warmed hash-tree learning kernels", file=sys.stderr)
     print(f"kernels compiled and cached in {time.perf_counter() - t0:.1f} s")
