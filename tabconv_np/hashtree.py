@@ -73,7 +73,7 @@ def fit_trees(X, n_codebooks, candidates=4):
     X : float32 array (N, D)
         Finite training rows, N >= 2.
     n_codebooks : int
-        ``C`` subspaces, ``1 <= C <= D``, none of them empty (``(C - 1) * ceil(D / C) < D``).
+        ``C`` subspaces, ``1 <= C <= D``, none of them empty: ``(C - 1) * ceil(D / C) < D``.
     candidates : int
         Columns tried at each level (the highest-error ones).
 
@@ -95,10 +95,11 @@ def fit_trees(X, n_codebooks, candidates=4):
     C = as_int(n_codebooks, f"fit_trees: n_codebooks (D = {D})", 1, D)
     cand = as_int(candidates, "fit_trees: candidates", 1)
     Ds = subspace_length(D, C)
-    if (C - 1) * Ds >= D:
+    filled = subspace_length(D, Ds)                             # subspaces with columns
+    if filled < C:
         raise ConfigError(f"fit_trees: n_codebooks = {C} cuts D = {D} columns into subspaces of "
-                          f"ceil({D}/{C}) = {Ds}, which leaves {C - subspace_length(D, Ds)} of them "
-                          f"empty; use n_codebooks = {subspace_length(D, Ds)}")
+                          f"ceil({D}/{C}) = {Ds}, which leaves {C - filled} of them empty; "
+                          f"use n_codebooks = {filled}")
     cols = np.empty((C, DEPTH), np.int32)
     thr = np.empty((C, N_LEAVES), np.float32)
     P = np.empty((C, N_LEAVES, Ds), np.float32)

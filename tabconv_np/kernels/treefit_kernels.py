@@ -249,24 +249,33 @@ def _split_py(S, d, rows, s, n, prefix, at, c1, c2, L, R):
 _split = _helper(_split_py)
 
 
+def _sort_slots_py(ds, cand):
+    """Columns sorted at most in a subspace of ``ds`` columns: ``cand`` candidates a level."""
+    return min(ds, min(cand, ds) * DEPTH)
+
+
+sort_slots = _helper(_sort_slots_py)
+
+
 def _fit_subspace_py(X, lo, ds, cand, cols, thr, P, Sbuf, obuf, pbuf, at, node, rows, col, keys,
                      tmpk, tmpi, hist):
     """The tree of the subspace of columns ``[lo, lo + ds)`` of ``X`` (N, D) float32, with
     ``cand`` candidate columns a level, into ``cols`` (4,) int32, ``thr`` (16,) float32 and
     ``P`` (16, Ds) float32 (every entry written).
 
-    Scratch: Sbuf (N*Ds,) float32, obuf (Ds*N,) int32, pbuf (N*2*Ds,) float64, at (N,) int64,
-    node (N,) int64, rows (N,) int32, col (N,) float32, keys, tmpk (N,) uint32, tmpi (N,) int32,
-    hist (2**RADIX_BITS,) int64.
+    Scratch: Sbuf (N*Ds,) float32, obuf (sort_slots(Ds, cand)*N,) int32, pbuf (N*2*Ds,)
+    float64, at (N,) int64, node (N,) int64, rows (N,) int32, col (N,) float32, keys, tmpk (N,)
+    uint32, tmpi (N,) int32, hist (2**RADIX_BITS,) int64.
     """
     N = X.shape[0]
     S = Sbuf[:N * ds].reshape((N, ds))                      # the subspace, contiguous
     for r in range(N):
         for e in range(ds):
             S[r, e] = X[r, lo + e]
-    order = obuf[:ds * N].reshape((ds, N))                  # stable argsort of each column
+    order = obuf[:sort_slots(ds, cand) * N].reshape((-1, N))    # stable argsorts of columns
     prefix = pbuf[:N * 2 * ds].reshape((N, 2 * ds))         # running sums at split positions
-    sorted_ = np.zeros(ds, np.bool_)
+    slot = np.full(ds, -1, np.int64)                        # the order of column d: order[slot[d]]
+    used = 0
     node[:] = 0                                             # bucket of each row
     counts = np.zeros(N_LEAVES, np.int64)
     starts = np.zeros(N_LEAVES + 1, np.int64)
@@ -321,12 +330,13 @@ def _fit_subspace_py(X, lo, ds, cand, cols, thr, P, Sbuf, obuf, pbuf, at, node, 
                 if not taken[e] and (d < 0 or sse[e] > sse[d]):
                     d = e
             taken[d] = True
-            if not sorted_[d]:
+            if slot[d] < 0:                                 # sorted at its first use
                 for r in range(N):
                     col[r] = S[r, d]
-                _argsort_column(col, order[d], keys, tmpk, tmpi, hist)
-                sorted_[d] = True
-            od = order[d]
+                slot[d] = used
+                used += 1
+                _argsort_column(col, order[slot[d]], keys, tmpk, tmpi, hist)
+            od = order[slot[d]]
             if nb == 1:
                 grouped = od
             else:                                           # group by bucket, stably
@@ -387,7 +397,7 @@ def _fit(X, Ds, cand, tasks, cols, thr, P):
     C = cols.shape[0]
     for w in prange(tasks):
         Sbuf = np.empty(N * Ds, np.float32)
-        obuf = np.empty(Ds * N, np.int32)
+        obuf = np.empty(sort_slots(Ds, cand) * N, np.int32)
         pbuf = np.empty(N * 2 * Ds)
         at = np.empty(N, np.int64)
         node = np.empty(N, np.int64)
