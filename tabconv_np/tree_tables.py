@@ -298,3 +298,30 @@ class TreeLinear(_TreeMixin, Module):
     def cost(self, in_shape):
         self.out_shape(in_shape)
         return self.tree_cost(1)
+
+
+def warmup():
+    """Compile (or load from the on-disk cache) every tree-layer kernel, serial and parallel,
+    for both layouts."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    layer = TreeConv2d(2, 3, 3, padding=1, n_codebooks=2)
+    layer.params["split_cols"][...] = rng.integers(0, 18, (2, DEPTH))
+    ci, di, dj = layer._offsets()
+    p = layer.params
+    codes = np.zeros((50, 2), np.uint8)
+    for k in (_k.conv, _k.encode_tensor, _k.encode_rows, _k.lookup):
+        for fn in (k.parallel, k.serial):
+            for nhwc in (False, True):
+                xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x
+                if k is _k.conv:
+                    out = np.empty((2, 5, 5, 3) if nhwc else (2, 3, 5, 5), np.float32)
+                    fn(xi, nhwc, ci, di, dj, p["thresholds"], p["table"], p["step"], p["bias"],
+                       1, 1, 1, 1, 5, 5, out)
+                elif k is _k.encode_tensor:
+                    fn(xi, nhwc, ci, di, dj, p["thresholds"], 1, 1, 1, 1, 5, 5, codes)
+            if k is _k.encode_rows:
+                fn(x.reshape(2, -1)[:, :18].copy(), p["split_cols"], p["thresholds"], codes[:2])
+            elif k is _k.lookup:
+                fn(codes, p["table"], p["step"], p["bias"], np.empty((50, 3), np.float32))
+    return True

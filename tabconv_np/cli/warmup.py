@@ -32,4 +32,7 @@ def run(args):
     from ..hashtree import warmup as tree_learning_warmup
     tree_learning_warmup()
     print("warmed hash-tree learning kernels", file=sys.stderr)
+    from ..tree_tables import warmup as tree_warmup
+    tree_warmup()
+    print("warmed hash-tree layer kernels", file=sys.stderr)
     print(f"kernels compiled and cached in {time.perf_counter() - t0:.1f} s")
