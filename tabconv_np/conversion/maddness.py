@@ -46,14 +46,19 @@ class MaddnessSettings:
         Fit the tables to the exact network's output here ("exact"), to the
         exact layer on the same input ("local"), or keep the leaves' means (None).
     refine_ridge : float
-        Shrinkage toward the leaves' means, in rows.
+        Shrinkage toward the leaves' means, in rows: an entry reached by ``n``
+        calibration rows moves ``n / (n + refine_ridge)`` of the way to its
+        least-squares value.  30, chosen among 1, 30 and 300 on a validation
+        split of Fashion-MNIST training images (``bench/tune_fast.py``,
+        docs/tune_fast.md): with few rows per entry (the last stage sees one row
+        per image) a small ridge fits the calibration images by heart.
     refine_sweeps : int
     """
 
     n_codebooks: object = "auto"
     candidates: int = 4
     refine: object = "exact"
-    refine_ridge: float = 1.0
+    refine_ridge: float = 30.0
     refine_sweeps: int = 3
 
     def __post_init__(self):
