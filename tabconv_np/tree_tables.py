@@ -45,6 +45,12 @@ from .validate import as_n_codebooks
 
 declare_quantity("dequant_mults", "arithmetic", "multiplies that dequantise integer sums")
 
+#: Lookup-adds that count as one unit of work when choosing between the serial and the
+#: parallel kernel (``kernels._jit.PARALLEL_MIN_WORK`` is in multiply-adds): an 8-bit add of a
+#: vectorised table row costs about a sixteenth of a float multiply-add, and waking a second
+#: thread for less work made batch-1 networks slower (bench/tree_network.py, 2 threads).
+LOOKUPS_PER_WORK = 16
+
 
 class _TreeMixin:
     """Parameters, checks, lookup and costs shared by both tree layers."""
@@ -113,7 +119,7 @@ class _TreeMixin:
         p = self.params
         out = np.empty((len(codes), self.M), np.float32)
         if len(codes):
-            pick(_k.lookup, out.size * self.n_codebooks)(
+            pick(_k.lookup, out.size * self.n_codebooks // LOOKUPS_PER_WORK)(
                 np.ascontiguousarray(codes, np.uint8), p["table"], p["step"], p["bias"], out)
         return out
 
@@ -218,7 +224,7 @@ class TreeConv2d(_TreeMixin, Module):
         shape = (N, self.M, Ho, Wo) if layout == "NCHW" else (N, Ho, Wo, self.M)
         out = np.empty(shape, np.float32)
         if out.size:
-            pick(_k.conv, out.size * self.n_codebooks)(
+            pick(_k.conv, out.size * self.n_codebooks // LOOKUPS_PER_WORK)(
                 x, layout == "NHWC", *self._offsets(), p["thresholds"], p["table"], p["step"], p["bias"],
                 sh, sw, pt, pl, Ho, Wo, out)
         if bad is not None:
