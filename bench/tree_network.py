@@ -81,6 +81,7 @@ import warnings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = os.path.join(ROOT, "weights")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "weights"))
 
 #: Short names for ``--models`` -> shipped weight files.
 MODELS = {
@@ -162,14 +163,6 @@ import numpy as np  # noqa: E402
 
 
 # ------------------------------------------------------------------ helpers
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def conversion_code_hash():
     """sha256 (16 hex digits) of the package sources a conversion's result depends on."""
     h = hashlib.sha256()
@@ -616,7 +609,8 @@ def main(args):
     with tempfile.TemporaryDirectory(prefix="tree_network_") as tmpdir:
         specs = []
         for name, path in models:
-            sha = sha256_file(path)
+            from export import sha256    # weights/export.py: the manifest's hash
+            sha = sha256(path)
             net, exact, tree, conv = converted_network(name, path, sha, args, log)
             x, y, test_name, test_desc = test_images(model_dataset(net, path), args.test_dataset,
                                                      args.test_limit, args.data_dir)

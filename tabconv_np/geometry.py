@@ -264,3 +264,23 @@ class ConvGeometry:
         """Lowered rows of batch ``x``: ``N*Ho*Wo``."""
         H, W = (x.shape[2], x.shape[3]) if layout == "NCHW" else (x.shape[1], x.shape[2])
         return len(x) * self.rows_per_image(H, W)
+
+
+def attach_geometry(layer, who, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                    dilation=1, groups=1):
+    """Give a convolution layer its :class:`ConvGeometry` and the usual attributes.
+
+    Sets ``layer.geometry`` and ``in_channels, out_channels, groups, kernel_size, stride,
+    dilation`` (normalised) and ``padding`` (as given, for the config); a bad value raises
+    ConfigError naming ``who``.
+    """
+    try:
+        g = ConvGeometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+    except ConfigError as e:
+        raise ConfigError(f"{who}: {e}") from None
+    layer.geometry = g
+    layer.in_channels, layer.out_channels, layer.groups = g.C_in, g.C_out, g.groups
+    layer.kernel_size, layer.stride, layer.dilation = g.kernel_size, g.stride, g.dilation
+    layer.padding = g.padding_spec
+    return g
+

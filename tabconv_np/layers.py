@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .functional import conv2d
-from .geometry import ConvGeometry, conv_output_size
+from .geometry import attach_geometry, conv_output_size
 from .module import Module
 from .validate import as_pair, channel_axis
 
@@ -37,14 +37,8 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, method="auto"):
         super().__init__()
-        try:
-            g = ConvGeometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
-        except ConfigError as e:
-            raise ConfigError(f"Conv2d: {e}") from None
-        self.geometry = g
-        self.in_channels, self.out_channels, self.groups = g.C_in, g.C_out, g.groups
-        self.kernel_size, self.stride, self.dilation = g.kernel_size, g.stride, g.dilation
-        self.padding = g.padding_spec
+        attach_geometry(self, "Conv2d", in_channels, out_channels, kernel_size, stride, padding,
+                        dilation, groups)
         self.method = method
         self.params["weight"] = np.zeros(
             (self.out_channels, self.in_channels // self.groups) + self.kernel_size, np.float32)
@@ -238,7 +232,23 @@ class Flatten(Module):
         return {}
 
 
-class Linear(Module):
+class LinearShape:
+    """Shape checks shared by every linear layer (exact, PQ table, hash tree):
+    a batch ``(N, in_features)`` gives ``(N, out_features)``."""
+
+    def check_batch(self, x):
+        if np.ndim(x) != 2 or x.shape[1] != self.in_features:
+            raise ShapeError(f"{type(self).__name__}: expected a (N, {self.in_features}) batch, "
+                             f"got {np.shape(x)}")
+
+    def out_shape(self, in_shape):
+        if tuple(in_shape) != (self.in_features,):
+            raise ShapeError(f"{type(self).__name__}: expected input ({self.in_features},), "
+                             f"got {tuple(in_shape)}")
+        return (self.out_features,)
+
+
+class Linear(LinearShape, Module):
     """``y = x @ weight.T + bias``; ``weight`` (out_features, in_features)."""
 
     def __init__(self, in_features, out_features, bias=True):
@@ -253,17 +263,11 @@ class Linear(Module):
                 "out_features": self.out_features, "bias": "bias" in self.params}
 
     def forward(self, x, layout):
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ShapeError(f"Linear: expected a (N, {self.in_features}) batch, got {x.shape}")
+        self.check_batch(x)
         y = x @ self.params["weight"].T
         if "bias" in self.params:
             y += self.params["bias"]
         return y
-
-    def out_shape(self, in_shape):
-        if tuple(in_shape) != (self.in_features,):
-            raise ShapeError(f"Linear: expected input ({self.in_features},), got {tuple(in_shape)}")
-        return (self.out_features,)
 
     def cost(self, in_shape):
         self.out_shape(in_shape)

@@ -43,9 +43,10 @@ The im2col lowering is a copy, not arithmetic, for table and exact layers alike.
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-from .geometry import ConvGeometry, from_rows
+from .geometry import attach_geometry, from_rows
 from .kernels import pq_kernels as _k
 from .kernels._jit import pick
+from .layers import LinearShape
 from .module import Module
 from .pq import check_codes, code_dtype, encode_rows, subspace_length
 from .validate import as_n_codebooks, as_n_prototypes
@@ -263,14 +264,8 @@ class TableConv2d(_TableMixin, Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  n_codebooks=8, n_prototypes=256, bias=True):
         Module.__init__(self)
-        try:
-            g = ConvGeometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        except ConfigError as e:
-            raise ConfigError(f"TableConv2d: {e}") from None
-        self.geometry = g
-        self.in_channels, self.out_channels = g.C_in, g.C_out
-        self.kernel_size, self.stride, self.dilation = g.kernel_size, g.stride, g.dilation
-        self.padding = g.padding_spec
+        g = attach_geometry(self, "TableConv2d", in_channels, out_channels, kernel_size, stride,
+                            padding, dilation)
         self._init_tables(g.D, g.C_out, n_codebooks, n_prototypes, bias)
 
     @classmethod
@@ -316,7 +311,7 @@ class TableConv2d(_TableMixin, Module):
         return dict(self.table_cost(out[1] * out[2]), im2col_bytes=self.geometry.workspace_bytes(in_shape)["im2col"])
 
 
-class TableLinear(_TableMixin, Module):
+class TableLinear(_TableMixin, LinearShape, Module):
     """Linear layer computed by table lookups (interchangeable with :class:`~tabconv_np.layers.Linear`).
 
     Parameters
@@ -354,14 +349,8 @@ class TableLinear(_TableMixin, Module):
                 "n_prototypes": self.n_prototypes, "bias": "bias" in self.params}
 
     def forward(self, x, layout):
-        if np.ndim(x) != 2 or x.shape[1] != self.in_features:
-            raise ShapeError(f"TableLinear: expected a (N, {self.in_features}) batch, got {np.shape(x)}")
+        self.check_batch(x)
         return self._rows_forward(x)
-
-    def out_shape(self, in_shape):
-        if tuple(in_shape) != (self.in_features,):
-            raise ShapeError(f"TableLinear: expected input ({self.in_features},), got {tuple(in_shape)}")
-        return (self.out_features,)
 
     def cost(self, in_shape):
         self.out_shape(in_shape)

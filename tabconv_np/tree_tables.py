@@ -32,11 +32,12 @@ as in the exact layer; it is never encoded as a valid code.
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-from .geometry import ConvGeometry
+from .geometry import attach_geometry
 from .hashtree import DEPTH, N_LEAVES, HashTrees, quantize_tables
 from .hashtree import encode as tree_encode
 from .kernels import tree_kernels as _k
 from .kernels._jit import pick
+from .layers import LinearShape
 from .module import Module
 from .ops import declare_quantity
 from .pq import subspace_length
@@ -146,14 +147,8 @@ class TreeConv2d(_TreeMixin, Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  n_codebooks=None):
         Module.__init__(self)
-        try:
-            g = ConvGeometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        except ConfigError as e:
-            raise ConfigError(f"TreeConv2d: {e}") from None
-        self.geometry = g
-        self.in_channels, self.out_channels = g.C_in, g.C_out
-        self.kernel_size, self.stride, self.dilation = g.kernel_size, g.stride, g.dilation
-        self.padding = g.padding_spec
+        g = attach_geometry(self, "TreeConv2d", in_channels, out_channels, kernel_size, stride,
+                            padding, dilation)
         self._init_tree(g.D, g.C_out, g.C_in if n_codebooks is None else n_codebooks)
 
     @classmethod
@@ -243,7 +238,7 @@ class TreeConv2d(_TreeMixin, Module):
         return self.tree_cost(out[1] * out[2])
 
 
-class TreeLinear(_TreeMixin, Module):
+class TreeLinear(_TreeMixin, LinearShape, Module):
     """Linear layer by hash-tree encoding and 8-bit table lookups (interchangeable with ``Linear``).
 
     Parameters
@@ -282,8 +277,7 @@ class TreeLinear(_TreeMixin, Module):
         return tree_encode(x, self.trees())
 
     def forward(self, x, layout):
-        if np.ndim(x) != 2 or x.shape[1] != self.in_features:
-            raise ShapeError(f"TreeLinear: expected a (N, {self.in_features}) batch, got {np.shape(x)}")
+        self.check_batch(x)
         x = np.ascontiguousarray(x, np.float32)
         bad = ~np.isfinite(x).all(1)
         if bad.any():
@@ -295,11 +289,6 @@ class TreeLinear(_TreeMixin, Module):
         out = self.lookup(codes)
         out[bad] = np.nan
         return out
-
-    def out_shape(self, in_shape):
-        if tuple(in_shape) != (self.in_features,):
-            raise ShapeError(f"TreeLinear: expected input ({self.in_features},), got {tuple(in_shape)}")
-        return (self.out_features,)
 
     def cost(self, in_shape):
         self.out_shape(in_shape)

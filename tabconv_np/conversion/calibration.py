@@ -142,6 +142,24 @@ class LayerData:
             target = apply(self.layer, self.xa, self.layout)
         return to_rows(target, self.layout), shift
 
+    def refine_rows(self, bias, rng, exact_target=True):
+        """``(sel, targets, shift)`` for refitting tables: :meth:`target_rows` minus ``bias``
+        (which the shift then includes), on a seeded subsample of at most ``REFINE_ROWS`` rows
+        (``sel`` indexes the layer's codes)."""
+        Y, shift = self.target_rows(exact_target)
+        if bias is not None:
+            Y = Y - bias
+            shift = bias if shift is None else shift + bias
+        sel = slice(None)
+        if len(Y) > REFINE_ROWS:
+            sel = np.sort(rng.choice(len(Y), REFINE_ROWS, replace=False))
+            shift = shift[sel] if shift is not None and np.ndim(shift) == 2 else shift
+        return sel, Y[sel], shift
+
+
+#: Calibration rows a table refinement fits on at most (seeded subsample).
+REFINE_ROWS = 200_000
+
 
 def augment_images(images, flip=True):
     """Calibration images plus their horizontal mirror images (``flip``), as one array.

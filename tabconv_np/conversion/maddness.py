@@ -27,7 +27,6 @@ from ..validate import as_choice, as_int
 from .calibration import BATCH, apply
 from .method import Method, register_method
 from .settings import columns_spec
-from .tabconv import REFINE_ROWS
 
 
 @dataclass(frozen=True)
@@ -108,16 +107,8 @@ class Maddness(Method):
             return None
         x = data.xa
         codes = np.concatenate([layer.encode(x[i:i + BATCH], data.layout) for i in range(0, len(x), BATCH)])
-        Y, shift = data.target_rows(exact_target=settings.refine == "exact")
-        b = layer._bias0
-        if b is not None:
-            Y = Y - b
-            shift = b if shift is None else shift + b
-        sel = slice(None)
-        if len(Y) > REFINE_ROWS:
-            sel = np.sort(rng.choice(len(Y), REFINE_ROWS, replace=False))
-            shift = shift[sel] if shift is not None and np.ndim(shift) == 2 else shift
-        T = fit_tables(codes[sel], Y[sel], layer.float_table, settings.refine_ridge,
+        sel, Y, shift = data.refine_rows(layer._bias0, rng, settings.refine == "exact")
+        T = fit_tables(codes[sel], Y, layer.float_table, settings.refine_ridge,
                        settings.refine_sweeps, relu=data.relu, shift=shift)
         layer.requantize(T)
         return apply(layer, x, data.layout)

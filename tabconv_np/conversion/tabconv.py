@@ -26,10 +26,6 @@ from .calibration import BATCH, rows_to_output
 from .method import Method, register_method
 from .settings import columns_spec
 
-#: Calibration rows the table refinement fits on at most (seeded subsample).
-REFINE_ROWS = 200_000
-
-
 @dataclass(frozen=True)
 class TabConvSettings:
     """Settings of the TabConv method.
@@ -131,16 +127,8 @@ class TabConv(Method):
         if not settings.refine:
             return None
         codes = table_codes(layer, data.xa, data.layout)
-        Y, shift = data.target_rows(exact_target=settings.refine == "exact")
-        b = layer.params.get("bias")
-        if b is not None:
-            Y = Y - b
-            shift = b if shift is None else shift + b
-        sel = slice(None)
-        if len(Y) > REFINE_ROWS:
-            sel = np.sort(rng.choice(len(Y), REFINE_ROWS, replace=False))
-            shift = shift[sel] if shift is not None and np.ndim(shift) == 2 else shift
-        layer.params["table"][...] = fit_tables(codes[sel], Y[sel], layer.params["table"],
+        sel, Y, shift = data.refine_rows(layer.params.get("bias"), rng, settings.refine == "exact")
+        layer.params["table"][...] = fit_tables(codes[sel], Y, layer.params["table"],
                                                 settings.refine_ridge, settings.refine_sweeps,
                                                 relu=data.relu, shift=shift)
         return rows_to_output(layer.lookup_trusted(codes), data.ye, data.layout)
