@@ -340,8 +340,9 @@ def render(rows, arch_rows, ablations, args, seconds, fast_rows=None):
         L += ["## The fast setting beside the paper-faithful one", "",
               "Fast: hash-tree encoding (4 comparisons per codebook, read from the input tensor), "
               "K = 16, 8-bit tables fitted to the exact network's outputs (method `maddness`); "
-              "one codebook per input channel's 3x3 window, per 4 channels in 1x1 convs; same "
-              "switches as the paper-faithful rows (stem and classifier exact for the ResNets). "
+              "one codebook per input channel's 3x3 window, per 4 channels in 1x1 convs; stem "
+              "and classifier exact (for NIN its first and last conv, which the paper-faithful "
+              "row converts too). "
               "Wall clock: docs/bench_trees.md.", "",
               "| model | data set | exact acc. | paper-faithful acc. (retention) | fast acc. "
               "(retention) | fast reduction: paper / full | paper-faithful full | storage: fast / "
