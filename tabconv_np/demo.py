@@ -114,27 +114,21 @@ FAST_SETTINGS = {"switches": [0, 1, 1, 1, 1, 1, 1, 1, 1, 0], "mask_rate": None, 
 METHODS = {"maddness": FAST_SETTINGS, "tabconv": DEMO_SETTINGS}
 
 
-def median_seconds(net, images, repeats=5):
-    """Median seconds of ``net.predict(images)`` over ``repeats`` calls, after one warm-up call."""
+def _seconds(net, images):
+    t0 = time.perf_counter()
     net.predict(images)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        net.predict(images)
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    return time.perf_counter() - t0
 
 
 def speedups(exact, converted, images, repeats=5):
-    """``{"batch1": ..., "batch32": ...}``: exact time / converted time, interleaved medians."""
+    """``{"batch1": ..., "batch32": ...}``: exact time / converted time, medians of ``repeats``
+    interleaved calls after one warm-up call each; and the times in ms."""
     out, ms = {}, {}
     for b in (1, 32):
         x = images[:b]
-        te, tc = [], []
-        for _ in range(repeats):                  # interleaved: both see the same machine state
-            te.append(median_seconds(exact, x, 1))
-            tc.append(median_seconds(converted, x, 1))
-        te, tc = float(np.median(te)), float(np.median(tc))
+        _seconds(exact, x), _seconds(converted, x)
+        pairs = [(_seconds(exact, x), _seconds(converted, x)) for _ in range(repeats)]
+        te, tc = (float(np.median(t)) for t in zip(*pairs))
         out[f"batch{b}"] = te / tc
         ms[f"batch{b}"] = {"exact": 1e3 * te, "table": 1e3 * tc}
     return out, ms

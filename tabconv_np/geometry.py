@@ -170,7 +170,7 @@ class ConvGeometry:
     kernel_size, stride, dilation : int or (int, int)
     padding : int, (ph, pw) or (top, bottom, left, right)
         Kept as given in :attr:`padding_spec` (for configs); :attr:`padding`
-        is the normalised ``(top, bottom, left, right)``.
+        is the normalised ``(top, bottom, left, right)``, computed once.
     groups : int
         Divides ``C_in`` and ``C_out``.
 
@@ -187,6 +187,7 @@ class ConvGeometry:
     padding_spec: object = 0
     dilation: tuple = (1, 1)
     groups: int = 1
+    padding: tuple = (0, 0, 0, 0)
 
     def __init__(self, C_in, C_out, kernel_size, stride=1, padding=0, dilation=1, groups=1):
         set_ = object.__setattr__
@@ -201,14 +202,11 @@ class ConvGeometry:
         elif not isinstance(padding, str):
             padding = as_int(padding, "padding", 0)
         set_(self, "padding_spec", padding)
+        # normalised once (a field, so equal geometries compare equal on it too)
+        set_(self, "padding", as_padding(padding, self.kernel_size, self.dilation, self.stride))
         if self.C_in % self.groups or self.C_out % self.groups:
             raise ConfigError(f"groups={self.groups} must divide in_channels={self.C_in} "
                               f"and out_channels={self.C_out}")
-
-    @property
-    def padding(self):
-        """``(top, bottom, left, right)``."""
-        return as_padding(self.padding_spec, self.kernel_size, self.dilation, self.stride)
 
     @property
     def D(self):

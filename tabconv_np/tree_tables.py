@@ -305,18 +305,14 @@ def warmup():
     ci, di, dj = layer._offsets()
     p = layer.params
     codes = np.zeros((50, 2), np.uint8)
-    for k in (_k.conv, _k.encode_tensor, _k.encode_rows, _k.lookup):
-        for fn in (k.parallel, k.serial):
-            for nhwc in (False, True):
-                xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x
-                if k is _k.conv:
-                    out = np.empty((2, 5, 5, 3) if nhwc else (2, 3, 5, 5), np.float32)
-                    fn(xi, nhwc, ci, di, dj, p["thresholds"], p["table"], p["step"], p["bias"],
-                       1, 1, 1, 1, 5, 5, out)
-                elif k is _k.encode_tensor:
-                    fn(xi, nhwc, ci, di, dj, p["thresholds"], 1, 1, 1, 1, 5, 5, codes)
-            if k is _k.encode_rows:
-                fn(x.reshape(2, -1)[:, :18].copy(), p["split_cols"], p["thresholds"], codes[:2])
-            elif k is _k.lookup:
-                fn(codes, p["table"], p["step"], p["bias"], np.empty((50, 3), np.float32))
+    for entry in ("parallel", "serial"):
+        for nhwc in (False, True):
+            xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x
+            out = np.empty((2, 5, 5, 3) if nhwc else (2, 3, 5, 5), np.float32)
+            getattr(_k.conv, entry)(xi, nhwc, ci, di, dj, p["thresholds"], p["table"], p["step"],
+                                    p["bias"], 1, 1, 1, 1, 5, 5, out)
+            getattr(_k.encode_tensor, entry)(xi, nhwc, ci, di, dj, p["thresholds"], 1, 1, 1, 1, 5, 5, codes)
+        getattr(_k.encode_rows, entry)(x.reshape(2, -1)[:, :18].copy(), p["split_cols"],
+                                       p["thresholds"], codes[:2])
+        getattr(_k.lookup, entry)(codes, p["table"], p["step"], p["bias"], np.empty((50, 3), np.float32))
     return True

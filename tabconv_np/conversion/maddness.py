@@ -70,6 +70,7 @@ class Maddness(Method):
     """Hash-tree encoding + 8-bit output-targeted tables (Blalock & Guttag, ICML 2021), per layer."""
 
     name = "maddness"
+    label = "codebooks"
     Settings = MaddnessSettings
     per_layer = ("n_codebooks",)
     aliases = {"codebooks": "n_codebooks"}

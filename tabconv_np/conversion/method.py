@@ -60,9 +60,12 @@ class Method:
         per switch, or a dict of paths / switch names / globs).
     aliases : dict
         Older keyword names accepted by ``convert`` for the method's fields.
+    label : str
+        What :meth:`describe` shows, for the summary's header.
     """
 
     name = "method"
+    label = "setting"
     Settings = NoSettings
     per_layer = ()
     aliases = {}

@@ -121,8 +121,7 @@ def convert(model, calibration_images, method="tabconv", **settings):
     x = exact.normalize(imgs)
     if exact.layout == "NHWC":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    args = (m, sw)
-    p1 = Pass(*args, on, resolved, common, own, refit_leaf, reuse={}, reuse_before=0, notes=notes)
+    p1 = Pass(m, sw, on, resolved, common, own, refit_leaf, reuse={}, reuse_before=0, notes=notes)
     body, _, _ = p1.walk(exact.body, "", x, x, exact.layout)
     sims, drops, masked, final = p1.sims, None, [], p1
     if common.mask_rate is not None:
@@ -130,7 +129,7 @@ def convert(model, calibration_images, method="tabconv", **settings):
         if masked:
             on = [f and i not in masked for i, f in enumerate(on)]
             reuse_before = min(masked) if common.recalibrate else len(sw)
-            final = Pass(*args, on, resolved, common, own, refit_leaf, reuse=p1.converted,
+            final = Pass(m, sw, on, resolved, common, own, refit_leaf, reuse=p1.converted,
                          reuse_before=reuse_before, notes=notes)
             body, _, _ = final.walk(exact.body, "", x, x, exact.layout)
     given = {k: (dict(v) if isinstance(v, dict) else v) for k, v in settings.items() if k != "progress"}

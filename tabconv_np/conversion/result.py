@@ -137,7 +137,7 @@ class ConversionResult:
     def summary(self):
         """A few lines per switch: state, similarity, settings and error of its layers."""
         lines = [f"{'switch':<12} {'state':<6} {'sim(all-table)':>14} {'drop':>8} {'sim(final)':>10}  "
-                 f"layers ({self.method.describe({'C': 'C', 'K': 'K'}) if self.method.name == 'tabconv' else 'setting'}, rel.err)"]
+                 f"layers ({self.method.label}, rel.err)"]
         by_switch = {}
         for r in self.layers:
             by_switch.setdefault(r["switch"], []).append(r)

@@ -80,6 +80,7 @@ class TabConv(Method):
     """Product quantization + lookup tables (arXiv 2404.05872), with optional table refinement."""
 
     name = "tabconv"
+    label = "C,K"
     Settings = TabConvSettings
     per_layer = ("n_codebooks", "n_prototypes")
     aliases = {"codebooks": "n_codebooks", "prototypes": "n_prototypes"}
