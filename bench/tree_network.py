@@ -64,7 +64,6 @@ raw numbers to ``--json``; both files are written atomically (temp file +
 average) and the exact command line are part of the report.
 """
 import argparse
-import contextlib
 import datetime
 import glob
 import hashlib
@@ -161,6 +160,8 @@ if ARGS is not None and ARGS.worker:
 
 import numpy as np  # noqa: E402
 
+from tabconv_np.outputs import write_atomic  # noqa: E402
+
 
 # ------------------------------------------------------------------ helpers
 def conversion_code_hash():
@@ -174,28 +175,11 @@ def conversion_code_hash():
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path in ``path``'s folder; on success move it onto ``path``."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600; give the file the usual mode
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_text_atomic(path, text):
-    with atomic_path(path) as tmp:
+    def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
+    write_atomic(path, write)
 
 
 def make_cache_dir(path):
@@ -316,8 +300,7 @@ def converted_network(name, path, sha, args, log):
         tree = res.network
         tree.meta["bench_tree_network"] = json.loads(json.dumps(info, default=float))
         make_cache_dir(args.cache_dir)
-        with atomic_path(cache) as tmp:
-            tabconv_np.save(tree, tmp)
+        tabconv_np.save(tree, cache, overwrite=True)
         info["cached"] = False
     info["cache_file"] = os.path.relpath(cache, ROOT)
     info["current_conversion_code"] = code
@@ -339,14 +322,17 @@ def export_onnx(name, sha, net, args, log):
         model = torch_from_network(net)
         x = torch.from_numpy(net.normalize(np.zeros((1,) + net.input_shape, np.uint8)))
         make_cache_dir(args.cache_dir)
-        with atomic_path(path) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            kw = dict(input_names=["x"], output_names=["logits"], opset_version=ONNX_OPSET,
-                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
-            try:                           # the TorchScript exporter: no onnxscript needed
-                torch.onnx.export(model, (x,), tmp, dynamo=False, **kw)
-            except TypeError:              # an older torch without the dynamo argument
-                torch.onnx.export(model, (x,), tmp, **kw)
+        kw = dict(input_names=["x"], output_names=["logits"], opset_version=ONNX_OPSET,
+                  dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+
+        def export(tmp):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:                       # the TorchScript exporter: no onnxscript needed
+                    torch.onnx.export(model, (x,), tmp, dynamo=False, **kw)
+                except TypeError:          # an older torch without the dynamo argument
+                    torch.onnx.export(model, (x,), tmp, **kw)
+        write_atomic(path, export)
         log(f"{name}: exported the exact network to {os.path.relpath(path, ROOT)}")
         return path, None
     except Exception as e:                 # report, do not abort the other measurements

@@ -27,6 +27,7 @@ _LAZY = {
     "convert": "conversion",
     "TabConvError": "errors", "ShapeError": "errors", "ConfigError": "errors",
     "WeightFileError": "errors", "DataError": "errors", "UnsafePickleError": "errors",
+    "OutputError": "errors",
 }
 
 __all__ = sorted(_LAZY)

@@ -25,6 +25,7 @@ import numpy as np
 from .data import load_dataset
 from .errors import ConfigError, WeightFileError
 from .io import load
+from .outputs import check_output
 
 #: The default demo model, relative to the repository root.
 DEFAULT_MODEL = os.path.join("weights", "resnet18-paper_fashion-mnist.h5")
@@ -136,7 +137,7 @@ def speedups(exact, converted, images, repeats=5):
 
 def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None, switches=None,
              mask_rate=None, seed=0, progress=None, max_rows=None, iters=None, calibrate="approx",
-             latency=True, refine="default", method="tabconv", save=None):
+             latency=True, refine="default", method="tabconv", save=None, overwrite=False):
     """Convert the demo model with one method and measure it; returns the report dict.
 
     Parameters mirror :func:`tabconv_np.conversion.convert`; ``None`` takes the
@@ -145,7 +146,7 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
     many of the shipped sample's training / test images to use (at most 1000
     each).  ``latency``: measure batch-1 and batch-32 wall clock against the
     exact network in the same run (``speedup``).  ``save``: write the
-    converted network to this HDF5 path.
+    converted network to this HDF5 path (``overwrite``: replacing a file there).
     """
     # imported here, not at the top: convert loads Numba and SciPy, which the CLI would
     # pay for on every command (it imports this module to build its parser)
@@ -153,6 +154,8 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
     from .io import save as save_network
     if method not in METHODS:
         raise ConfigError(f"demo: method must be one of {sorted(METHODS)}, got {method!r}")
+    if save:
+        check_output(save, overwrite=overwrite)
     t0 = time.perf_counter()
     path = find_model(model)
     net = load(path)
@@ -172,7 +175,7 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
     table_acc, table_s, norefit_acc = both["table"], both["seconds"], both["without_refit"]
     red = op_reduction(res.network, res.exact)
     if save:
-        save_network(res.network, save)
+        save_network(res.network, save, overwrite=overwrite)
     out = {
         "method": method,
         "model": os.path.relpath(path) if not os.path.isabs(model or "") else path,
@@ -239,7 +242,7 @@ def format_report(r):
     return "\n".join(lines)
 
 
-def run_demos(methods=("maddness", "tabconv"), save=None, **kw):
+def run_demos(methods=("maddness", "tabconv"), save=None, overwrite=False, **kw):
     """:func:`run_demo` for each method (the fast one first); ``save`` writes the first one's network.
 
     Returns the first method's report with the others' under ``"compare"``
@@ -248,7 +251,7 @@ def run_demos(methods=("maddness", "tabconv"), save=None, **kw):
     reports = []
     for i, m in enumerate(methods):
         own = kw if m == "tabconv" else {k: v for k, v in kw.items() if k not in ("prototypes", "iters")}
-        reports.append(run_demo(method=m, save=save if i == 0 else None, **own))
+        reports.append(run_demo(method=m, save=save if i == 0 else None, overwrite=overwrite, **own))
     out = dict(reports[0])
     if len(reports) > 1:
         out["compare"] = {r["method"]: r for r in reports[1:]}

@@ -33,3 +33,7 @@ class UnsafePickleError(WeightFileError, DataError):
     Raised by :mod:`tabconv_np.safe_pickle` for weight files and data sets alike, so it
     is both a WeightFileError and a DataError: callers catching either still catch it.
     """
+
+
+class OutputError(TabConvError):
+    """An output file cannot be written: it exists, is the input, or its directory is missing or read-only."""

@@ -24,11 +24,18 @@ import os
 import numpy as np
 
 from .errors import ConfigError, TabConvError, WeightFileError
+from .outputs import check_output, write_atomic
 from .network import FORMAT_VERSION, Network
 
 
-def save(net, path, dtype=None):
-    """Write ``net`` to ``path`` (HDF5).
+def save(net, path, dtype=None, *, overwrite=False):
+    """Write ``net`` to ``path`` (HDF5), atomically and with checksums.
+
+    The file is written to a temporary file in the same directory and renamed
+    into place, so an interrupted save never leaves a partial file or destroys
+    the previous one.  Every non-empty dataset carries HDF5's Fletcher-32
+    checksum and the file uses the latest format version, whose metadata is
+    checksummed too: a damaged file is an error on load, never another network.
 
     Parameters
     ----------
@@ -36,18 +43,31 @@ def save(net, path, dtype=None):
     path : str or os.PathLike
     dtype : {None, "float32", "float16"}
         Storage dtype of float parameters; None keeps each parameter's own (float32).
+    overwrite : bool
+        Replace an existing file at ``path``; without it an existing file is an error.
+
+    Raises
+    ------
+    OutputError
+        ``path`` exists (and ``overwrite`` is False), or its directory is missing
+        or not writable.
     """
     import h5py
     if dtype not in (None, "float32", "float16", np.float32, np.float16):
         raise ConfigError(f"save: dtype must be float32 or float16, got {dtype!r}")
-    with h5py.File(path, "w") as f:
-        f.attrs["tabconv_np_format"] = FORMAT_VERSION
-        f.attrs["config"] = json.dumps(net.config())
-        g = f.create_group("params")
-        for key, v in net.state_dict().items():
-            if dtype is not None and v.dtype.kind == "f":
-                v = v.astype(dtype)
-            g.create_dataset(key, data=v)
+    path = check_output(path, overwrite=overwrite)
+
+    def write(tmp):
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs["tabconv_np_format"] = FORMAT_VERSION
+            f.attrs["config"] = json.dumps(net.config())
+            g = f.create_group("params")
+            for key, v in net.state_dict().items():
+                if dtype is not None and v.dtype.kind == "f":
+                    v = v.astype(dtype)
+                g.create_dataset(key, data=v, fletcher32=v.size > 0 and v.ndim > 0)
+
+    write_atomic(path, write)
 
 
 def load(path):

@@ -212,10 +212,21 @@ def test_cli_import_spec_and_errors(lenet, tmp_path, capsys):
     assert net.preprocess == {"mean": [0.5], "std": [0.25]}
     np.testing.assert_allclose(net(x), ref, atol=1e-4, rtol=0)
     # wrong class count, and no --arch/--spec for a model that is not bundled: exit 2 with advice
-    assert main(["import", files["zip"], "-o", out, "--spec", spec, "--classes", "7"]) == 2
-    assert main(["import", files["zip"], "-o", out]) == 2
+    assert main(["import", files["zip"], "-o", out, "--spec", spec, "--classes", "7", "--force"]) == 2
+    assert main(["import", files["zip"], "-o", out, "--force"]) == 2
     err = capsys.readouterr().err
     assert "not 7 classes" in err and "--spec" in err
+    # an existing output needs --force; the input itself (through a symlink too) never
+    before = open(out, "rb").read()
+    assert main(["import", files["legacy"], "-o", out, "--spec", spec]) == 2
+    assert "exists" in capsys.readouterr().err and open(out, "rb").read() == before
+    link = tmp_path / "link.pt"
+    link.symlink_to(files["legacy"])
+    assert main(["import", files["legacy"], "-o", str(link), "--spec", spec, "--force"]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert main(["import", files["legacy"], "-o", str(tmp_path / "no" / "x.h5"), "--spec", spec]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["import", files["legacy"], "-o", out, "--spec", spec, "--force"]) == 0
 
 
 def test_import_path_never_imports_torch(lenet):

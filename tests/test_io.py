@@ -78,3 +78,31 @@ def test_not_hdf5_and_truncated(saved, tmp_path):
         tabconv_np.load(cut)
     with pytest.raises(WeightFileError, match="no such file"):
         tabconv_np.load(tmp_path / "absent.h5")
+
+
+def test_save_refuses_to_replace_and_is_atomic(saved, monkeypatch):
+    net, path = saved
+    before = open(path, "rb").read()
+    with pytest.raises(tabconv_np.OutputError, match="exists"):
+        tabconv_np.save(net, path)
+    with pytest.raises(tabconv_np.OutputError, match="does not exist"):
+        tabconv_np.save(net, path.parent / "missing" / "x.h5")
+    # an interrupted save leaves the previous file whole and no temporary behind
+    monkeypatch.setattr(net, "state_dict", lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        tabconv_np.save(net, path, overwrite=True)
+    assert open(path, "rb").read() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["net.h5"]
+
+
+def test_saved_datasets_carry_checksums_and_damage_is_an_error(saved):
+    net, path = saved
+    with h5py.File(path) as f:
+        ds = f["params/conv1.weight"]
+        assert ds.fletcher32
+        offset = ds.id.get_offset() if ds.chunks is None else ds.id.get_chunk_info(0).byte_offset
+    raw = bytearray(open(path, "rb").read())
+    raw[offset + 5] ^= 0x10                         # one bit in the data region
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(WeightFileError, match="conv1.weight"):
+        tabconv_np.load(path)

@@ -7,12 +7,14 @@ from ..data import load_dataset
 from ..errors import ConfigError
 from ..demo import parse_setting
 from ..io import load, save
+from ..outputs import check_output
 
 
 def add_parser(sub):
     c = sub.add_parser("convert", help="convert a network to table lookups (TabConv or hash trees)")
     c.add_argument("model", help="a tabconv_np HDF5 file")
     c.add_argument("-o", "--output", required=True, help="where to write the table network (HDF5)")
+    c.add_argument("--force", action="store_true", help="replace an existing output file")
     c.add_argument("--encoder", default="pq", choices=["pq", "tree"],
                    help="pq: the paper's product quantization, nearest of K prototypes (method "
                    "'tabconv'); tree: hash-tree encoding, K = 16, 8-bit tables (method 'maddness')")
@@ -66,6 +68,7 @@ def run(args):
     if tree and (args.prototypes is not None or args.iters is not None):
         raise ConfigError("tabconv convert: --prototypes and --iters apply to --encoder pq only "
                           "(a hash tree has 16 leaves)")
+    check_output(args.output, overwrite=args.force, inputs=[args.model])
     net = load(args.model)
     xc, dataset = calibration_images(net, args.calib_dataset, args.calib, args.seed)
     own = {"codebooks": parse_setting(args.codebooks or ("auto" if tree else "8"), str)}
@@ -78,7 +81,7 @@ def run(args):
                   progress=None if not args.json else False, calibrate=args.calibrate,
                   max_rows=args.max_rows, refine=None if refine == "none" else refine, **own)
     res.network.meta[res.method.name]["calibration_dataset"] = dataset
-    save(res.network, args.output)
+    save(res.network, args.output, overwrite=args.force)
     red = op_reduction(res.network, res.exact)
     if args.json:
         d = res.to_dict()

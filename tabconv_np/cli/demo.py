@@ -26,6 +26,7 @@ def add_parser(sub):
     d.add_argument("--refine", default="exact", choices=["exact", "local", "none"],
                    help="table refinement (none: the authors' plain PQ tables, or the leaves' means)")
     d.add_argument("--save", metavar="TABLE.h5", help="write the (first method's) converted network here")
+    d.add_argument("--force", action="store_true", help="replace an existing --save file")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency measurement")
     d.add_argument("--json", action="store_true")
@@ -37,7 +38,7 @@ def run(args):
     methods = ("maddness", "tabconv") if args.method == "both" else (args.method,)
     if args.prototypes is not None and "tabconv" not in methods:
         raise ConfigError("tabconv demo: --prototypes applies to --method tabconv only")
-    r = run_demos(methods, save=args.save, model=args.model, calib=args.calib, test=args.test,
+    r = run_demos(methods, save=args.save, overwrite=args.force, model=args.model, calib=args.calib, test=args.test,
                  codebooks=parse_setting(args.codebooks, str),
                  prototypes=parse_setting(args.prototypes, int),
                  switches=args.switches, mask_rate=args.mask_rate, seed=args.seed,

@@ -1,11 +1,11 @@
 """``tabconv import``: PyTorch / ONNX / Keras weights to a tabconv_np HDF5 file (no framework needed)."""
-import os
 import sys
 import warnings
 
-from ..errors import ConfigError, WeightFileError
+from ..errors import WeightFileError
 from ..importers.dispatch import import_model
 from ..io import save
+from ..outputs import check_output
 from ..models import ARCHS
 
 DESCRIPTION = ("Import a PyTorch state dict (torch.save, zip or legacy format), an ONNX model "
@@ -19,6 +19,7 @@ def add_parser(sub):
                        description=DESCRIPTION)
     p.add_argument("source", help="the file to import")
     p.add_argument("-o", "--output", required=True, help="the tabconv_np HDF5 file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--arch", choices=ARCHS, help="a bundled architecture the state dict fits")
     g.add_argument("--spec", help="a JSON layer spec (docs/import_spec.md) for other models")
@@ -32,8 +33,7 @@ def add_parser(sub):
 
 def run(args):
     """Import, save, print a summary and what to do next."""
-    if os.path.abspath(args.output) == os.path.abspath(args.source):
-        raise ConfigError("the output file would overwrite the source; choose another -o")
+    check_output(args.output, overwrite=args.force, inputs=[args.source])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         net = import_model(args.source, arch=args.arch, spec=args.spec, input_shape=args.input,
@@ -41,7 +41,7 @@ def run(args):
     for w in caught:
         print(f"tabconv import: warning: {w.message}", file=sys.stderr)
     try:
-        save(net, args.output)
+        save(net, args.output, overwrite=args.force)
     except OSError as e:
         raise WeightFileError(f"{args.output}: cannot write: {e}") from None
     what = net.meta.get("arch") or type(net.body).__name__
