@@ -259,3 +259,18 @@ def test_demo_numbers_are_pinned():
     assert r["ops"]["paper"]["cost"] == 9_099_008 and r["ops"]["paper"]["exact"] == 32_709_888
     assert r["ops"]["full"]["cost"] == 12_193_226 and r["ops"]["full"]["exact"] == 32_809_418
     assert r["storage_bytes"] == 48_358_696
+
+
+def test_set_num_threads_sets_numba_and_blas_together():
+    """In a fresh process: both pools read back the count set, and bad counts are refused."""
+    import subprocess
+    import sys
+    code = ("import tabconv_np, numba\n"
+            "from tabconv_np.threads import get_blas_threads\n"
+            "tabconv_np.set_num_threads(1)\n"
+            "print(numba.get_num_threads(), get_blas_threads())\n"
+            "try:\n    tabconv_np.set_num_threads(0)\nexcept tabconv_np.ConfigError as e:\n    print('refused')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1", "refused"]

@@ -33,23 +33,44 @@ _USER_SPINCOUNT = "GOMP_SPINCOUNT" in os.environ
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 
-def _libgomp_already_loaded():
+def _libgomp_loaded():
+    """Path of the libgomp this process has already loaded, or None."""
     try:
         with open("/proc/self/maps") as f:
-            return "libgomp" in f.read()
+            for line in f:
+                if "libgomp" in line:
+                    return line.split()[-1]
     except OSError:                      # not Linux: nothing to check
-        return False
+        pass
+    return None
 
 
-if not _USER_SPINCOUNT and _libgomp_already_loaded():
+_GOMP = None if _USER_SPINCOUNT else _libgomp_loaded()
+if _GOMP:
     import warnings
     warnings.warn(
-        "tabconv_np: libgomp (OpenMP) was loaded before tabconv_np, probably by torch, "
-        "with its default busy-waiting; Numba's parallel kernels share it and can run "
-        "several times slower next to BLAS. Import tabconv_np before torch, or set "
-        "GOMP_SPINCOUNT=1000 in the environment.", RuntimeWarning, stacklevel=2)
+        f"tabconv_np: libgomp (OpenMP) was loaded before tabconv_np (by {_GOMP}"
+        f"{', i.e. torch' if 'torch' in _GOMP else ''}) with its default busy-waiting; "
+        "Numba's parallel kernels share it and can run several times slower next to BLAS. "
+        "Import tabconv_np first, or set GOMP_SPINCOUNT=1000 in the environment.",
+        RuntimeWarning, stacklevel=2)
 
 import numba  # noqa: E402
+
+
+def free_cores():
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):        # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# Never more kernel threads than the cores this process may use: Numba counts
+# the machine's cores, which oversubscribes a process pinned to fewer (taskset,
+# containers).  tabconv_np.set_num_threads changes it, with the BLAS's.
+if free_cores() < numba.get_num_threads():
+    numba.set_num_threads(free_cores())
 
 CACHE = os.environ.get("TABCONV_NO_CACHE", "") in ("", "0")
 
