@@ -10,6 +10,7 @@ them all up front).  Main entry points::
     tabconv_np.count_ops(net, (1, 28, 28))                # per-layer operation counts
     tabconv_np.fold_batchnorm(net)
     tabconv_np.convert(net, calibration_images, method="tabconv", ...)
+    tabconv_np.prepare(net)                               # a fast inference snapshot of net
     tabconv_np.set_num_threads(n)
 """
 import importlib
@@ -24,7 +25,7 @@ _LAZY = {
     "build": "models",
     "Network": "network",
     "set_num_threads": "threads", "get_num_threads": "threads",
-    "convert": "conversion",
+    "convert": "conversion", "prepare": "plan",
     "TabConvError": "errors", "ShapeError": "errors", "ConfigError": "errors",
     "WeightFileError": "errors", "DataError": "errors", "UnsafePickleError": "errors",
     "OutputError": "errors",

@@ -33,6 +33,8 @@ from .kernels import tree_kernels as _tree
 from .hashtree import fit_trees
 from .tables import table_from_weights
 from .tree_tables import TreeConv2d
+from .geometry import ConvGeometry
+from .plan import PreparedConv
 
 #: Slack on the ``K*u`` rounding-error bounds.
 TOL_FACTOR = 4.0
@@ -175,6 +177,32 @@ def _im2col_inputs(draw, rng):
 def _check_im2col(got, want, args, kwargs):
     assert got[1] == want[1], f"output size {got[1]} != {want[1]}"
     _assert_equal(got[0], want[0], "rows")
+
+
+def prepared_conv(x, weight, bias, stride, padding, dilation, residual, lo, hi):
+    """:class:`~tabconv_np.plan.PreparedConv` made for ``x`` (NHWC) and run once."""
+    g = ConvGeometry(weight.shape[1], weight.shape[0], weight.shape[2:], stride, padding, dilation)
+    conv = PreparedConv(weight, bias, g.stride, g.padding, g.dilation,
+                        (x.shape[3],) + x.shape[1:3], (lo, hi))
+    return conv(x, residual)
+
+
+def _prepared_conv_inputs(draw, rng):
+    x, w, b, cfg = conv_case(draw, rng, max_groups=1, max_hw=6, string_padding=True)
+    y = R.conv2d_naive(x, w, b, cfg["stride"], cfg["padding"], cfg["dilation"])
+    residual = _nhwc(rng.standard_normal(y.shape).astype(np.float32)) if draw(0, 1) else None
+    lo, hi = ((-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-1.0, 0.5))[draw(0, 3)]
+    return (_nhwc(x), w, b, cfg["stride"], cfg["padding"], cfg["dilation"], residual, lo, hi), {}
+
+
+def _check_prepared_conv(got, want, args, kwargs):
+    x, w, b, stride, padding, dilation, residual, _, _ = args
+    absref = R.conv2d_naive(np.abs(x), np.abs(w), None if b is None else np.abs(b), stride, padding,
+                            dilation, layout="NHWC").astype(np.float64)
+    if residual is not None:
+        absref += np.abs(residual)
+    K = w.shape[1] * w.shape[2] * w.shape[3] + 2
+    _assert_within(got, want, TOL_FACTOR * K * U * absref + 1e-7, "prepared conv")
 
 
 # ------------------------------------------------- product quantization
@@ -420,6 +448,10 @@ PAIRS = [
            _check_conv, _CONV_TOL) for m in ("im2col", "mec", "direct", "auto")),
     Pair("conv2d[naive]", partial(F.conv2d, method="naive"), R.conv2d_naive, _conv_inputs,
          _check_exact, "bitwise: the public API's naive method is the reference itself"),
+    Pair("prepared_conv", prepared_conv, R.conv_epilogue_naive, _prepared_conv_inputs,
+         _check_prepared_conv, "as conv2d plus one rounding for the residual sum: "
+         "|fast - ref| <= 4*(K + 2)*2**-24*(|x| conv |w| + |b| + |residual|) + 1e-7, the clamp "
+         "being non-expansive; taps dropped for reading only padding change nothing"),
     Pair("im2col_rows", F.im2col_rows, R.im2col_rows_naive, _im2col_inputs, _check_im2col,
          "bitwise rows and equal (N, Ho, Wo): both copy input values and zeros"),
     Pair("encode", encode_rows, R.encode_naive, _encode_inputs, _check_encode,

@@ -453,3 +453,16 @@ def fit_trees_naive(X, n_codebooks, candidates=4):
             if len(b):
                 P[c, k, :hi - lo] = sequential_sum(S[b]) / len(b)
     return cols, thr, P
+
+
+def conv_epilogue_naive(x, weight, bias, stride, padding, dilation, residual, lo, hi, layout="NHWC"):
+    """``clamp(conv2d(x, weight, bias) + residual, lo, hi)`` in float64, ``layout`` in and out.
+
+    Reference for :class:`tabconv_np.plan.PreparedConv`: the convolution
+    with its epilogue (bias, residual sum, ReLU/Clip) as separate plain steps.
+    ``residual`` None: no sum.
+    """
+    y = conv2d_naive(x, weight, bias, stride, padding, dilation, layout=layout).astype(np.float64)
+    if residual is not None:
+        y = y + residual
+    return np.minimum(np.maximum(y, lo), hi)

@@ -1,0 +1,244 @@
+"""Prepared inference: a network compiled once, for its image shape, into NHWC steps.
+
+``prepare(net)`` returns a :class:`Plan`: the forward pass with the work that
+does not depend on the data done once, when the plan is made:
+
+* batch norm folded into the convolutions before it (``fold_batchnorm``);
+* NHWC inside, converted once at the plan's edge;
+* every convolution with ``groups == 1`` a :class:`PreparedConv`: its weight
+  permuted once into the ``(kh*kw*C, C_out)`` matrix the lowering multiplies
+  with, the taps that only ever read padding at this image size dropped (a
+  3x3 convolution of a 1x1 map is a 1x1 convolution: 1/9 of the weight is
+  read), and an epilogue that adds the bias, a residual block's shortcut and
+  applies a following ReLU / ReLU6 / Clip in one pass after the product;
+* every other layer (pooling, linear, table layers, ...) runs its own NHWC
+  forward.
+
+The contract:
+
+* A plan is a snapshot.  It copies what it needs when it is made, so later
+  changes to the network (parameters written, layers replaced) are not seen
+  by it: prepare again.  ``net(x)`` never caches and is always current.
+* ``plan(x)`` takes what ``net(x)`` takes (a preprocessed float batch of the
+  network's image shape, any batch size, NCHW or NHWC) and returns the same
+  values within float32 rounding (the products are summed in another order).
+"""
+import numpy as np
+
+from .conv.chunks import images_per_chunk
+from .errors import ShapeError
+from .fold import fold_batchnorm
+from .geometry import conv_output_size
+from .kernels.epilogue_kernels import bias_residual_clamp
+from .kernels.im2col_kernels import lower_gijc
+from .layers import Clip, Conv2d, ReLU
+from .structure import Chain, Residual, structure_of
+
+_F32 = np.float32
+_NO_RESIDUAL = np.zeros((1, 1), _F32)
+#: Clamp bounds of the activations a residual block names.
+_ACTS = {"relu": (0.0, np.inf), None: (-np.inf, np.inf)}
+
+
+def live_taps(size, out_size, k, stride, pad, dilation):
+    """The range ``[t0, t1)`` of kernel taps that read the input for some output position.
+
+    Tap ``t`` of output ``o`` reads input ``o*stride - pad + t*dilation``;
+    taps outside the range read only padding (zeros) at this input size, so
+    dropping them changes no output.  ``(0, 1)`` when no tap reads the input.
+    """
+    live = [t for t in range(k)
+            if any(0 <= o * stride - pad + t * dilation < size for o in range(out_size))]
+    return (live[0], live[-1] + 1) if live else (0, 1)
+
+
+class PreparedConv:
+    """A convolution (groups 1) prepared for NHWC input of one spatial size, epilogue fused.
+
+    Parameters
+    ----------
+    weight : float32 array (C_out, C, kh, kw)
+    bias : float32 array (C_out,) or None
+    stride, dilation : (int, int)
+    padding : (top, bottom, left, right)
+    in_shape : (C, H, W)
+        Shape of one input image.
+    act : (float, float)
+        Clamp bounds ``(lo, hi)`` of the epilogue: ``(0, inf)`` is ReLU,
+        ``(-inf, inf)`` none.
+
+    Notes
+    -----
+    ``y = clamp(lower(x) @ wmat + bias [+ residual], lo, hi)`` with
+    ``wmat[(i*kw + j)*C + c, o] = weight[o, c, i0 + i, j0 + j]`` over the live
+    taps ``[i0, i1) x [j0, j1)`` (:func:`live_taps`); the lowering
+    (``lower_gijc``) is told the top/left padding shifted by the dropped
+    taps, ``pad - i0*dilation``.  An unpadded 1x1 convolution reads the input
+    (subsampled for stride > 1) as its own rows.
+    """
+
+    def __init__(self, weight, bias, stride, padding, dilation, in_shape, act=(-np.inf, np.inf)):
+        C_out, C, kh, kw = weight.shape
+        _, H, W = in_shape
+        (sh, sw), (dh, dw), (pt, _, pl, _) = stride, dilation, padding
+        Ho, Wo = conv_output_size((H, W), (kh, kw), stride, padding, dilation)
+        i0, i1 = live_taps(H, Ho, kh, sh, pt, dh)
+        j0, j1 = live_taps(W, Wo, kw, sw, pl, dw)
+        self.in_shape, self.out_shape = tuple(in_shape), (C_out, Ho, Wo)
+        self.kernel = (i1 - i0, j1 - j0)
+        self.args = (1, i1 - i0, j1 - j0, sh, sw, pt - i0 * dh, pl - j0 * dw, dh, dw, Ho, Wo)
+        w = weight[:, :, i0:i1, j0:j1]
+        self.wmat = np.ascontiguousarray(w.transpose(2, 3, 1, 0), _F32).reshape(-1, C_out)
+        self.bias = np.zeros(C_out, _F32) if bias is None else np.array(bias, _F32)
+        self.act = (_F32(act[0]), _F32(act[1]))
+        self.stride = (sh, sw)
+        self.pointwise = (self.kernel == (1, 1) and self.args[5:7] == (0, 0)
+                          and (Ho - 1) * sh < H and (Wo - 1) * sw < W)
+
+    @classmethod
+    def from_layer(cls, conv, in_shape, act=(-np.inf, np.inf)):
+        """:class:`PreparedConv` of a :class:`~tabconv_np.layers.Conv2d` (groups 1)."""
+        return cls(conv.params["weight"], conv.params.get("bias"), conv.stride,
+                   conv.geometry.padding, conv.dilation, in_shape, act)
+
+    def with_act(self, act):
+        """A copy with the epilogue's clamp set to ``act`` (arrays shared)."""
+        new = object.__new__(PreparedConv)
+        new.__dict__.update(self.__dict__, act=(_F32(act[0]), _F32(act[1])))
+        return new
+
+    def __call__(self, x, residual=None):
+        """``clamp(conv(x) + bias + residual)``; x (N, H, W, C) float32 C-contiguous,
+        residual None or (N, Ho, Wo, C_out); returns (N, Ho, Wo, C_out)."""
+        N = x.shape[0]
+        C_out, Ho, Wo = self.out_shape
+        P = Ho * Wo
+        out = np.empty((N, Ho, Wo, C_out), _F32)
+        y = out.reshape(N * P, C_out)
+        if N == 0:
+            return out
+        if self.pointwise:
+            sh, sw = self.stride
+            if (sh, sw) != (1, 1) or (Ho, Wo) != x.shape[1:3]:
+                x = np.ascontiguousarray(x[:, :Ho * sh:sh, :Wo * sw:sw])
+            np.matmul(x.reshape(N * P, -1), self.wmat, out=y)
+        else:
+            K = self.wmat.shape[0]
+            nb = images_per_chunk(N, P * K * 4, P)
+            rows = np.empty((min(nb, N) * P, K), _F32)
+            for n0 in range(0, N, nb):
+                n1 = min(N, n0 + nb)
+                r = rows[:(n1 - n0) * P]
+                lower_gijc.pick(r.size)(x[n0:n1], *self.args, r)
+                np.matmul(r, self.wmat, out=y[n0 * P:n1 * P])
+        res = _NO_RESIDUAL if residual is None else residual.reshape(N * P, C_out)
+        bias_residual_clamp.pick(y.size)(y, self.bias, res, residual is not None, *self.act)
+        return out
+
+
+def _act_of(module):
+    """Clamp bounds of an activation layer the epilogue can absorb, else None."""
+    if isinstance(module, ReLU):
+        return (0.0, np.inf)
+    if isinstance(module, Clip):
+        return (module.min, np.inf if module.max is None else module.max)
+    return None
+
+
+def _run(steps, x):
+    for step in steps:
+        x = step(x)
+    return x
+
+
+def _chain_steps(modules, shape):
+    """Steps of a chain of modules on input ``shape``: a conv absorbs the activation after it."""
+    steps, i = [], 0
+    while i < len(modules):
+        m = modules[i]
+        if isinstance(m, Conv2d) and m.groups == 1:
+            act = _act_of(modules[i + 1]) if i + 1 < len(modules) else None
+            step = PreparedConv.from_layer(m, shape, act or (-np.inf, np.inf))
+            shape, i = step.out_shape, i + (2 if act else 1)
+        else:
+            step, shape = _compile(m, shape)
+            i += 1
+        steps.append(step)
+    return steps, shape
+
+
+def _compile(module, shape):
+    """``(step, out_shape)``: ``step(x)`` computes ``module`` on NHWC batches of ``shape`` (C, H, W)."""
+    node = structure_of(module)
+    if isinstance(node, Chain):
+        steps, out = _chain_steps([m for _, m in node.items], shape)
+        return (lambda x: _run(steps, x)), out
+    if isinstance(node, Residual):
+        main, out = _chain_steps([m for _, m in node.main], shape)
+        short, _ = _chain_steps([m for _, m in node.shortcut], shape)
+        act = _ACTS[node.act]
+        last = main[-1]
+        if isinstance(last, PreparedConv) and last.act == (_F32(-np.inf), _F32(np.inf)):
+            head, last = main[:-1], last.with_act(act)
+            return (lambda x: last(_run(head, x), residual=_run(short, x))), out
+
+        def block(x):
+            y = _run(main, x) + _run(short, x)
+            return np.clip(y, _F32(act[0]), _F32(act[1]), out=y)
+        return block, out
+    return (lambda x: module.forward(x, "NHWC")), tuple(module.out_shape(shape))
+
+
+class Plan:
+    """A network prepared for inference (see the module docstring); made by :func:`prepare`.
+
+    Attributes
+    ----------
+    input_shape, out_shape : tuple of int
+        One image's input shape (C, H, W) and one output's shape.
+    """
+
+    def __init__(self, net):
+        folded = fold_batchnorm(net)
+        self.input_shape = tuple(net.input_shape)
+        self.out_shape = tuple(net.out_shape)
+        self.meta = dict(folded.meta)
+        self._forward, _ = _compile(folded.body, self.input_shape)
+
+    def __call__(self, x, layout="NCHW"):
+        """Outputs of a preprocessed float batch ``x`` (N, C, H, W) or (N, H, W, C) per ``layout``."""
+        x = np.asarray(x)
+        if layout not in ("NCHW", "NHWC"):
+            raise ShapeError(f"plan: layout must be 'NCHW' or 'NHWC', got {layout!r}")
+        chw = (x.shape[1:] if layout == "NCHW" else x.shape[3:] + x.shape[1:3]) if x.ndim == 4 else None
+        if x.ndim != 4 or tuple(chw) != self.input_shape:
+            raise ShapeError(f"plan expects a 4-d {layout} batch of images {self.input_shape} "
+                             f"(C, H, W), got shape {x.shape}")
+        if len(x) == 0:                   # no images: no layer needs to see them
+            out = self.out_shape if layout == "NCHW" or len(self.out_shape) != 3 else \
+                self.out_shape[1:] + self.out_shape[:1]
+            return np.zeros((0,) + tuple(out), _F32)
+        if layout == "NCHW":
+            x = x.transpose(0, 2, 3, 1)
+        y = self._forward(np.ascontiguousarray(x, _F32))
+        if y.ndim == 4 and layout == "NCHW":
+            y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        return y
+
+    def __repr__(self):
+        return f"Plan({self.meta.get('arch', 'custom')}, input={self.input_shape}, NHWC)"
+
+
+def prepare(net):
+    """A :class:`Plan` of ``net``: batch norm folded, NHWC, weights pre-arranged, epilogues fused.
+
+    Parameters
+    ----------
+    net : Network
+
+    Returns
+    -------
+    Plan
+        Callable like ``net``; a snapshot of ``net`` as it is now.
+    """
+    return Plan(net)
