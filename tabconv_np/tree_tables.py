@@ -117,11 +117,15 @@ class _TreeMixin:
                              f"got {codes.dtype} {codes.shape}")
         if codes.size and (codes.min() < 0 or codes.max() >= N_LEAVES):
             raise ShapeError(f"{type(self).__name__}.lookup: codes must be in [0, {N_LEAVES})")
+        return self.lookup_trusted(np.ascontiguousarray(codes, np.uint8))
+
+    def lookup_trusted(self, codes):
+        """:meth:`lookup` of C-contiguous uint8 codes known to be valid (no checks)."""
         p = self.params
         out = np.empty((len(codes), self.M), np.float32)
         if len(codes):
             pick(_k.lookup, out.size * self.n_codebooks // LOOKUPS_PER_WORK)(
-                np.ascontiguousarray(codes, np.uint8), p["table"], p["step"], p["bias"], out)
+                codes, p["table"], p["step"], p["bias"], out)
         return out
 
     def tree_cost(self, n_rows):
@@ -194,11 +198,8 @@ class TreeConv2d(_TreeMixin, Module):
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         return x, bad
 
-    def encode(self, x, layout="NCHW"):
-        """Codes ``(N*Ho*Wo, C)`` uint8 of a batch, read from the tensor (rows in (n, ho, wo) order)."""
-        x, bad = self._input(x, layout)
-        if bad is not None:
-            raise ShapeError("TreeConv2d.encode: the input contains NaN or Inf")
+    def _codes(self, x, layout):
+        """Codes (N*Ho*Wo, C) uint8 of a finite, contiguous float32 batch, and (N, Ho, Wo)."""
         N = x.shape[0]
         H, W = (x.shape[2], x.shape[3]) if layout == "NCHW" else (x.shape[1], x.shape[2])
         Ho, Wo = self.geometry.out_hw(H, W)
@@ -207,28 +208,30 @@ class TreeConv2d(_TreeMixin, Module):
         if out.size:
             pick(_k.encode_tensor, out.size * DEPTH)(x, layout == "NHWC", *self._offsets(),
                                                      self.params["thresholds"], sh, sw, pt, pl, Ho, Wo, out)
-        return out
+        return out, (N, Ho, Wo)
+
+    def encode(self, x, layout="NCHW"):
+        """Codes ``(N*Ho*Wo, C)`` uint8 of a batch, read from the tensor (rows in (n, ho, wo) order)."""
+        x, bad = self._input(x, layout)
+        if bad is not None:
+            raise ShapeError("TreeConv2d.encode: the input contains NaN or Inf")
+        return self._codes(x, layout)[0]
 
     def forward(self, x, layout):
+        """Encode every output position from the tensor, then look the codes up.
+
+        Two passes, not one: encoding a whole batch first and then adding table
+        rows measured faster than walking and adding position by position
+        (ResNet-18 "paper" at batch 32, 1 thread: 14.2 vs 17.9 ms for the
+        network; the walks of many positions overlap, and the lookup loop
+        stays short and vectorised).
+        """
         x, bad = self._input(x, layout)
-        N = x.shape[0]
-        H, W = (x.shape[2], x.shape[3]) if layout == "NCHW" else (x.shape[1], x.shape[2])
-        Ho, Wo = self.geometry.out_hw(H, W)
-        (pt, _, pl, _), (sh, sw) = self.geometry.padding, self.stride
-        p = self.params
-        shape = (N, self.M, Ho, Wo) if layout == "NCHW" else (N, Ho, Wo, self.M)
-        out = np.empty(shape, np.float32)
-        if out.size:
-            pick(_k.conv, out.size * self.n_codebooks // LOOKUPS_PER_WORK)(
-                x, layout == "NHWC", *self._offsets(), p["thresholds"], p["table"], p["step"], p["bias"],
-                sh, sw, pt, pl, Ho, Wo, out)
+        codes, (N, Ho, Wo) = self._codes(x, layout)
+        out = self.lookup_trusted(codes).reshape(N, Ho, Wo, self.M)
         if bad is not None:
-            where = bad.reshape(N, Ho, Wo)
-            if layout == "NCHW":
-                out.transpose(0, 2, 3, 1)[where] = np.nan
-            else:
-                out[where] = np.nan
-        return out
+            out[bad.reshape(N, Ho, Wo)] = np.nan
+        return out if layout == "NHWC" else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
     def out_shape(self, in_shape):
         return self.geometry.out_shape(in_shape, "TreeConv2d")
@@ -286,7 +289,7 @@ class TreeLinear(_TreeMixin, LinearShape, Module):
         codes = np.empty((len(x), self.n_codebooks), np.uint8)
         if codes.size:
             pick(_k.encode_rows, codes.size * DEPTH)(x, p["split_cols"], p["thresholds"], codes)
-        out = self.lookup(codes)
+        out = self.lookup_trusted(codes)
         out[bad] = np.nan
         return out
 
@@ -308,9 +311,6 @@ def warmup():
     for entry in ("parallel", "serial"):
         for nhwc in (False, True):
             xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x
-            out = np.empty((2, 5, 5, 3) if nhwc else (2, 3, 5, 5), np.float32)
-            getattr(_k.conv, entry)(xi, nhwc, ci, di, dj, p["thresholds"], p["table"], p["step"],
-                                    p["bias"], 1, 1, 1, 1, 5, 5, out)
             getattr(_k.encode_tensor, entry)(xi, nhwc, ci, di, dj, p["thresholds"], 1, 1, 1, 1, 5, 5, codes)
         getattr(_k.encode_rows, entry)(x.reshape(2, -1)[:, :18].copy(), p["split_cols"],
                                        p["thresholds"], codes[:2])

@@ -14,7 +14,7 @@ codebooks can never overflow, and ``int32`` holds ``255 * C`` for any
 ``C < 8.4e6``.  The inner loop adds a contiguous uint8 table row over the
 outputs ``m``: the loop LLVM turns into vector adds.
 
-Convolution kernels read the four values of a codebook straight from the
+The convolution's encoder reads the four values of a codebook straight from the
 layer's input tensor (NCHW or NHWC, zero padding by bounds checks): codebook
 ``c``, level ``t`` reads channel ``ci[c, t]`` at offset ``(di[c, t], dj[c, t])``
 from the window's top-left corner, so no im2col matrix is built.
@@ -114,42 +114,6 @@ def _lookup(codes, T, scale, bias, out):
             out[n, m] = np.float32(acc[m]) * scale[m] + bias[m]
 
 
-def _conv(x, nhwc, ci, di, dj, thr, T, scale, bias, sh, sw, pt, pl, Ho, Wo, out):
-    """Encode and look up in one pass, one output row ``(n, ho)`` per task.
-
-    Shapes as in :func:`_encode_tensor` and :func:`_lookup`; out (N, M, Ho, Wo)
-    float32, or (N, Ho, Wo, M) when ``nhwc``.  The ``Wo`` positions of a row
-    share each codebook's 16 x M table while it is in L1.
-    """
-    N = x.shape[0]
-    C = T.shape[0]
-    M = T.shape[2]
-    for b in prange(N * Ho):
-        n = b // Ho
-        ho = b % Ho
-        acc = np.zeros((Wo, M), np.int32)
-        acc16 = np.empty((Wo, M), np.uint16)
-        for c0 in range(0, C, ACC_BLOCK):
-            acc16[:] = 0
-            for c in range(c0, min(C, c0 + ACC_BLOCK)):
-                for wo in range(Wo):
-                    k = _walk_tensor(x, nhwc, n, c, ho * sh - pt, wo * sw - pl, ci, di, dj, thr)
-                    row = T[c, k]
-                    for m in range(M):
-                        acc16[wo, m] += row[m]
-            for wo in range(Wo):
-                for m in range(M):
-                    acc[wo, m] += acc16[wo, m]
-        for wo in range(Wo):
-            for m in range(M):
-                y = np.float32(acc[wo, m]) * scale[m] + bias[m]
-                if nhwc:
-                    out[n, ho, wo, m] = y
-                else:
-                    out[n, m, ho, wo] = y
-
-
 encode_rows = kernel(_encode_rows)
 encode_tensor = kernel(_encode_tensor)
 lookup = kernel(_lookup)
-conv = kernel(_conv)
