@@ -31,8 +31,10 @@ from .fold import fold_batchnorm
 from .geometry import conv_output_size
 from .kernels.epilogue_kernels import bias_residual_clamp
 from .kernels.im2col_kernels import lower_gijc
+from .kernels import tree_kernels as _tree
 from .layers import Clip, Conv2d, ReLU
 from .structure import Chain, Residual, structure_of
+from .tree_tables import DEPTH, LOOKUPS_PER_WORK, TreeConv2d
 
 _F32 = np.float32
 _NO_RESIDUAL = np.zeros((1, 1), _F32)
@@ -52,7 +54,25 @@ def live_taps(size, out_size, k, stride, pad, dilation):
     return (live[0], live[-1] + 1) if live else (0, 1)
 
 
-class PreparedConv:
+class _Prepared:
+    """What prepared steps share: the epilogue's clamp, settable once the plan knows what follows."""
+
+    #: ``(lo, hi)`` float32 clamp bounds of the epilogue.
+    act = (_F32(-np.inf), _F32(np.inf))
+
+    def with_act(self, act):
+        """A copy with the epilogue's clamp set to ``act`` (arrays shared)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__, act=(_F32(act[0]), _F32(act[1])))
+        return new
+
+    def _epilogue(self, y, bias, residual):
+        """``y = clamp(y + bias + residual)`` in place; y (R, M)."""
+        res = _NO_RESIDUAL if residual is None else residual.reshape(y.shape)
+        bias_residual_clamp.pick(y.size)(y, bias, res, residual is not None, *self.act)
+
+
+class PreparedConv(_Prepared):
     """A convolution (groups 1) prepared for NHWC input of one spatial size, epilogue fused.
 
     Parameters
@@ -101,12 +121,6 @@ class PreparedConv:
         return cls(conv.params["weight"], conv.params.get("bias"), conv.stride,
                    conv.geometry.padding, conv.dilation, in_shape, act)
 
-    def with_act(self, act):
-        """A copy with the epilogue's clamp set to ``act`` (arrays shared)."""
-        new = object.__new__(PreparedConv)
-        new.__dict__.update(self.__dict__, act=(_F32(act[0]), _F32(act[1])))
-        return new
-
     def __call__(self, x, residual=None):
         """``clamp(conv(x) + bias + residual)``; x (N, H, W, C) float32 C-contiguous,
         residual None or (N, Ho, Wo, C_out); returns (N, Ho, Wo, C_out)."""
@@ -131,9 +145,58 @@ class PreparedConv:
                 r = rows[:(n1 - n0) * P]
                 lower_gijc.pick(r.size)(x[n0:n1], *self.args, r)
                 np.matmul(r, self.wmat, out=y[n0 * P:n1 * P])
-        res = _NO_RESIDUAL if residual is None else residual.reshape(N * P, C_out)
-        bias_residual_clamp.pick(y.size)(y, self.bias, res, residual is not None, *self.act)
+        self._epilogue(y, self.bias, residual)
         return out
+
+
+class PreparedTree(_Prepared):
+    """A hash-tree convolution (:class:`~tabconv_np.tree_tables.TreeConv2d`) prepared for NHWC
+    input of one spatial size: offsets computed once, clamp and residual sum after the lookup.
+
+    Parameters
+    ----------
+    layer : TreeConv2d
+    in_shape : (C, H, W)
+    act : (float, float)
+        Clamp bounds of the epilogue, as in :class:`PreparedConv`.
+    """
+
+    def __init__(self, layer, in_shape, act=(-np.inf, np.inf)):
+        C, H, W = in_shape
+        self.layer = layer
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(layer.out_shape(in_shape))
+        x = np.zeros((1, H, W, C), _F32)
+        args, _ = layer.encoder_args(x, "NHWC")     # checks split_cols; offsets for this shape
+        self.off, self.s_row, self.s_col = args[1], args[4], args[5]
+        self.pads = layer.geometry.padding
+        p = layer.params
+        self.thr, self.table, self.step, self.bias = (p[k].copy() for k in ("thresholds", "table", "step", "bias"))
+        self.zero = np.zeros_like(self.bias)
+        self.act = (_F32(act[0]), _F32(act[1]))
+
+    def __call__(self, x, residual=None):
+        """``clamp(tree_conv(x) + residual)``; x (N, H, W, C), residual None or (N, Ho, Wo, M)."""
+        N = x.shape[0]
+        M, Ho, Wo = self.out_shape
+        if N == 0 or not np.isfinite(x).all():     # NaN/Inf: the layer's own path marks them
+            y = self.layer.forward(x, "NHWC")
+            self._epilogue(y.reshape(-1, M), self.zero, residual)
+            return y
+        C, H, W = self.in_shape
+        pt, pb, pl, pr = self.pads
+        if pt or pb or pl or pr:
+            xp = np.zeros((N, H + pt + pb, W + pl + pr, C), _F32)
+            xp[:, pt:pt + H, pl:pl + W] = x
+            x = xp
+        codes = np.empty((N * Ho * Wo, len(self.off)), np.uint8)
+        _tree.encode_padded.pick(codes.size * DEPTH)(x.reshape(-1), self.off, self.thr, x[0].size,
+                                                     self.s_row, self.s_col, Ho, Wo, codes)
+        y = np.empty((N * Ho * Wo, M), _F32)
+        _tree.lookup.pick(y.size * codes.shape[1] // LOOKUPS_PER_WORK)(codes, self.table, self.step,
+                                                                      self.bias, y)
+        if residual is not None or self.act != _Prepared.act:
+            self._epilogue(y, self.zero, residual)
+        return y.reshape(N, Ho, Wo, M)
 
 
 def _act_of(module):
@@ -151,35 +214,41 @@ def _run(steps, x):
     return x
 
 
-def _chain_steps(modules, shape):
-    """Steps of a chain of modules on input ``shape``: a conv absorbs the activation after it."""
+def _chain_steps(modules, shape, found):
+    """Steps of a chain of modules on input ``shape``: a conv absorbs the activation after it.
+    Prepared steps are also appended to ``found``."""
     steps, i = [], 0
     while i < len(modules):
         m = modules[i]
-        if isinstance(m, Conv2d) and m.groups == 1:
+        prepared = (PreparedConv.from_layer if isinstance(m, Conv2d) and m.groups == 1
+                    else PreparedTree if isinstance(m, TreeConv2d) else None)
+        if prepared:
             act = _act_of(modules[i + 1]) if i + 1 < len(modules) else None
-            step = PreparedConv.from_layer(m, shape, act or (-np.inf, np.inf))
+            step = prepared(m, shape, act or (-np.inf, np.inf))
+            found.append(step)
             shape, i = step.out_shape, i + (2 if act else 1)
         else:
-            step, shape = _compile(m, shape)
+            step, shape = _compile(m, shape, found)
             i += 1
         steps.append(step)
     return steps, shape
 
 
-def _compile(module, shape):
-    """``(step, out_shape)``: ``step(x)`` computes ``module`` on NHWC batches of ``shape`` (C, H, W)."""
+def _compile(module, shape, found):
+    """``(step, out_shape)``: ``step(x)`` computes ``module`` on NHWC batches of ``shape`` (C, H, W);
+    the prepared steps made are appended to ``found``."""
     node = structure_of(module)
     if isinstance(node, Chain):
-        steps, out = _chain_steps([m for _, m in node.items], shape)
+        steps, out = _chain_steps([m for _, m in node.items], shape, found)
         return (lambda x: _run(steps, x)), out
     if isinstance(node, Residual):
-        main, out = _chain_steps([m for _, m in node.main], shape)
-        short, _ = _chain_steps([m for _, m in node.shortcut], shape)
+        main, out = _chain_steps([m for _, m in node.main], shape, found)
+        short, _ = _chain_steps([m for _, m in node.shortcut], shape, found)
         act = _ACTS[node.act]
         last = main[-1]
-        if isinstance(last, PreparedConv) and last.act == (_F32(-np.inf), _F32(np.inf)):
+        if isinstance(last, _Prepared) and last.act == _Prepared.act:
             head, last = main[:-1], last.with_act(act)
+            found[found.index(main[-1])] = last
             return (lambda x: last(_run(head, x), residual=_run(short, x))), out
 
         def block(x):
@@ -196,6 +265,8 @@ class Plan:
     ----------
     input_shape, out_shape : tuple of int
         One image's input shape (C, H, W) and one output's shape.
+    prepared : list
+        The :class:`PreparedConv` and :class:`PreparedTree` steps, in the order they were made.
     """
 
     def __init__(self, net):
@@ -203,7 +274,8 @@ class Plan:
         self.input_shape = tuple(net.input_shape)
         self.out_shape = tuple(net.out_shape)
         self.meta = dict(folded.meta)
-        self._forward, _ = _compile(folded.body, self.input_shape)
+        self.prepared = []
+        self._forward, _ = _compile(folded.body, self.input_shape, self.prepared)
 
     def __call__(self, x, layout="NCHW"):
         """Outputs of a preprocessed float batch ``x`` (N, C, H, W) or (N, H, W, C) per ``layout``."""

@@ -100,3 +100,35 @@ def test_plan_propagates_nan_and_refuses_bad_shapes():
     assert np.isfinite(y[0]).all() and np.isnan(y[1]).all()
     with pytest.raises(ShapeError, match="1, 28, 28"):
         plan(np.zeros((1, 3, 28, 28), np.float32))
+
+
+def _tree_network(seed=0):
+    """A small ResNet, BN folded (as conversion leaves it), whose convolutions but the stem are
+    hash-tree layers fitted on random rows."""
+    from tabconv_np.hashtree import fit_trees
+    from tabconv_np.structure import map_leaves
+    from tabconv_np.tree_tables import TreeConv2d
+    rng = np.random.default_rng(seed)
+    net = tabconv_np.fold_batchnorm(randomize(build("resnet18-cifar", 3, 10, input_size=8), seed=seed))
+
+    def to_tree(name, m):
+        if not isinstance(m, Conv2d) or name == "conv1":
+            return m
+        D = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        return TreeConv2d.from_conv(m, fit_trees(rng.standard_normal((64, D)).astype(np.float32),
+                                                 m.in_channels))
+    return Network(map_leaves(net.body, to_tree), net.input_shape, meta={"arch": "trees"})
+
+
+def test_plan_runs_tree_layers_with_their_epilogue_fused_bitwise():
+    from tabconv_np.plan import PreparedTree
+    net = _tree_network()
+    plan = prepare(net)
+    x = np.random.default_rng(5).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(plan(x), net(x))       # integer sums, the same float steps
+    assert sum(isinstance(c, PreparedTree) for c in plan.prepared) == 19
+    assert sum(c.act[0] == 0 for c in plan.prepared) == 17    # ReLUs and block sums fused
+    x[1, 0, 2, 2] = np.inf
+    y = plan(x)
+    assert np.isfinite(y[[0, 2]]).all() and np.isnan(y[1]).all()
+

@@ -103,11 +103,11 @@ def test_serial_and_parallel_kernels_agree_bitwise():
     conv, x = _conv_and_input(3, cin=6, cout=40, hw=15, n=4)
     layer, rows = _tree_layer(conv, x)
     p = layer.params
-    ci, di, dj = layer._offsets()
+    args, _ = layer.encoder_args(x, "NCHW")
     outs, codes = [], []
-    for look, enc in ((K.lookup.serial, K.encode_tensor.serial), (K.lookup.parallel, K.encode_tensor.parallel)):
+    for look, enc in ((K.lookup.serial, K.encode_padded.serial), (K.lookup.parallel, K.encode_padded.parallel)):
         c = np.empty((4 * 225, 6), np.uint8)
-        enc(x, False, ci, di, dj, p["thresholds"], 1, 1, 1, 1, 15, 15, c)
+        enc(*args, c)
         y = np.empty((4 * 225, 40), np.float32)
         look(c, p["table"], p["step"], p["bias"], y)
         outs.append(y)

