@@ -91,7 +91,7 @@ MODELS = {
     "nin-mnist": "nin_mnist.h5",
 }
 #: The contenders, in table order.
-CONTENDERS = ("exact", "tree", "onnxruntime")
+CONTENDERS = ("exact", "exact_plan", "tree_plan", "onnxruntime")
 #: Sources whose change can change a conversion's result (recorded, compared with the cache's).
 CONVERSION_SOURCES = ("tabconv_np/conversion/*.py", "tabconv_np/hashtree.py",
                       "tabconv_np/tree_tables.py", "tabconv_np/tables.py",
@@ -403,6 +403,7 @@ def worker_main(spec_path):
     import numba
     import tabconv_np
     from tabconv_np.fold import fold_batchnorm
+    from tabconv_np.plan import prepare
     tabconv_np.set_num_threads(threads)
     ort, ort_note = None, None
     if spec["onnxruntime"]:
@@ -413,7 +414,8 @@ def worker_main(spec_path):
     out = {"threads": threads, "models": {}, "ort_note": ort_note}
     for m in spec["models"]:
         exact = fold_batchnorm(tabconv_np.load(m["weights"]))
-        tree = tabconv_np.load(m["tree"])
+        exact_plan = prepare(exact)
+        tree = prepare(tabconv_np.load(m["tree"]))
         x_all = np.load(m["inputs"])
         sess = None
         if ort is not None and m["onnx"]:
@@ -427,11 +429,13 @@ def worker_main(spec_path):
         res = {}
         for b in spec["batches"]:
             x = np.ascontiguousarray(x_all[:b])
-            fns = {"exact": lambda x=x: exact(x), "tree": lambda x=x: tree(x)}
+            fns = {"exact": lambda x=x: exact(x), "exact_plan": lambda x=x: exact_plan(x),
+                   "tree_plan": lambda x=x: tree(x)}
             if sess is not None:
                 fns["onnxruntime"] = lambda x=x: sess.run(None, {in_name: x})
             ye, yt = exact(x), tree(x)
-            check = {"tree_vs_exact_same_class": float(np.mean(ye.argmax(1) == yt.argmax(1)))}
+            check = {"tree_vs_exact_same_class": float(np.mean(ye.argmax(1) == yt.argmax(1))),
+                     "plan_vs_exact_max_abs_logit_diff": float(np.abs(exact_plan(x) - ye).max())}
             if sess is not None:
                 check["ort_vs_exact_max_abs_logit_diff"] = float(np.abs(fns["onnxruntime"]()[0] - ye).max())
             t = time_round_robin(fns, spec["repeats"], spec["warmup"], spec["min_sample"], spec["pause"])
@@ -499,16 +503,19 @@ def model_section(name, m, thread_list, batch_list):
     on = c["on"]
     kept = [n for n, f in zip(c["switch_names"], on) if not f]
     L = [f"## {name}", "",
-         "| batch | threads | exact ms | tree ms | onnxruntime ms | speedup (exact/tree) | tree/ORT |",
-         "|---:|---:|---:|---:|---:|---:|---:|"]
+         "| batch | threads | exact ms (no plan) | exact plan ms | tree plan ms | onnxruntime ms "
+         "| speedup (exact plan / tree plan) | tree/ORT | exact plan/ORT |",
+         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for t in thread_list:
         for b in batch_list:
             r = m["timings"][str(t)][str(b)]
-            e, tr, o = (r["median_s"].get(k) for k in CONTENDERS)
-            L.append(f"| {b} | {t} | {fmt_ms(e)} | {fmt_ms(tr)} | {fmt_ms(o)} | {e / tr:.2f} | "
-                     + (f"{tr / o:.2f} |" if o else "– |"))
+            e, ep, tr, o = (r["median_s"].get(k) for k in CONTENDERS)
+            L.append(f"| {b} | {t} | {fmt_ms(e)} | {fmt_ms(ep)} | {fmt_ms(tr)} | {fmt_ms(o)} | {ep / tr:.2f} | "
+                     + (f"{tr / o:.2f} | {ep / o:.2f} |" if o else "– | – |"))
     L += ["", "Times: median ms per forward pass of the whole batch (preprocessed float32 input). "
-          "speedup > 1: the tree network is faster than the exact one; tree/ORT > 1: slower than onnxruntime.", ""]
+          "Plans are `tabconv_np.prepare(net)` (BN folded, NHWC, weights pre-arranged, epilogues fused). "
+          "speedup > 1: the tree network is faster than the exact one (both prepared); x/ORT > 1: "
+          "slower than onnxruntime.", ""]
     cached = (f"cached in `{c['cache_file']}`" if c.get("cached") else f"saved to `{c['cache_file']}`")
     stale = ""
     if c.get("conversion_code") and c["conversion_code"] != c["current_conversion_code"]:
@@ -542,6 +549,9 @@ def model_section(name, m, thread_list, batch_list):
                 checks.append(ck["ort_vs_exact_max_abs_logit_diff"])
     if checks:
         L.append(f"- check: onnxruntime's logits differ from the exact network's by at most {max(checks):.1e}.")
+    plan_diff = max(m["timings"][str(t)][str(b)]["check"]["plan_vs_exact_max_abs_logit_diff"]
+                    for t in thread_list for b in batch_list)
+    L.append(f"- check: the exact plan's logits differ from the exact network's by at most {plan_diff:.1e}.")
     if m.get("ort_note"):
         L.append(f"- onnxruntime not timed: {m['ort_note']}.")
     L += [f"- note: {n}" for n in group_notes(c.get("notes", []))]
@@ -566,8 +576,8 @@ def markdown(report, args):
          "count runs in its own process; in it the exact network, the tree network and onnxruntime are "
          f"timed round-robin, median of {args.repeats} rounds (each sample >= {args.min_sample:g} s of calls, "
          f"after {args.warmup} warm-up calls, a {args.pause:g} s pause and one untimed call). "
-         "`exact` is the BN-folded tabconv_np network with its default conv methods; `tree` the "
-         "converted network; `onnxruntime` the exact network exported from its torch twin, with "
+         "`exact` is the BN-folded tabconv_np network with its default conv methods, `exact plan` "
+         "the same prepared by `tabconv_np.prepare`; `tree plan` the converted network, prepared; `onnxruntime` the exact network exported from its torch twin, with "
          "intra_op_num_threads = threads.", "",
          "Machine and settings:", ""]
     L += [f"- {k}: {v}" for k, v in mach.items()]
@@ -643,9 +653,12 @@ def main(args):
             per = {}
             for b, r in w["models"][name].items():
                 med = {k: v["median"] for k, v in r["times"].items()}
-                ratios = {"speedup_exact_over_tree": med["exact"] / med["tree"]}
+                ratios = {"speedup_exact_plan_over_tree_plan": med["exact_plan"] / med["tree_plan"],
+                          "speedup_exact_over_tree_plan": med["exact"] / med["tree_plan"],
+                          "exact_over_exact_plan": med["exact"] / med["exact_plan"]}
                 if "onnxruntime" in med:
-                    ratios["tree_over_onnxruntime"] = med["tree"] / med["onnxruntime"]
+                    ratios["tree_plan_over_onnxruntime"] = med["tree_plan"] / med["onnxruntime"]
+                    ratios["exact_plan_over_onnxruntime"] = med["exact_plan"] / med["onnxruntime"]
                     ratios["exact_over_onnxruntime"] = med["exact"] / med["onnxruntime"]
                 per[b] = {"median_s": med, "ratios": ratios, **r}
             m["timings"][str(t)] = per
