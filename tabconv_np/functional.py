@@ -9,6 +9,8 @@ naive     :func:`tabconv_np.reference.conv2d_naive`, plain loops (oracle)
 im2col    lowering to ``(N*Ho*Wo, C*kh*kw)`` rows + BLAS GEMM per group
 mec       MEC lowering ``(N*Wo, Hu*kw*C)`` (about kh/sh times smaller) + GEMMs
 direct    reordered loops, no buffer; best for depthwise / small groups
+winograd  Winograd F(2x2, 3x3): 2.25x fewer multiplications (3x3, stride 1)
+winograd4 Winograd F(4x4, 3x3): 4x fewer multiplications, larger rounding error
 auto      picks by shape (see :func:`choose_method`)
 ========  ==============================================================
 
@@ -21,12 +23,15 @@ Every public function validates its input and raises
 :class:`~tabconv_np.errors.ConfigError` (settings) with a message naming the
 argument and the offending value; the kernels themselves never validate.
 """
+from functools import partial
+
 import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .conv import direct as _direct
 from .conv import mec as _mec
 from .conv import im2col as _im2col
+from .conv import winograd as _winograd
 from .geometry import as_batch4, conv_output_size, im2col_rows, lowering_workspace_bytes
 from .reference import conv2d_naive
 from .validate import LAYOUTS, as_int, as_layout, as_padding, as_pair
@@ -34,7 +39,9 @@ from .validate import LAYOUTS, as_int, as_layout, as_padding, as_pair
 #: ``normalize_padding(padding, kernel_size, dilation, stride)`` -> (top, bottom, left, right)
 normalize_padding = as_padding
 
-METHODS = ("naive", "im2col", "mec", "direct", "auto")
+METHODS = ("naive", "im2col", "mec", "direct", "winograd", "winograd4", "auto")
+#: Methods for 3x3, stride-1, dilation-1, ungrouped convolutions only: output tile size m.
+WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}
 
 __all__ = ["conv2d", "conv_output_size", "normalize_padding", "im2col_rows",
            "lowering_workspace_bytes", "choose_method", "METHODS", "LAYOUTS"]
@@ -91,6 +98,8 @@ _DRIVERS = {
     "im2col": _im2col.conv2d_im2col,
     "mec": _mec.conv2d_mec,
     "direct": _direct.conv2d_direct,
+    "winograd": partial(_winograd.conv2d_winograd, m=2),
+    "winograd4": partial(_winograd.conv2d_winograd, m=4),
 }
 
 
@@ -109,7 +118,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         Zero padding, >= 0.
     groups : int
         Divides both C and C_out; ``groups == C`` is a depthwise convolution.
-    method : "auto", "im2col", "mec", "direct" or "naive"
+    method : "auto", "im2col", "mec", "direct", "winograd", "winograd4" or "naive"
+        The Winograd methods take 3x3, stride-1, dilation-1, ungrouped convolutions only.
     layout : "NCHW" or "NHWC"
         Layout of ``x`` and of the result.
 
@@ -160,6 +170,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
             raise ShapeError(f"conv2d: bias must have shape ({C_out},) to match weight "
                              f"{weight.shape}, got {b.shape}")
         bias = np.ascontiguousarray(b, dtype=np.float32)
+    if method in WINOGRAD_TILES and ((kh, kw) != (3, 3) or stride != (1, 1) or dilation != (1, 1)
+                                     or groups != 1):
+        raise ConfigError(f"conv2d: method {method!r} (Winograd) needs a 3x3 kernel, stride 1, "
+                          f"dilation 1 and groups 1; got kernel {kh}x{kw}, stride {stride}, "
+                          f"dilation {dilation}, groups {groups}: use 'im2col' or 'auto'")
     if method == "auto":
         method = choose_method(C, H, W, C_out, (kh, kw), stride, dilation, groups, N)
     if method == "naive":

@@ -205,6 +205,37 @@ def _check_prepared_conv(got, want, args, kwargs):
     _assert_within(got, want, TOL_FACTOR * K * U * absref + 1e-7, "prepared conv")
 
 
+#: Rounding-error slack of the Winograd methods over the K*u bound: their
+#: transforms add and scale partial sums (F(4x4)'s entries reach 8).  Measured
+#: worst over random cases: 1.7 (F(2x2)) and 8.5 (F(4x4)) times K*u*(|x| conv |w|).
+WINOGRAD_SLACK = {"winograd": 8.0, "winograd4": 64.0}
+
+
+def _winograd_inputs(method):
+    def inputs(draw, rng):
+        N, C, C_out = draw(1, 3), draw(1, 6), draw(1, 5)
+        pads = tuple(draw(0, 2) for _ in range(4))
+        H = draw(max(1, 3 - pads[0] - pads[1]), 13)
+        W = draw(max(1, 3 - pads[2] - pads[3]), 13)
+        x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+        w = rng.standard_normal((C_out, C, 3, 3)).astype(np.float32)
+        b = rng.standard_normal(C_out).astype(np.float32) if draw(0, 1) else None
+        layout = ("NCHW", "NHWC")[draw(0, 1)]
+        return (x if layout == "NCHW" else _nhwc(x), w, b), dict(padding=pads, layout=layout, method=method)
+    return inputs
+
+
+def _check_winograd(got, want, args, kwargs):
+    kw = {k: v for k, v in kwargs.items() if k != "method"}
+    bound = WINOGRAD_SLACK[kwargs["method"]] / TOL_FACTOR * conv_error_bound(*args, **kw)
+    assert_conv_close(got, want, bound, kwargs["method"])
+
+
+def _conv2d_same_args(x, weight, bias=None, *, padding, layout, method):
+    """The reference with the fast side's arguments (``method`` is the fast side's choice)."""
+    return R.conv2d_naive(x, weight, bias, 1, padding, layout=layout)
+
+
 # ------------------------------------------------- product quantization
 def _pq_shape(draw, max_n=70, max_d=40, max_c=6):
     N, D = draw(1, max_n), draw(1, max_d)
@@ -452,6 +483,12 @@ PAIRS = [
          _check_prepared_conv, "as conv2d plus one rounding for the residual sum: "
          "|fast - ref| <= 4*(K + 2)*2**-24*(|x| conv |w| + |b| + |residual|) + 1e-7, the clamp "
          "being non-expansive; taps dropped for reading only padding change nothing"),
+    Pair("conv2d[winograd]", F.conv2d, _conv2d_same_args, _winograd_inputs("winograd"), _check_winograd,
+         "|fast - ref| <= 8*(K + 1)*2**-24*(|x| conv |w| + |b|) + 1e-7 for F(2x2, 3x3), "
+         "K = 9*C (measured worst 1.7 of K*u over random cases)"),
+    Pair("conv2d[winograd4]", F.conv2d, _conv2d_same_args, _winograd_inputs("winograd4"), _check_winograd,
+         "|fast - ref| <= 64*(K + 1)*2**-24*(|x| conv |w| + |b|) + 1e-7 for F(4x4, 3x3) "
+         "(measured worst 8.5 of K*u)"),
     Pair("im2col_rows", F.im2col_rows, R.im2col_rows_naive, _im2col_inputs, _check_im2col,
          "bitwise rows and equal (N, Ho, Wo): both copy input values and zeros"),
     Pair("encode", encode_rows, R.encode_naive, _encode_inputs, _check_encode,

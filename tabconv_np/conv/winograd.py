@@ -1,0 +1,121 @@
+"""Winograd's minimal filtering: 3x3 convolutions with fewer multiplications.
+
+F(m, 3) computes ``m`` outputs of a 1-D 3-tap correlation from ``m + 2``
+inputs with ``m + 2`` multiplications instead of ``3m``.  For F(2, 3), with
+``d = (d0, d1, d2, d3)`` and ``g = (g0, g1, g2)``::
+
+    y0 = d0 g0 + d1 g1 + d2 g2 = m1 + m2 + m3
+    y1 = d1 g0 + d2 g1 + d3 g2 = m2 - m3 - m4
+
+    m1 = (d0 - d2) g0                 m2 = (d1 + d2) (g0 + g1 + g2) / 2
+    m4 = (d1 - d3) g2                 m3 = (d2 - d1) (g0 - g1 + g2) / 2
+
+four multiplications (the filter factors are computed once per layer).  In
+matrix form ``y = A^T [(G g) * (B^T d)]`` with::
+
+          | 1  0 -1  0 |         | 1    0    0  |
+    B^T = | 0  1  1  0 |     G = | 1/2  1/2  1/2 |     A^T = | 1  1  1  0 |
+          | 0 -1  1  0 |         | 1/2 -1/2  1/2 |           | 0  1 -1 -1 |
+          | 0  1  0 -1 |         | 0    0    1  |
+
+Nesting the 1-D algorithm gives F(m x m, 3 x 3) on ``(m+2) x (m+2)`` input
+tiles: ``Y = A^T [ (G g G^T) * (B^T d B) ] A``.  Over ``C`` input channels the
+elementwise products sum, so for each of the ``(m+2)^2`` tile positions
+``(i, j)`` the stage is one matrix product over channels::
+
+    M[i, j] (tiles, C_out) = V[i, j] (tiles, C) @ U[i, j] (C, C_out)
+
+with ``U = G g G^T`` (per layer) and ``V = B^T d B`` (per input tile): the
+``(m+2)^2`` products run as one batched BLAS call.  Multiplications per output
+and input channel: ``(m+2)^2 / m^2`` against 9 for the direct product, i.e.
+2.25x fewer for F(2x2, 3x3) and 4x fewer for F(4x4, 3x3), plus the transforms'
+additions (and the filter transform, offline).
+
+F(4x4, 3x3) uses Lavin and Gray's points 0, +-1, +-2 (its matrices are
+:data:`TRANSFORMS` ``[4]``); its transforms have larger entries, so its float32
+error is larger than F(2x2)'s (tests/test_winograd.py states and checks both
+bounds).  Only 3x3, stride 1, dilation 1, ``groups == 1`` convolutions have a
+Winograd form here; :func:`tabconv_np.functional.conv2d` refuses others.
+Output tiles that overhang the output are computed on zero padding and cropped.
+"""
+import numpy as np
+
+#: ``{m: (B^T, G, A^T)}`` for F(m x m, 3 x 3), float64.
+TRANSFORMS = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                  [0, 1, -1, 8, -8, 1]], np.float64)),
+}
+
+
+def filter_transform(weight, m):
+    """``U[i, j] = (G g G^T)[i, j]`` for every filter: (m+2, m+2, C, C_out) float32.
+
+    weight : (C_out, C, 3, 3)
+    """
+    G = TRANSFORMS[m][1]
+    U = np.einsum("ik,ockl,jl->ijco", G, weight.astype(np.float64), G)
+    return np.ascontiguousarray(U, np.float32)
+
+
+def conv2d_winograd(x, weight, bias, stride, padding, dilation, groups, layout, out_hw, m=2, U=None):
+    """3x3 stride-1 convolution by Winograd F(m x m, 3 x 3) (no validation).
+
+    Parameters
+    ----------
+    x : float32 C-contiguous array (N, C, H, W) or (N, H, W, C) per ``layout``
+    weight : float32 array (C_out, C, 3, 3)
+    bias : float32 array (C_out,) or None
+    stride, dilation : (1, 1)
+    padding : (top, bottom, left, right)
+    groups : 1
+    layout : "NCHW" or "NHWC"
+    out_hw : (Ho, Wo)
+    m : {2, 4}
+        Output tile size.
+    U : float32 array (m+2, m+2, C, C_out), optional
+        :func:`filter_transform` of ``weight``, when the caller keeps it.
+
+    Returns
+    -------
+    float32 array (N, C_out, Ho, Wo) or (N, Ho, Wo, C_out)
+    """
+    BT, _, AT = (t.astype(np.float32) for t in TRANSFORMS[m])
+    a = m + 2
+    xh = x if layout == "NHWC" else x.transpose(0, 2, 3, 1)
+    N, H, W, C = xh.shape
+    C_out = weight.shape[0]
+    Ho, Wo = out_hw
+    pt, _, pl, _ = padding
+    th, tw = -(-Ho // m), -(-Wo // m)
+    # the padded input the tiles read: (th*m + 2) x (tw*m + 2), zeros outside x
+    xp = np.zeros((N, th * m + 2, tw * m + 2, C), np.float32)
+    h1, w1 = min(H, th * m + 2 - pt), min(W, tw * m + 2 - pl)
+    xp[:, pt:pt + h1, pl:pl + w1] = xh[:, :h1, :w1]
+    # d[n, p, q, c] = the a x a tile at (p*m, q*m): a strided view, no copy
+    s = xp.strides
+    d = np.lib.stride_tricks.as_strided(xp, (N, th, tw, C, a, a),
+                                        (s[0], m * s[1], m * s[2], s[3], s[1], s[2]), writeable=False)
+    # V[i, j, (n, p, q), c] = (B^T d B)[i, j]
+    V = np.tensordot(BT, d, axes=([1], [4]))                 # (a_i, N, th, tw, C, a_l)
+    V = np.tensordot(V, BT, axes=([5], [1]))                 # (a_i, N, th, tw, C, a_j)
+    V = np.ascontiguousarray(V.transpose(0, 5, 1, 2, 3, 4)).reshape(a * a, N * th * tw, C)
+    if U is None:
+        U = filter_transform(weight, m)
+    M = np.matmul(V, U.reshape(a * a, C, C_out))             # (a*a, tiles, C_out)
+    # Y = A^T M A per tile: (m, m, tiles, C_out)
+    Y = np.tensordot(AT, M.reshape(a, a, -1, C_out), axes=([1], [0]))
+    Y = np.tensordot(Y, AT, axes=([1], [1]))                 # (m_i, tiles, C_out, m_j)
+    Y = Y.reshape(m, N, th, tw, C_out, m).transpose(1, 2, 0, 3, 5, 4).reshape(N, th * m, tw * m, C_out)
+    Y = Y[:, :Ho, :Wo]
+    if bias is not None:
+        Y = Y + bias
+    if layout == "NHWC":
+        return np.ascontiguousarray(Y, np.float32)
+    return np.ascontiguousarray(Y.transpose(0, 3, 1, 2), np.float32)

@@ -1,0 +1,69 @@
+"""Winograd convolution (conv/winograd.py): exact up to rounding, refused where it has no form.
+
+The hypothesis equivalence against the naive reference (both layouts, every
+padding, odd sizes) is the ``conv2d[winograd]`` / ``conv2d[winograd4]`` pairs in
+tests/test_reference_pairs.py; here: the stated transforms, torch, the shipped
+network's predictions, and the refusals.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import tabconv_np
+from tabconv_np.conv.winograd import TRANSFORMS
+from tabconv_np.data import load_dataset
+from tabconv_np.errors import ConfigError
+from tabconv_np.functional import conv2d
+from tabconv_np.layers import Conv2d
+
+WEIGHTS = os.path.join(os.path.dirname(__file__), os.pardir, "weights")
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_transforms_compute_the_1d_correlation_with_m_plus_2_multiplications(m):
+    BT, G, AT = TRANSFORMS[m]
+    assert BT.shape == (m + 2, m + 2) and G.shape == (m + 2, 3) and AT.shape == (m, m + 2)
+    rng = np.random.default_rng(m)
+    d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
+    y = AT @ ((G @ g) * (BT @ d))                      # m + 2 products
+    np.testing.assert_allclose(y, [d[i:i + 3] @ g for i in range(m)], rtol=1e-12, atol=1e-12)
+    # multiplications per output of a 2-D tile, per channel: (m+2)^2/m^2 vs 9
+    assert 9 / ((m + 2) ** 2 / m ** 2) == {2: 2.25, 4: 4.0}[m]
+
+
+@pytest.mark.parametrize("method", ["winograd", "winograd4"])
+def test_winograd_matches_torch(method):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 16, 11, 9)).astype(np.float32)
+    w = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                                      padding=1).numpy()
+    np.testing.assert_allclose(conv2d(x, w, b, padding=1, method=method), want, rtol=0,
+                               atol=1e-3 if method == "winograd4" else 2e-4)
+
+
+def test_shipped_network_predicts_the_same_with_winograd_where_it_applies():
+    net = tabconv_np.load(os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"))
+    x, _ = load_dataset("sample", "test", limit=200)
+    want = net.predict(x).argmax(1)
+    for method in ("winograd", "winograd4"):
+        used = 0
+        for _, m in net.body.modules():
+            if isinstance(m, Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1):
+                m.method, used = method, used + 1
+        assert used == 12                    # every 3x3 stride-1 conv of ResNet-18
+        same = np.mean(net.predict(x).argmax(1) == want)
+        assert same >= 0.999, (method, same)
+
+
+@pytest.mark.parametrize("kw", [dict(stride=2), dict(dilation=2), dict(groups=2)])
+def test_unsupported_configurations_are_refused_by_name(kw):
+    x = np.zeros((1, 4, 8, 8), np.float32)
+    w = np.zeros((4, 4 // kw.get("groups", 1), 3, 3), np.float32)
+    with pytest.raises(ConfigError, match="Winograd"):
+        conv2d(x, w, padding=1, method="winograd", **kw)
+    with pytest.raises(ConfigError, match="3x3 kernel"):
+        conv2d(x, np.zeros((4, 4, 5, 5), np.float32), method="winograd4")
