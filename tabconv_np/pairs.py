@@ -34,7 +34,7 @@ from .hashtree import fit_trees
 from .tables import table_from_weights
 from .tree_tables import TreeConv2d
 from .geometry import ConvGeometry
-from .plan import PreparedConv
+from .plan import PreparedConv, winograd_applies
 
 #: Slack on the ``K*u`` rounding-error bounds.
 TOL_FACTOR = 4.0
@@ -179,11 +179,11 @@ def _check_im2col(got, want, args, kwargs):
     _assert_equal(got[0], want[0], "rows")
 
 
-def prepared_conv(x, weight, bias, stride, padding, dilation, residual, lo, hi):
+def prepared_conv(x, weight, bias, stride, padding, dilation, residual, lo, hi, method="im2col"):
     """:class:`~tabconv_np.plan.PreparedConv` made for ``x`` (NHWC) and run once."""
     g = ConvGeometry(weight.shape[1], weight.shape[0], weight.shape[2:], stride, padding, dilation)
     conv = PreparedConv(weight, bias, g.stride, g.padding, g.dilation,
-                        (x.shape[3],) + x.shape[1:3], (lo, hi))
+                        (x.shape[3],) + x.shape[1:3], (lo, hi), method)
     return conv(x, residual)
 
 
@@ -192,7 +192,11 @@ def _prepared_conv_inputs(draw, rng):
     y = R.conv2d_naive(x, w, b, cfg["stride"], cfg["padding"], cfg["dilation"])
     residual = _nhwc(rng.standard_normal(y.shape).astype(np.float32)) if draw(0, 1) else None
     lo, hi = ((-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-1.0, 0.5))[draw(0, 3)]
-    return (_nhwc(x), w, b, cfg["stride"], cfg["padding"], cfg["dilation"], residual, lo, hi), {}
+    g = ConvGeometry(w.shape[1], w.shape[0], w.shape[2:], cfg["stride"], cfg["padding"], cfg["dilation"])
+    live = PreparedConv(w, None, g.stride, g.padding, g.dilation, (x.shape[1],) + x.shape[2:]).kernel
+    methods = ["im2col"] + (list(WINOGRAD_SLACK) if winograd_applies(live, g.stride, g.dilation) else [])
+    return ((_nhwc(x), w, b, cfg["stride"], cfg["padding"], cfg["dilation"], residual, lo, hi),
+            {"method": methods[draw(0, len(methods) - 1)]})
 
 
 def _check_prepared_conv(got, want, args, kwargs):
@@ -202,7 +206,8 @@ def _check_prepared_conv(got, want, args, kwargs):
     if residual is not None:
         absref += np.abs(residual)
     K = w.shape[1] * w.shape[2] * w.shape[3] + 2
-    _assert_within(got, want, TOL_FACTOR * K * U * absref + 1e-7, "prepared conv")
+    slack = WINOGRAD_SLACK.get(kwargs["method"], TOL_FACTOR)
+    _assert_within(got, want, slack * K * U * absref + 1e-7, f"prepared conv ({kwargs['method']})")
 
 
 #: Rounding-error slack of the Winograd methods over the K*u bound: their
@@ -481,8 +486,9 @@ PAIRS = [
          _check_exact, "bitwise: the public API's naive method is the reference itself"),
     Pair("prepared_conv", prepared_conv, R.conv_epilogue_naive, _prepared_conv_inputs,
          _check_prepared_conv, "as conv2d plus one rounding for the residual sum: "
-         "|fast - ref| <= 4*(K + 2)*2**-24*(|x| conv |w| + |b| + |residual|) + 1e-7, the clamp "
-         "being non-expansive; taps dropped for reading only padding change nothing"),
+         "|fast - ref| <= s*(K + 2)*2**-24*(|x| conv |w| + |b| + |residual|) + 1e-7, s = 4 for im2col, "
+         "the Winograd slack (8, 64) for Winograd, the clamp being non-expansive; taps dropped for "
+         "reading only padding change nothing"),
     Pair("conv2d[winograd]", F.conv2d, _conv2d_same_args, _winograd_inputs("winograd"), _check_winograd,
          "|fast - ref| <= 8*(K + 1)*2**-24*(|x| conv |w| + |b|) + 1e-7 for F(2x2, 3x3), "
          "K = 9*C (measured worst 1.7 of K*u over random cases)"),

@@ -11,6 +11,9 @@ does not depend on the data done once, when the plan is made:
   3x3 convolution of a 1x1 map is a 1x1 convolution: 1/9 of the weight is
   read), and an epilogue that adds the bias, a residual block's shortcut and
   applies a following ReLU / ReLU6 / Clip in one pass after the product;
+  with ``prepare(net, batch=B)`` each 3x3 stride-1 convolution is timed with
+  im2col and Winograd F(2x2, 3x3) / F(4x4, 3x3) (filters transformed once)
+  on a batch of B and keeps the fastest;
 * every other layer (pooling, linear, table layers, ...) runs its own NHWC
   forward.
 
@@ -25,8 +28,12 @@ The contract:
 """
 import numpy as np
 
+import time
+
 from .conv.chunks import images_per_chunk
-from .errors import ShapeError
+from .conv.winograd import conv2d_winograd, filter_transform
+from .errors import ConfigError, ShapeError
+from .functional import WINOGRAD_TILES
 from .fold import fold_batchnorm
 from .geometry import conv_output_size
 from .kernels.epilogue_kernels import bias_residual_clamp
@@ -97,7 +104,8 @@ class PreparedConv(_Prepared):
     (subsampled for stride > 1) as its own rows.
     """
 
-    def __init__(self, weight, bias, stride, padding, dilation, in_shape, act=(-np.inf, np.inf)):
+    def __init__(self, weight, bias, stride, padding, dilation, in_shape, act=(-np.inf, np.inf),
+                 method="im2col"):
         C_out, C, kh, kw = weight.shape
         _, H, W = in_shape
         (sh, sw), (dh, dw), (pt, _, pl, _) = stride, dilation, padding
@@ -114,12 +122,29 @@ class PreparedConv(_Prepared):
         self.stride = (sh, sw)
         self.pointwise = (self.kernel == (1, 1) and self.args[5:7] == (0, 0)
                           and (Ho - 1) * sh < H and (Wo - 1) * sw < W)
+        self.method, self.padding = method, tuple(padding)
+        if method != "im2col":
+            if method not in WINOGRAD_TILES or not winograd_applies(self.kernel, stride, dilation):
+                raise ConfigError(f"PreparedConv: method {method!r} does not apply to kernel "
+                                  f"{self.kernel}, stride {stride}, dilation {dilation}")
+            self.U = filter_transform(np.asarray(weight, _F32), WINOGRAD_TILES[method])
 
     @classmethod
-    def from_layer(cls, conv, in_shape, act=(-np.inf, np.inf)):
-        """:class:`PreparedConv` of a :class:`~tabconv_np.layers.Conv2d` (groups 1)."""
-        return cls(conv.params["weight"], conv.params.get("bias"), conv.stride,
-                   conv.geometry.padding, conv.dilation, in_shape, act)
+    def from_layer(cls, conv, in_shape, act=(-np.inf, np.inf), tune_batch=None):
+        """:class:`PreparedConv` of a :class:`~tabconv_np.layers.Conv2d` (groups 1).
+
+        ``tune_batch``: an int times im2col and both Winograd forms (where they
+        apply) on a random batch of that size and keeps the fastest; None: im2col.
+        """
+        args = (conv.params["weight"], conv.params.get("bias"), conv.stride,
+                conv.geometry.padding, conv.dilation, in_shape, act)
+        best = cls(*args)
+        if tune_batch is None or not winograd_applies(best.kernel, conv.stride, conv.dilation):
+            return best
+        C, H, W = in_shape
+        x = np.random.default_rng(0).standard_normal((tune_batch, H, W, C)).astype(_F32)
+        timed = [(_seconds(p, x), p) for p in [best] + [cls(*args, method=m) for m in WINOGRAD_TILES]]
+        return min(timed, key=lambda tp: tp[0])[1]
 
     def __call__(self, x, residual=None):
         """``clamp(conv(x) + bias + residual)``; x (N, H, W, C) float32 C-contiguous,
@@ -131,7 +156,11 @@ class PreparedConv(_Prepared):
         y = out.reshape(N * P, C_out)
         if N == 0:
             return out
-        if self.pointwise:
+        if self.method != "im2col":
+            out = conv2d_winograd(x, None, None, (1, 1), self.padding, (1, 1), 1, "NHWC", (Ho, Wo),
+                                  m=WINOGRAD_TILES[self.method], U=self.U)
+            y = out.reshape(N * P, C_out)
+        elif self.pointwise:
             sh, sw = self.stride
             if (sh, sw) != (1, 1) or (Ho, Wo) != x.shape[1:3]:
                 x = np.ascontiguousarray(x[:, :Ho * sh:sh, :Wo * sw:sw])
@@ -173,6 +202,7 @@ class PreparedTree(_Prepared):
         self.thr, self.table, self.step, self.bias = (p[k].copy() for k in ("thresholds", "table", "step", "bias"))
         self.zero = np.zeros_like(self.bias)
         self.act = (_F32(act[0]), _F32(act[1]))
+        self.method = "tree"
 
     def __call__(self, x, residual=None):
         """``clamp(tree_conv(x) + residual)``; x (N, H, W, C), residual None or (N, Ho, Wo, M)."""
@@ -199,6 +229,31 @@ class PreparedTree(_Prepared):
         return y.reshape(N, Ho, Wo, M)
 
 
+def winograd_applies(kernel, stride, dilation):
+    """Whether a convolution has a Winograd form here (3x3, stride 1, dilation 1)."""
+    return tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+
+
+#: Bytes written between timed calls while tuning, to push the layer's weights
+#: out of the caches (larger than the L3 of the boards and servers measured):
+#: in a network the other layers' weights have evicted them too, and a method
+#: with larger prepared weights (Winograd's transformed filters) pays for it.
+EVICT_BYTES = 64 << 20
+
+
+def _seconds(step, x, repeats=3):
+    """Best of ``repeats`` timed calls of ``step(x)``, each after the caches were flushed."""
+    step(x)
+    scratch = np.empty(EVICT_BYTES // 4, _F32)
+    best = np.inf
+    for _ in range(repeats):
+        scratch.fill(1.0)
+        t0 = time.perf_counter()
+        step(x)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def _act_of(module):
     """Clamp bounds of an activation layer the epilogue can absorb, else None."""
     if isinstance(module, ReLU):
@@ -214,18 +269,33 @@ def _run(steps, x):
     return x
 
 
+class _Build:
+    """What compiling a network carries along: the prepared steps made, and the tuning batch."""
+
+    def __init__(self, tune_batch):
+        self.found, self.tune_batch = [], tune_batch
+
+    def prepare(self, m, shape, act):
+        """The prepared step of leaf ``m`` (absorbing clamp ``act``), or None if it has none."""
+        if isinstance(m, Conv2d) and m.groups == 1:
+            step = PreparedConv.from_layer(m, shape, act, self.tune_batch)
+        elif isinstance(m, TreeConv2d):
+            step = PreparedTree(m, shape, act)
+        else:
+            return None
+        self.found.append(step)
+        return step
+
+
 def _chain_steps(modules, shape, found):
     """Steps of a chain of modules on input ``shape``: a conv absorbs the activation after it.
-    Prepared steps are also appended to ``found``."""
+    Prepared steps are made by ``found`` (a :class:`_Build`)."""
     steps, i = [], 0
     while i < len(modules):
         m = modules[i]
-        prepared = (PreparedConv.from_layer if isinstance(m, Conv2d) and m.groups == 1
-                    else PreparedTree if isinstance(m, TreeConv2d) else None)
-        if prepared:
-            act = _act_of(modules[i + 1]) if i + 1 < len(modules) else None
-            step = prepared(m, shape, act or (-np.inf, np.inf))
-            found.append(step)
+        act = _act_of(modules[i + 1]) if i + 1 < len(modules) else None
+        step = found.prepare(m, shape, act or (-np.inf, np.inf))
+        if step is not None:
             shape, i = step.out_shape, i + (2 if act else 1)
         else:
             step, shape = _compile(m, shape, found)
@@ -236,7 +306,7 @@ def _chain_steps(modules, shape, found):
 
 def _compile(module, shape, found):
     """``(step, out_shape)``: ``step(x)`` computes ``module`` on NHWC batches of ``shape`` (C, H, W);
-    the prepared steps made are appended to ``found``."""
+    the prepared steps are made by ``found`` (a :class:`_Build`)."""
     node = structure_of(module)
     if isinstance(node, Chain):
         steps, out = _chain_steps([m for _, m in node.items], shape, found)
@@ -248,7 +318,7 @@ def _compile(module, shape, found):
         last = main[-1]
         if isinstance(last, _Prepared) and last.act == _Prepared.act:
             head, last = main[:-1], last.with_act(act)
-            found[found.index(main[-1])] = last
+            found.found[found.found.index(main[-1])] = last
             return (lambda x: last(_run(head, x), residual=_run(short, x))), out
 
         def block(x):
@@ -266,16 +336,18 @@ class Plan:
     input_shape, out_shape : tuple of int
         One image's input shape (C, H, W) and one output's shape.
     prepared : list
-        The :class:`PreparedConv` and :class:`PreparedTree` steps, in the order they were made.
+        The :class:`PreparedConv` and :class:`PreparedTree` steps, in the order they were made
+        (``step.method``: the conv method each convolution uses).
     """
 
-    def __init__(self, net):
+    def __init__(self, net, batch=None):
         folded = fold_batchnorm(net)
         self.input_shape = tuple(net.input_shape)
         self.out_shape = tuple(net.out_shape)
         self.meta = dict(folded.meta)
-        self.prepared = []
-        self._forward, _ = _compile(folded.body, self.input_shape, self.prepared)
+        build = _Build(batch)
+        self._forward, _ = _compile(folded.body, self.input_shape, build)
+        self.prepared = build.found
 
     def __call__(self, x, layout="NCHW"):
         """Outputs of a preprocessed float batch ``x`` (N, C, H, W) or (N, H, W, C) per ``layout``."""
@@ -301,16 +373,21 @@ class Plan:
         return f"Plan({self.meta.get('arch', 'custom')}, input={self.input_shape}, NHWC)"
 
 
-def prepare(net):
+def prepare(net, batch=None):
     """A :class:`Plan` of ``net``: batch norm folded, NHWC, weights pre-arranged, epilogues fused.
 
     Parameters
     ----------
     net : Network
+    batch : int, optional
+        Tune for batches of this size: every 3x3 stride-1 convolution is timed
+        with im2col and both Winograd forms (F(2x2, 3x3), F(4x4, 3x3)) on a
+        random batch and keeps the fastest (a few ms per layer, once).  None:
+        im2col everywhere, and the plan's outputs do not depend on timings.
 
     Returns
     -------
     Plan
         Callable like ``net``; a snapshot of ``net`` as it is now.
     """
-    return Plan(net)
+    return Plan(net, batch)

@@ -455,12 +455,13 @@ def fit_trees_naive(X, n_codebooks, candidates=4):
     return cols, thr, P
 
 
-def conv_epilogue_naive(x, weight, bias, stride, padding, dilation, residual, lo, hi, layout="NHWC"):
+def conv_epilogue_naive(x, weight, bias, stride, padding, dilation, residual, lo, hi, layout="NHWC",
+                        method=None):
     """``clamp(conv2d(x, weight, bias) + residual, lo, hi)`` in float64, ``layout`` in and out.
 
     Reference for :class:`tabconv_np.plan.PreparedConv`: the convolution
     with its epilogue (bias, residual sum, ReLU/Clip) as separate plain steps.
-    ``residual`` None: no sum.
+    ``residual`` None: no sum.  ``method`` (the fast side's conv method) is not used.
     """
     y = conv2d_naive(x, weight, bias, stride, padding, dilation, layout=layout).astype(np.float64)
     if residual is not None:

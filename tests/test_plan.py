@@ -132,3 +132,16 @@ def test_plan_runs_tree_layers_with_their_epilogue_fused_bitwise():
     y = plan(x)
     assert np.isfinite(y[[0, 2]]).all() and np.isnan(y[1]).all()
 
+
+
+def test_tuned_plan_picks_per_layer_methods_and_keeps_the_predictions():
+    from tabconv_np.data import load_dataset
+    net = tabconv_np.load(os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"))
+    plan = prepare(net, batch=8)
+    methods = {p.method for p in plan.prepared}
+    assert methods <= {"im2col", "winograd", "winograd4"} and "im2col" in methods
+    x, _ = load_dataset("sample", "test", limit=64)
+    xn = net.normalize(x)
+    want = net(xn)
+    assert np.mean(plan(xn).argmax(1) == want.argmax(1)) == 1.0
+    _close(plan(xn), want)

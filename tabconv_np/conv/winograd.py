@@ -40,6 +40,8 @@ Output tiles that overhang the output are computed on zero padding and cropped.
 """
 import numpy as np
 
+from ..kernels import winograd_kernels as _k
+
 #: ``{m: (B^T, G, A^T)}`` for F(m x m, 3 x 3), float64.
 TRANSFORMS = {
     2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
@@ -59,9 +61,10 @@ def filter_transform(weight, m):
 
     weight : (C_out, C, 3, 3)
     """
-    G = TRANSFORMS[m][1]
-    U = np.einsum("ik,ockl,jl->ijco", G, weight.astype(np.float64), G)
-    return np.ascontiguousarray(U, np.float32)
+    G = TRANSFORMS[m][1].astype(np.float32)
+    U = np.tensordot(G, weight, axes=([1], [2]))             # (a_i, C_out, C, 3)
+    U = np.tensordot(U, G, axes=([3], [1]))                  # (a_i, C_out, C, a_j)
+    return np.ascontiguousarray(U.transpose(0, 3, 2, 1))
 
 
 def conv2d_winograd(x, weight, bias, stride, padding, dilation, groups, layout, out_hw, m=2, U=None):
@@ -70,7 +73,7 @@ def conv2d_winograd(x, weight, bias, stride, padding, dilation, groups, layout, 
     Parameters
     ----------
     x : float32 C-contiguous array (N, C, H, W) or (N, H, W, C) per ``layout``
-    weight : float32 array (C_out, C, 3, 3)
+    weight : float32 array (C_out, C, 3, 3); not read when ``U`` is given
     bias : float32 array (C_out,) or None
     stride, dilation : (1, 1)
     padding : (top, bottom, left, right)
@@ -86,36 +89,25 @@ def conv2d_winograd(x, weight, bias, stride, padding, dilation, groups, layout, 
     -------
     float32 array (N, C_out, Ho, Wo) or (N, Ho, Wo, C_out)
     """
-    BT, _, AT = (t.astype(np.float32) for t in TRANSFORMS[m])
+    BT, _, AT = (np.ascontiguousarray(t, np.float32) for t in TRANSFORMS[m])
     a = m + 2
     xh = x if layout == "NHWC" else x.transpose(0, 2, 3, 1)
     N, H, W, C = xh.shape
-    C_out = weight.shape[0]
+    if U is None:
+        U = filter_transform(weight, m)
+    C_out = U.shape[3]
     Ho, Wo = out_hw
     pt, _, pl, _ = padding
     th, tw = -(-Ho // m), -(-Wo // m)
+    P = N * th * tw
     # the padded input the tiles read: (th*m + 2) x (tw*m + 2), zeros outside x
     xp = np.zeros((N, th * m + 2, tw * m + 2, C), np.float32)
     h1, w1 = min(H, th * m + 2 - pt), min(W, tw * m + 2 - pl)
     xp[:, pt:pt + h1, pl:pl + w1] = xh[:, :h1, :w1]
-    # d[n, p, q, c] = the a x a tile at (p*m, q*m): a strided view, no copy
-    s = xp.strides
-    d = np.lib.stride_tricks.as_strided(xp, (N, th, tw, C, a, a),
-                                        (s[0], m * s[1], m * s[2], s[3], s[1], s[2]), writeable=False)
-    # V[i, j, (n, p, q), c] = (B^T d B)[i, j]
-    V = np.tensordot(BT, d, axes=([1], [4]))                 # (a_i, N, th, tw, C, a_l)
-    V = np.tensordot(V, BT, axes=([5], [1]))                 # (a_i, N, th, tw, C, a_j)
-    V = np.ascontiguousarray(V.transpose(0, 5, 1, 2, 3, 4)).reshape(a * a, N * th * tw, C)
-    if U is None:
-        U = filter_transform(weight, m)
+    V = np.empty((a * a, P, C), np.float32)
+    _k.input_transform.pick(V.size * a)(xp, BT, m, th, tw, V)
     M = np.matmul(V, U.reshape(a * a, C, C_out))             # (a*a, tiles, C_out)
-    # Y = A^T M A per tile: (m, m, tiles, C_out)
-    Y = np.tensordot(AT, M.reshape(a, a, -1, C_out), axes=([1], [0]))
-    Y = np.tensordot(Y, AT, axes=([1], [1]))                 # (m_i, tiles, C_out, m_j)
-    Y = Y.reshape(m, N, th, tw, C_out, m).transpose(1, 2, 0, 3, 5, 4).reshape(N, th * m, tw * m, C_out)
-    Y = Y[:, :Ho, :Wo]
-    if bias is not None:
-        Y = Y + bias
-    if layout == "NHWC":
-        return np.ascontiguousarray(Y, np.float32)
-    return np.ascontiguousarray(Y.transpose(0, 3, 1, 2), np.float32)
+    out = np.empty((N, Ho, Wo, C_out), np.float32)
+    b = np.zeros(C_out, np.float32) if bias is None else bias
+    _k.output_transform.pick(M.size * m)(M, AT, th, tw, Ho, Wo, b, out)
+    return out if layout == "NHWC" else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
