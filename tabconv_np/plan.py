@@ -391,3 +391,21 @@ def prepare(net, batch=None):
         Callable like ``net``; a snapshot of ``net`` as it is now.
     """
     return Plan(net, batch)
+
+
+def warmup():
+    """Compile (or load from the on-disk cache) the kernels prepared steps use, serial and
+    parallel: the epilogue, the lowering and the Winograd transforms."""
+    from .kernels import winograd_kernels as _wk
+    from .conv.winograd import TRANSFORMS
+    y, res, bias = np.zeros((4, 3), _F32), np.zeros((4, 3), _F32), np.zeros(3, _F32)
+    x = np.zeros((1, 6, 6, 2), _F32)
+    for entry in ("parallel", "serial"):
+        getattr(bias_residual_clamp, entry)(y, bias, res, True, _F32(0), _F32(np.inf))
+        getattr(lower_gijc, entry)(x, 1, 3, 3, 1, 1, 1, 1, 1, 1, 6, 6, np.zeros((36, 18), _F32))
+        for m in TRANSFORMS:
+            BT, _, AT = (np.ascontiguousarray(t, _F32) for t in TRANSFORMS[m])
+            V = np.zeros(((m + 2) ** 2, 1, 2), _F32)
+            getattr(_wk.input_transform, entry)(x, BT, m, 1, 1, V)
+            getattr(_wk.output_transform, entry)(V, AT, 1, 1, m, m, np.zeros(2, _F32), np.zeros((1, m, m, 2), _F32))
+    return True

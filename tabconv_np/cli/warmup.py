@@ -35,4 +35,7 @@ def run(args):
     from ..tree_tables import warmup as tree_warmup
     tree_warmup()
     print("warmed hash-tree layer kernels", file=sys.stderr)
+    from ..plan import warmup as plan_warmup
+    plan_warmup()
+    print("warmed prepared-plan kernels (epilogue, Winograd)", file=sys.stderr)
     print(f"kernels compiled and cached in {time.perf_counter() - t0:.1f} s")
