@@ -11,6 +11,7 @@ mec       MEC lowering ``(N*Wo, Hu*kw*C)`` (about kh/sh times smaller) + GEMMs
 direct    reordered loops, no buffer; best for depthwise / small groups
 winograd  Winograd F(2x2, 3x3): 2.25x fewer multiplications (3x3, stride 1)
 winograd4 Winograd F(4x4, 3x3): 4x fewer multiplications, larger rounding error
+strassen  im2col lowering + one level of Strassen's product (7/8 of the multiplies)
 auto      picks by shape (see :func:`choose_method`)
 ========  ==============================================================
 
@@ -31,6 +32,7 @@ from .errors import ConfigError, ShapeError
 from .conv import direct as _direct
 from .conv import mec as _mec
 from .conv import im2col as _im2col
+from .conv import strassen as _strassen
 from .conv import winograd as _winograd
 from .geometry import as_batch4, conv_output_size, im2col_rows, lowering_workspace_bytes
 from .reference import conv2d_naive
@@ -39,7 +41,7 @@ from .validate import LAYOUTS, as_int, as_layout, as_padding, as_pair
 #: ``normalize_padding(padding, kernel_size, dilation, stride)`` -> (top, bottom, left, right)
 normalize_padding = as_padding
 
-METHODS = ("naive", "im2col", "mec", "direct", "winograd", "winograd4", "auto")
+METHODS = ("naive", "im2col", "mec", "direct", "winograd", "winograd4", "strassen", "auto")
 #: Methods for 3x3, stride-1, dilation-1, ungrouped convolutions only: output tile size m.
 WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}
 
@@ -100,6 +102,7 @@ _DRIVERS = {
     "direct": _direct.conv2d_direct,
     "winograd": partial(_winograd.conv2d_winograd, m=2),
     "winograd4": partial(_winograd.conv2d_winograd, m=4),
+    "strassen": _strassen.conv2d_strassen,
 }
 
 
@@ -118,7 +121,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         Zero padding, >= 0.
     groups : int
         Divides both C and C_out; ``groups == C`` is a depthwise convolution.
-    method : "auto", "im2col", "mec", "direct", "winograd", "winograd4" or "naive"
+    method : "auto", "im2col", "mec", "direct", "winograd", "winograd4", "strassen" or "naive"
         The Winograd methods take 3x3, stride-1, dilation-1, ungrouped convolutions only.
     layout : "NCHW" or "NHWC"
         Layout of ``x`` and of the result.

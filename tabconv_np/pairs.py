@@ -33,6 +33,7 @@ from .kernels import tree_kernels as _tree
 from .hashtree import fit_trees
 from .tables import table_from_weights
 from .tree_tables import TreeConv2d
+from .conv.strassen import strassen
 from .geometry import ConvGeometry
 from .plan import PreparedConv, winograd_applies
 
@@ -228,6 +229,38 @@ def _winograd_inputs(method):
         layout = ("NCHW", "NHWC")[draw(0, 1)]
         return (x if layout == "NCHW" else _nhwc(x), w, b), dict(padding=pads, layout=layout, method=method)
     return inputs
+
+
+def strassen_bound(k, levels, max_a, max_b):
+    """Normwise bound on Strassen's float32 error: ``2 * 3**levels * (k + 4) * u * max|A| * max|B|``.
+
+    Strassen is not componentwise stable (a small entry of the product can
+    carry the error of large block sums), so the bound is on the largest
+    error against the largest possible entry.  Measured worst over random
+    shapes: 0.78, 1.13, 1.64 times ``(k + 4) * u * max|A| * max|B|`` at 1, 2, 3 levels.
+    """
+    return 2 * 3 ** levels * (k + 4) * U * max_a * max_b
+
+
+def _strassen_inputs(draw, rng):
+    n, k, p = draw(1, 40), draw(1, 40), draw(1, 40)
+    A = rng.standard_normal((n, k)).astype(np.float32)
+    B = rng.standard_normal((k, p)).astype(np.float32)
+    return (A, B, draw(0, 3), draw(1, 8)), {}
+
+
+def _check_strassen_matmul(got, want, args, kwargs):
+    A, B, levels, _ = args
+    bound = strassen_bound(A.shape[1], levels, np.abs(A).max(initial=0), np.abs(B).max(initial=0))
+    _assert_within(got, want, np.full(want.shape, bound + 1e-7), "strassen")
+
+
+def _check_strassen(got, want, args, kwargs):
+    x, w, b = args
+    K = w.shape[1] * w.shape[2] * w.shape[3]
+    bound = strassen_bound(K + 1, 1, np.abs(x).max(initial=0), np.abs(w).max(initial=0))
+    bound += 2 * U * (0 if b is None else np.abs(b).max())
+    _assert_within(got, want, np.full(want.shape, bound + 1e-7), "conv2d strassen")
 
 
 def _check_winograd(got, want, args, kwargs):
@@ -495,6 +528,12 @@ PAIRS = [
     Pair("conv2d[winograd4]", F.conv2d, _conv2d_same_args, _winograd_inputs("winograd4"), _check_winograd,
          "|fast - ref| <= 64*(K + 1)*2**-24*(|x| conv |w| + |b|) + 1e-7 for F(4x4, 3x3) "
          "(measured worst 8.5 of K*u)"),
+    Pair("strassen", strassen, R.matmul_naive, _strassen_inputs, _check_strassen_matmul,
+         "normwise: max|fast - ref| <= 2*3**levels*(k + 4)*2**-24*max|A|*max|B| (pairs.strassen_bound; "
+         "cutoffs down to 1, so small shapes recurse, odd sizes padded)"),
+    Pair("conv2d[strassen]", partial(F.conv2d, method="strassen"), R.conv2d_naive, _conv_inputs,
+         _check_strassen, "as the strassen pair, one level, with K = C/groups*kh*kw + 1 "
+         "(the plumbing: groups, layouts, padding)"),
     Pair("im2col_rows", F.im2col_rows, R.im2col_rows_naive, _im2col_inputs, _check_im2col,
          "bitwise rows and equal (N, Ho, Wo): both copy input values and zeros"),
     Pair("encode", encode_rows, R.encode_naive, _encode_inputs, _check_encode,

@@ -467,3 +467,17 @@ def conv_epilogue_naive(x, weight, bias, stride, padding, dilation, residual, lo
     if residual is not None:
         y = y + residual
     return np.minimum(np.maximum(y, lo), hi)
+
+
+def matmul_naive(A, B, levels=None, cutoff=None):
+    """``A @ B`` in float64, one dot product per entry.
+
+    Reference for :func:`tabconv_np.conv.strassen.strassen` (``levels`` and
+    ``cutoff`` are the fast side's settings, not used here).
+    """
+    A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
+    C = np.empty((A.shape[0], B.shape[1]))
+    for i in range(A.shape[0]):
+        for j in range(B.shape[1]):
+            C[i, j] = A[i] @ B[:, j]
+    return C
