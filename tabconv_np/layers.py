@@ -11,7 +11,9 @@ names and shapes (conv weight OIHW, linear weight ``(out, in)``), so a torch
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-from .functional import conv2d
+from .conv.strassen import strassen_cost
+from .conv.winograd import winograd_cost
+from .functional import WINOGRAD_TILES, conv2d
 from .geometry import attach_geometry, conv_output_size
 from .module import Module
 from .validate import as_pair, channel_axis
@@ -30,8 +32,8 @@ class Conv2d(Module):
     """2-d convolution (cross-correlation, as in PyTorch).
 
     Parameters: ``weight`` (C_out, C_in/groups, kh, kw), ``bias`` (C_out,) if ``bias``.
-    ``method`` picks the kernel: naive | im2col | mec | direct | auto
-    (see :func:`tabconv_np.functional.conv2d`).
+    ``method`` picks the kernel: naive | im2col | mec | direct | winograd | winograd4 |
+    strassen | auto (see :func:`tabconv_np.functional.conv2d`); :meth:`cost` counts what it does.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -57,10 +59,21 @@ class Conv2d(Module):
         return self.geometry.out_shape(in_shape, "Conv2d")
 
     def cost(self, in_shape):
-        n_out = int(np.prod(self.out_shape(in_shape)))
+        """Per-image counts; Winograd and Strassen report multiplications and additions apart."""
+        C_out, Ho, Wo = self.out_shape(in_shape)
+        n_out = C_out * Ho * Wo
         ws = self.geometry.workspace_bytes(in_shape)
-        return {"macs": n_out * self.geometry.D, "bias_adds": n_out if "bias" in self.params else 0,
-                "im2col_bytes": ws["im2col"], "mec_bytes": ws["mec"]}
+        out = {"macs": n_out * self.geometry.D, "bias_adds": n_out if "bias" in self.params else 0,
+               "im2col_bytes": ws["im2col"], "mec_bytes": ws["mec"]}
+        if self.method in WINOGRAD_TILES:
+            del out["macs"]
+            out.update(winograd_cost(self.in_channels, C_out, Ho, Wo, WINOGRAD_TILES[self.method]))
+        elif self.method == "strassen":
+            Kg, Cog = self.geometry.D, C_out // self.groups
+            mults, adds = strassen_cost(Ho * Wo, Kg, Cog)
+            del out["macs"]
+            out.update(mults=self.groups * mults, adds=self.groups * adds)
+        return out
 
 
 class BatchNorm2d(Module):

@@ -49,7 +49,11 @@ reduction of a network against its exact origin is
   MACs of the layers left exact; encoding is not counted;
 * ``full``: every arithmetic operation, encoding included;
 * ``bolt``: Bolt/MADDNESS's ``multiplies + lookups``: MACs, encoding
-  multiply-adds and the offline table-building multiply-adds, plus lookups.
+  multiply-adds and the offline table-building multiply-adds, plus lookups;
+* ``multiplies``: multiplications only: MACs, ``mults`` (Winograd,
+  Strassen), encoding multiply-adds and dequantisation multiplies.  The
+  convention that shows what Winograd and Strassen save (``tabconv ops
+  --method winograd``).
 """
 import json
 from dataclasses import dataclass
@@ -84,6 +88,8 @@ for _name, _kind, _doc in (
         ("encode_cmps", "arithmetic", "PQ encoding comparisons"),
         ("lookups", "memory", "table entries read"),
         ("lookup_adds", "arithmetic", "adds of looked-up entries"),
+        ("mults", "arithmetic", "multiplications of methods that count them apart from adds"),
+        ("adds", "arithmetic", "additions of methods that count them apart from multiplications"),
         ("params", "model", "learnable parameters"),
         ("storage_bytes", "model", "bytes stored by the layer"),
         ("im2col_bytes", "workspace", "float32 im2col lowering buffer"),
@@ -127,6 +133,10 @@ CONVENTIONS = {c.name: c for c in (
                "offline table-building multiply-adds, plus table lookups",
                lambda t: (t.get("macs", 0) + t.get("encode_macs", 0) + t.get("lookups", 0)
                           + t.get("offline", {}).get("macs", 0))),
+    Convention("multiplies", "multiplications only: MACs, Winograd's and Strassen's products, "
+               "encoding multiply-adds and dequantisation multiplies",
+               lambda t: (t.get("macs", 0) + t.get("mults", 0) + t.get("encode_macs", 0)
+                          + t.get("dequant_mults", 0))),
 )}
 
 

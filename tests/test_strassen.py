@@ -40,3 +40,10 @@ def test_strassen_convolution_recurses_at_the_default_cutoff_and_stays_within_th
     assert len(calls) == 7                              # rows 200, K 144, C_out 64 >= 64: one level
     want = conv2d_naive(x, w, padding=1)
     assert np.abs(got - want).max() <= strassen_bound(16 * 9, 1, np.abs(x).max(), np.abs(w).max())
+
+
+def test_cost_is_seven_eighths_of_the_multiplications_per_level():
+    assert S.strassen_cost(64, 64, 64, levels=1)[0] == 7 * 32 ** 3
+    assert S.strassen_cost(128, 128, 128, levels=2)[0] == 49 * 32 ** 3
+    assert S.strassen_cost(63, 64, 64, levels=1)[0] == 7 * 32 ** 3          # padded to 64
+    assert S.strassen_cost(30, 64, 64, levels=1) == (30 * 64 * 64, 30 * 63 * 64)  # below the cutoff

@@ -16,6 +16,7 @@ from tabconv_np.data import load_dataset
 from tabconv_np.errors import ConfigError
 from tabconv_np.functional import conv2d
 from tabconv_np.layers import Conv2d
+from tabconv_np.network import Network
 
 WEIGHTS = os.path.join(os.path.dirname(__file__), os.pardir, "weights")
 
@@ -67,3 +68,21 @@ def test_unsupported_configurations_are_refused_by_name(kw):
         conv2d(x, w, padding=1, method="winograd", **kw)
     with pytest.raises(ConfigError, match="3x3 kernel"):
         conv2d(x, np.zeros((4, 4, 5, 5), np.float32), method="winograd4")
+
+
+def test_op_counts_know_multiplications_from_additions():
+    """F(2x2,3x3) does 2.25x and F(4x4,3x3) 4x fewer multiplications in the elementwise stage."""
+    from tabconv_np.conv.winograd import winograd_cost
+    C, C_out, Ho, Wo = 16, 32, 8, 8
+    direct = C * 9 * C_out * Ho * Wo
+    for m, factor in ((2, 2.25), (4, 4.0)):
+        elementwise = (-(-Ho // m)) * (-(-Wo // m)) * (m + 2) ** 2 * C * C_out
+        assert direct / elementwise == factor
+        cost = winograd_cost(C, C_out, Ho, Wo, m)
+        assert cost["mults"] >= elementwise and cost["adds"] > 0 and cost["offline"]["macs"] > 0
+    layer = Conv2d(C, C_out, 3, padding=1, method="winograd")
+    counts = tabconv_np.count_ops(Network(layer, (C, Ho, Wo)), (C, Ho, Wo))
+    assert counts.total["macs"] == 0 and counts.total["mults"] == winograd_cost(C, C_out, Ho, Wo, 2)["mults"]
+    layer.method = "im2col"
+    exact = tabconv_np.count_ops(Network(layer, (C, Ho, Wo)), (C, Ho, Wo))
+    assert exact.total["multiplies"] / counts.total["multiplies"] > 1.5

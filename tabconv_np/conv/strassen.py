@@ -89,3 +89,20 @@ def conv2d_strassen(x, weight, bias, stride, padding, dilation, groups, layout, 
         y += bias
     y = y.reshape(N, Ho, Wo, C_out)
     return np.ascontiguousarray(y if layout == "NHWC" else y.transpose(0, 3, 1, 2))
+
+
+def strassen_cost(n, k, p, levels=1, cutoff=CUTOFF):
+    """``(multiplications, additions)`` of :func:`strassen` on an (n, k) x (k, p) product.
+
+    Mirrors the recursion: a BLAS leaf does ``n*k*p`` multiplications and
+    ``n*(k-1)*p`` additions; a level pads odd sizes, then does 7 half-size
+    products and 18 additions of half-size blocks (10 forming the operands,
+    8 combining the products).
+    """
+    if levels == 0 or min(n, k, p) < cutoff:
+        return n * k * p, n * max(k - 1, 0) * p
+    n, k, p = n + n % 2, k + k % 2, p + p % 2
+    h, c, q = n // 2, k // 2, p // 2
+    mul, add = strassen_cost(h, c, q, levels - 1, cutoff)
+    operand_adds = 5 * h * c + 5 * c * q                  # A11+A22, A21+A22, A11+A12, A21-A11, A12-A22; B likewise
+    return 7 * mul, 7 * add + operand_adds + 8 * h * q

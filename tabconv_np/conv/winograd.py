@@ -111,3 +111,33 @@ def conv2d_winograd(x, weight, bias, stride, padding, dilation, groups, layout, 
     b = np.zeros(C_out, np.float32) if bias is None else bias
     _k.output_transform.pick(M.size * m)(M, AT, th, tw, Ho, Wo, b, out)
     return out if layout == "NHWC" else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _transform_ops(T):
+    """(multiplications, additions) of ``T @ v`` for one vector: entries other than 0 and +-1
+    are multiplications; each row sums its nonzero terms."""
+    nz = T != 0
+    return int(np.sum(nz & (np.abs(T) != 1))), int(np.sum(np.maximum(nz.sum(1) - 1, 0)))
+
+
+def winograd_cost(C, C_out, Ho, Wo, m):
+    """Operation counts of F(m x m, 3 x 3) on one image: ``{"mults", "adds", "offline"}``.
+
+    * elementwise stage: ``tiles * (m+2)^2 * C * C_out`` multiplications and
+      ``tiles * (m+2)^2 * (C - 1) * C_out`` additions (the sums over channels);
+    * input transform ``B^T d B`` per tile and channel, output transform
+      ``A^T M A`` per tile and output channel: the additions (and the
+      multiplications by constants other than +-1) of the matrices as written;
+    * offline: the filter transform ``G g G^T``, ``C * C_out * (9a + 3a^2)``
+      multiply-adds with ``a = m + 2``.
+    """
+    BT, _, AT = TRANSFORMS[m]
+    a = m + 2
+    tiles = -(-Ho // m) * -(-Wo // m)
+    bm, ba = _transform_ops(BT)                       # one a-vector through B^T
+    am, aa = _transform_ops(AT)                       # one a-vector through A^T
+    in_m, in_a = 2 * a * bm, 2 * a * ba               # B^T d, then (.) B: a columns / rows each
+    out_m, out_a = a * am + m * am, a * aa + m * aa   # A^T M (a columns), then (.) A (m rows)
+    mults = tiles * (a * a * C * C_out + C * in_m + C_out * out_m)
+    adds = tiles * (a * a * (C - 1) * C_out + C * in_a + C_out * out_a)
+    return {"mults": mults, "adds": adds, "offline": {"macs": C * C_out * (9 * a + 3 * a * a)}}
