@@ -45,5 +45,5 @@ def test_strassen_convolution_recurses_at_the_default_cutoff_and_stays_within_th
 def test_cost_is_seven_eighths_of_the_multiplications_per_level():
     assert S.strassen_cost(64, 64, 64, levels=1)[0] == 7 * 32 ** 3
     assert S.strassen_cost(128, 128, 128, levels=2)[0] == 49 * 32 ** 3
-    assert S.strassen_cost(63, 64, 64, levels=1)[0] == 7 * 32 ** 3          # padded to 64
+    assert S.strassen_cost(65, 64, 64, levels=1)[0] == 7 * 33 * 32 * 32     # 65 rows padded to 66
     assert S.strassen_cost(30, 64, 64, levels=1) == (30 * 64 * 64, 30 * 63 * 64)  # below the cutoff
