@@ -14,6 +14,7 @@ module             what it holds
 ``method``         the :class:`Method` seam and the registry of methods
 ``tabconv``        the TabConv method (PQ prototypes + lookup tables)
 ``maddness``       hash-tree encoding + 8-bit output-targeted tables
+``lowrank``        truncated SVD of each layer, refit to the outputs
 =================  ===============================================================
 
 A new method subclasses :class:`Method` (three things: ``resolve``, ``fit``,
@@ -30,8 +31,10 @@ from .settings import ConversionSettings
 from .switches import Switch, find_switches
 from .maddness import Maddness, MaddnessSettings
 from .tabconv import TabConv, TabConvSettings
+from .lowrank import LowRank, LowRankSettings
 
 __all__ = ["convert", "skeleton", "table_structure", "op_reduction", "ConversionResult",
            "ConversionSettings", "Switch", "find_switches", "priority_mask", "cosine_similarity",
            "switch_similarities", "augment_images", "Method", "METHODS", "register_method",
-           "get_method", "TabConv", "TabConvSettings", "Maddness", "MaddnessSettings"]
+           "get_method", "TabConv", "TabConvSettings", "Maddness", "MaddnessSettings", "LowRank",
+           "LowRankSettings"]

@@ -1,0 +1,69 @@
+"""The low-rank conversion method: exact at full rank, smaller below it, refit to the outputs."""
+import os
+
+import numpy as np
+import pytest
+
+import tabconv_np
+from tabconv_np.blocks import Sequential
+from tabconv_np.conversion import convert
+from tabconv_np.conversion.lowrank import factor_layer
+from tabconv_np.data import load_dataset
+from tabconv_np.errors import ConfigError
+from tabconv_np.layers import Conv2d, Linear
+from tabconv_np.ops import count_ops
+
+WEIGHTS = os.path.join(os.path.dirname(__file__), os.pardir, "weights")
+SWITCHES = [0, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+
+
+@pytest.fixture(scope="module")
+def data():
+    net = tabconv_np.load(os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"))
+    xc, _ = load_dataset("sample", "train", limit=200)
+    xt, yt = load_dataset("sample", "test", limit=200)
+    return net, xc, xt, yt
+
+
+def test_full_rank_factorisation_equals_the_layer():
+    rng = np.random.default_rng(0)
+    conv = Conv2d(5, 7, 3, stride=2, padding=1)
+    conv.params["weight"][...] = rng.standard_normal(conv.params["weight"].shape)
+    conv.params["bias"][...] = rng.standard_normal(7)
+    lin = Linear(6, 4)
+    lin.params["weight"][...] = rng.standard_normal((4, 6))
+    for layer, x in ((conv, rng.standard_normal((2, 5, 9, 9))), (lin, rng.standard_normal((3, 6)))):
+        x = x.astype(np.float32)
+        W = layer.params["weight"]
+        pair = factor_layer(layer, min(W.shape[0], W.size // W.shape[0]))
+        assert isinstance(pair, Sequential)
+        np.testing.assert_allclose(pair.forward(x, "NCHW"), layer.forward(x, "NCHW"), rtol=1e-4, atol=1e-4)
+
+
+def test_lowrank_conversion_counts_fewer_macs_and_keeps_accuracy(data, tmp_path):
+    net, xc, xt, yt = data
+    exact = np.mean(net.predict(xt).argmax(1) == yt)
+    plain = convert(net, xc, method="lowrank", rank="auto", energy=0.9, refine=None, switches=SWITCHES,
+                    progress=False)
+    refit = convert(net, xc, method="lowrank", rank="auto", energy=0.9, switches=SWITCHES, progress=False)
+    macs = count_ops(refit.exact).total["macs"]
+    assert count_ops(refit.network).total["macs"] < 0.85 * macs
+    acc = {k: np.mean(r.network.predict(xt).argmax(1) == yt) for k, r in (("plain", plain), ("refit", refit))}
+    assert acc["refit"] >= exact - 0.02 and acc["plain"] >= exact - 0.03
+    path = tmp_path / "lowrank.h5"
+    tabconv_np.save(refit.network, path)
+    x = refit.network.normalize(xt[:4])
+    np.testing.assert_array_equal(tabconv_np.load(path)(x), refit.network(x))
+
+
+def test_full_rank_conversion_keeps_every_prediction(data):
+    net, xc, xt, _ = data
+    res = convert(net, xc, method="lowrank", rank=10 ** 6, refine=None, switches=SWITCHES, progress=False)
+    assert np.array_equal(res.network.predict(xt).argmax(1), net.predict(xt).argmax(1))
+
+
+@pytest.mark.parametrize("kw", [dict(rank=0), dict(rank=1.5), dict(energy=0), dict(energy=1.5)])
+def test_bad_settings_are_refused(data, kw):
+    net, xc, _, _ = data
+    with pytest.raises(ConfigError):
+        convert(net, xc[:8], method="lowrank", switches=SWITCHES, progress=False, **kw)
