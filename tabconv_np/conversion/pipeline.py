@@ -67,6 +67,7 @@ def _images(model, calibration_images):
                          f" got {imgs.shape}")
     if len(imgs) < 2:
         raise ShapeError(f"convert: need at least 2 calibration images, got {len(imgs)}")
+    model.check_range(imgs, "convert: calibration images")
     return imgs
 
 
@@ -78,8 +79,8 @@ def convert(model, calibration_images, method="tabconv", **settings):
     model : Network
         The trained network (batch norm folded here; the input is not changed).
     calibration_images : array (N, C, H, W)
-        Training images (uint8, or floats in [0, 1]); normalised with
-        ``model.normalize``.  Never test images.
+        Training images (uint8 0-255, or floats in the model's input range,
+        default [0, 1]); normalised with ``model.normalize``.  Never test images.
     method : str or Method
         A registered method name (``"tabconv"``) or a
         :class:`~tabconv_np.conversion.method.Method` instance.
@@ -102,7 +103,8 @@ def convert(model, calibration_images, method="tabconv", **settings):
         Unknown setting or method, bad value, a layer or structure the method
         cannot convert: all before any fitting starts.
     ShapeError
-        Calibration images of the wrong shape.
+        Calibration images of the wrong shape, or floats outside the model's
+        input range (see :mod:`tabconv_np.network`).
     """
     t_start = time.perf_counter()
     if not isinstance(model, Network):
