@@ -26,6 +26,7 @@ from .data import load_dataset
 from .errors import ConfigError, WeightFileError
 from .io import load
 from .outputs import check_output
+from .report import command_line, reduction_lines
 
 #: The default demo model, relative to the repository root.
 DEFAULT_MODEL = os.path.join("weights", "resnet18-paper_fashion-mnist.h5")
@@ -108,8 +109,8 @@ def accuracy(net, images, labels, batch=250):
 #: (``method="maddness"``), one codebook per input channel's 3x3 window (per 4
 #: channels in the 1x1 shortcut convs), tables fitted to the exact network's
 #: outputs; the stem and the classifier stay exact, as in DEMO_SETTINGS.
-FAST_SETTINGS = {"switches": [0, 1, 1, 1, 1, 1, 1, 1, 1, 0], "mask_rate": None, "refine": "exact",
-                 "max_rows": 20_000}
+FAST_SETTINGS = {"codebooks": "auto", "switches": [0, 1, 1, 1, 1, 1, 1, 1, 1, 0], "mask_rate": None,
+                 "refine": "exact", "max_rows": 20_000}
 
 #: What ``tabconv demo`` runs: the fast setting, reported beside the paper-faithful one.
 METHODS = {"maddness": FAST_SETTINGS, "tabconv": DEMO_SETTINGS}
@@ -201,7 +202,11 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
     if save:
         out["saved"] = save
     if latency:
+        from .threads import get_num_threads
         out["speedup"], out["latency_ms"] = speedups(res.exact, res.network, xt)
+        out["threads"] = get_num_threads()
+        out["blas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") \
+            or "default (OpenBLAS: one per core)"
         out["latency_batch1_ms"] = out["latency_ms"]["batch1"]
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -209,35 +214,32 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
 
 def format_report(r):
     """The text report of :func:`run_demo`'s dict (one method)."""
-    mb = 1 / 2**20
-    st = r["storage"]
-    settings = " ".join(f"{k}={r['settings'][k]}" for k in ("codebooks", "prototypes", "mask_rate", "refine")
-                        if k in r["settings"])
+    opts = {"method": r["method"], **r["settings"]}
+    opts["switches"] = ",".join(map(str, r["on"]))
+    exact = [n for n, o in zip(r["switches"], r["on"]) if not o]
+    red = {"paper": r["ops"]["paper"], "full": r["ops"]["full"], "storage": r["storage"]}
     lines = [
         f"method     {r['method']}",
         f"model      {r['model']} ({r['arch']}, {r['dataset']})",
         f"data       calibration: {r['calibration_images']} shipped Fashion-MNIST training images; "
         f"test: {r['test_images']} shipped test images",
-        f"settings   {settings or 'defaults'} switches on: "
-        f"{sum(r['on'])}/{len(r['on'])} ({', '.join(n for n, o in zip(r['switches'], r['on']) if not o) or 'none'} exact)",
+        f"settings   tabconv demo {command_line(opts)}",
+        f"{'':<11}{sum(r['on'])} of {len(r['on'])} switches converted to tables"
+        + (f"; kept exact: {', '.join(exact)}" if exact else ""),
         f"accuracy   exact {100 * r['exact_accuracy']:.2f}%   table {100 * r['table_accuracy']:.2f}%   "
         f"retention {100 * r['retention']:.1f}%"
         + (f"   (table without classifier refit: {100 * r['table_accuracy_without_refit']:.2f}%)"
            if r.get("table_accuracy_without_refit") is not None else ""),
-        f"ops        paper convention: {100 * r['op_reduction']['paper']:.2f}% fewer "
-        f"({r['ops']['paper']['cost'] / 1e6:.2f} M lookups+adds+exact MACs vs "
-        f"{r['ops']['paper']['exact'] / 1e6:.2f} M MACs)",
-        f"           full convention:  {100 * r['op_reduction']['full']:.2f}% fewer "
-        f"({r['ops']['full']['cost'] / 1e6:.2f} M vs {r['ops']['full']['exact'] / 1e6:.2f} M "
-        f"arithmetic ops, encoding included)",
-        f"storage    network {r['storage_bytes'] * mb:.1f} MiB (exact {r['weights_bytes'] * mb:.1f} MiB); "
-        f"table layers {st['table_bytes'] * mb:.1f} MiB replace {st['replaced_weight_bytes'] * mb:.1f} MiB of weights",
+        *reduction_lines(red),
     ]
     if "speedup" in r:
         lat = r["latency_ms"]
-        lines.append(f"speed      batch 1: exact {lat['batch1']['exact']:.2f} ms, table {lat['batch1']['table']:.2f} ms "
-                     f"({r['speedup']['batch1']:.2f}x); batch 32: exact {lat['batch32']['exact']:.1f} ms, "
-                     f"table {lat['batch32']['table']:.1f} ms ({r['speedup']['batch32']:.2f}x)")
+        lines.append(f"speed      {r['threads']} Numba thread(s), BLAS threads {r['blas_threads']}; exact and table "
+                     f"interleaved in one run, medians of 5 calls:")
+        for b in ("batch1", "batch32"):
+            e, t = lat[b]["exact"], lat[b]["table"]
+            lines.append(f"{'':<11}{b[:5]} {b[5:]:>2}: exact {e:.2f} ms, table {t:.2f} ms: table "
+                         + (f"{e / t:.2f}x faster" if t < e else f"{t / e:.2f}x slower"))
     lines.append(f"time       conversion {r['conversion_seconds']:.1f} s, this method {r['seconds']:.1f} s")
     return "\n".join(lines)
 

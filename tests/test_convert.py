@@ -179,14 +179,14 @@ def test_cli_convert_ops(tmp_path, lenet, capsys):
     src, out = tmp_path / "lenet.h5", tmp_path / "lenet_tables.h5"
     save(lenet, src)
     rc = main(["convert", str(src), "-o", str(out), "--codebooks", "2", "--prototypes", "8",
-               "--calib", "40", "--iters", "2", "--mask-rate", "20", "--json"])
+               "--calib", "40", "--iters", "2", "--mask-rate", "20", "--dataset", "sample", "--json"])
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
     assert len(rep["masked"]) == 1 and rep["op_reduction"]["paper"]["convention"]
     assert main(["ops", str(out), "--json"]) == 0
     ops = json.loads(capsys.readouterr().out)
     assert ops["total"]["lookups"] > 0
-    assert load(out).meta["tabconv"]["calibration_dataset"] == "sample"
+    assert load(out).meta["tabconv"]["calibration_dataset"] == "sample/train"
     assert main(["eval", str(out), "--dataset", "sample", "--limit", "20", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["images"] == 20 and 0 <= ev["accuracy"] <= 1

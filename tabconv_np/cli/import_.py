@@ -7,6 +7,7 @@ from ..importers.dispatch import import_model
 from ..io import save
 from ..outputs import check_output
 from ..models import ARCHS
+from .options import count
 
 DESCRIPTION = ("Import a PyTorch state dict (torch.save, zip or legacy format), an ONNX model "
                "or a Keras model (.h5, .weights.h5, .keras) into a tabconv_np HDF5 file, "
@@ -24,7 +25,7 @@ def add_parser(sub):
     g.add_argument("--arch", choices=ARCHS, help="a bundled architecture the state dict fits")
     g.add_argument("--spec", help="a JSON layer spec (docs/import_spec.md) for other models")
     p.add_argument("--input", help="C x H x W of one image, e.g. 1x28x28 (default: from the file)")
-    p.add_argument("--classes", type=int, help="number of classes (checked against the weights)")
+    p.add_argument("--classes", type=count(1), metavar="N", help="number of classes (checked against the weights)")
     p.add_argument("--mean", help="input normalisation mean per channel, e.g. 0.2860")
     p.add_argument("--std", help="input normalisation std per channel, e.g. 0.3530")
     p.set_defaults(func=run)
