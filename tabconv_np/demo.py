@@ -26,6 +26,7 @@ from .data import load_dataset
 from .errors import ConfigError, WeightFileError
 from .io import load
 from .outputs import check_output
+from .progress import Progress, say
 from .report import command_line, reduction_lines
 
 #: The default demo model, relative to the repository root.
@@ -122,17 +123,26 @@ def _seconds(net, images):
     return time.perf_counter() - t0
 
 
-def speedups(exact, converted, images, repeats=5):
+def speedups(exact, converted, images, repeats=5, progress=None):
     """``{"batch1": ..., "batch32": ...}``: exact time / converted time, medians of ``repeats``
-    interleaved calls after one warm-up call each; and the times in ms."""
+    interleaved calls after one warm-up call each; and the times in ms.
+
+    ``progress``: a :class:`~tabconv_np.progress.Progress` over the ``2 * (repeats + 1)``
+    pairs of calls (see there).
+    """
     out, ms = {}, {}
-    for b in (1, 32):
-        x = images[:b]
-        _seconds(exact, x), _seconds(converted, x)
-        pairs = [(_seconds(exact, x), _seconds(converted, x)) for _ in range(repeats)]
-        te, tc = (float(np.median(t)) for t in zip(*pairs))
-        out[f"batch{b}"] = te / tc
-        ms[f"batch{b}"] = {"exact": 1e3 * te, "table": 1e3 * tc}
+    with Progress(2 * (repeats + 1), "timing batch 1 and 32, exact and table interleaved",
+                  enabled=progress) as bar:
+        for b in (1, 32):
+            x = images[:b]
+            pairs = []
+            for i in range(repeats + 1):
+                pair = (_seconds(exact, x), _seconds(converted, x))
+                pairs += [pair] if i else []                 # the first pair warms up
+                bar.update(1, f"batch {b}")
+            te, tc = (float(np.median(t)) for t in zip(*pairs))
+            out[f"batch{b}"] = te / tc
+            ms[f"batch{b}"] = {"exact": 1e3 * te, "table": 1e3 * tc}
     return out, ms
 
 
@@ -159,6 +169,7 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
         check_output(save, overwrite=overwrite)
     t0 = time.perf_counter()
     path = find_model(model)
+    say(f"{method}: loading {os.path.relpath(path)} and the shipped sample, compiling kernels", progress)
     net = load(path)
     xc, _ = load_dataset("sample", "train", limit=calib)
     xt, yt = load_dataset("sample", "test", limit=test)
@@ -171,8 +182,12 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
             opts[k] = v
     opts["refine"] = defaults["refine"] if refine == "default" else refine
     res = convert(net, xc, method=method, seed=seed, progress=progress, calibrate=calibrate, **opts)
-    exact_acc, exact_s = accuracy(res.exact, xt, yt)
-    both = res.accuracies(xt, yt)
+    with Progress(2, f"accuracy of the exact and the table network ({len(xt)} test images)",
+                  enabled=progress) as bar:
+        exact_acc, exact_s = accuracy(res.exact, xt, yt)
+        bar.update(1, "exact")
+        both = res.accuracies(xt, yt)
+        bar.update(1, "table")
     table_acc, table_s, norefit_acc = both["table"], both["seconds"], both["without_refit"]
     red = op_reduction(res.network, res.exact)
     if save:
@@ -203,7 +218,7 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
         out["saved"] = save
     if latency:
         from .threads import get_num_threads
-        out["speedup"], out["latency_ms"] = speedups(res.exact, res.network, xt)
+        out["speedup"], out["latency_ms"] = speedups(res.exact, res.network, xt, progress=progress)
         out["threads"] = get_num_threads()
         out["blas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") \
             or "default (OpenBLAS: one per core)"
@@ -250,6 +265,8 @@ def run_demos(methods=("maddness", "tabconv"), save=None, overwrite=False, **kw)
     Returns the first method's report with the others' under ``"compare"``
     (``{method: report}``): ``tabconv demo --json`` prints it.
     """
+    say(f"tabconv demo: {' and '.join(methods)} on the shipped ResNet-18 (about 1-2 min per method on "
+        f"2 cores; progress on stderr)", kw.get("progress"))
     reports = []
     for i, m in enumerate(methods):
         own = kw if m == "tabconv" else {k: v for k, v in kw.items() if k not in ("prototypes", "iters")}

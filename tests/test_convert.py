@@ -10,7 +10,7 @@ from tabconv_np import count_ops
 from tabconv_np.cli import main
 from tabconv_np.conversion import (convert, cosine_similarity, find_switches, op_reduction,
                                 priority_mask)
-from tabconv_np.errors import ConfigError, ShapeError
+from tabconv_np.errors import ConfigError, SettingWarning, ShapeError
 from tabconv_np.io import load, save
 from tabconv_np.layers import Conv2d, Linear
 from tabconv_np.models import build
@@ -256,3 +256,16 @@ def test_cli_setting_parser():
         parse_setting("D/32", int)
     with pytest.raises(ConfigError):
         parse_setting("a=1,b", int)
+
+
+def test_settings_that_do_not_do_what_they_say_warn_before_the_work(lenet, calib):
+    from tabconv_np.conversion import table_structure
+    net = build("resnet18-paper", 1, 10)
+    with pytest.warns(SettingWarning, match=r"conv1: 8 subspaces of ceil\(9/8\) = 2 columns leave 3 of them "
+                      "zero padding only"):
+        table_structure(net, 8, 16)                          # the stem: D = 9 columns
+    with pytest.warns(SettingWarning) as caught:
+        table_structure(net, 100000, 16)
+    assert len(caught) == 1 and "clamped" in str(caught[0].message) and "more layers" in str(caught[0].message)
+    with pytest.raises(ConfigError, match="leave 1 of them empty"):          # before any tree is fitted
+        convert(lenet, calib, method="maddness", codebooks={"conv1": 8, "*": "auto"}, progress=False)

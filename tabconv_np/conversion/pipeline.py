@@ -136,7 +136,7 @@ def convert(model, calibration_images, method="tabconv", **settings):
     if exact.layout == "NHWC":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     p1 = Pass(m, sw, on, resolved, common, own, refit_leaf, reuse={}, reuse_before=0, notes=notes)
-    body, _, _ = p1.walk(exact.body, "", x, x, exact.layout)
+    body, _, _ = p1.run(exact.body, x, exact.layout, "fitting layers")
     sims, drops, masked, final = p1.sims, None, [], p1
     if common.mask_rate is not None:
         masked, drops = priority_mask(sims, float(common.mask_rate), candidates=on)
@@ -145,7 +145,7 @@ def convert(model, calibration_images, method="tabconv", **settings):
             reuse_before = min(masked) if common.recalibrate else len(sw)
             final = Pass(m, sw, on, resolved, common, own, refit_leaf, reuse=p1.converted,
                          reuse_before=reuse_before, notes=notes)
-            body, _, _ = final.walk(exact.body, "", x, x, exact.layout)
+            body, _, _ = final.run(exact.body, x, exact.layout, "fitting again after masking")
     given = {k: (dict(v) if isinstance(v, dict) else v) for k, v in settings.items() if k != "progress"}
     meta = dict(exact.meta)
     meta[m.name] = {
