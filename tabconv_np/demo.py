@@ -127,8 +127,8 @@ def speedups(exact, converted, images, repeats=5, progress=None):
     """``{"batch1": ..., "batch32": ...}``: exact time / converted time, medians of ``repeats``
     interleaved calls after one warm-up call each; and the times in ms.
 
-    ``progress``: a :class:`~tabconv_np.progress.Progress` over the ``2 * (repeats + 1)``
-    pairs of calls (see there).
+    ``progress``: the ``enabled`` of a :class:`~tabconv_np.progress.Progress` over the
+    ``2 * (repeats + 1)`` pairs of calls.
     """
     out, ms = {}, {}
     with Progress(2 * (repeats + 1), "timing batch 1 and 32, exact and table interleaved",

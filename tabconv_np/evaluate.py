@@ -25,7 +25,8 @@ def evaluate(net, images, labels, batch=64, progress=None):
     batch : int
         Images per forward pass.
     progress : None, bool
-        Show a progress bar on stderr: None = when stderr is a terminal.
+        Progress on stderr (:class:`~tabconv_np.progress.Progress`): None, a bar on
+        a terminal and heartbeat lines otherwise; False, silent.
 
     Returns
     -------
@@ -55,7 +56,7 @@ def evaluate(net, images, labels, batch=64, progress=None):
     n = len(images)
     correct = 0
     seconds = 0.0
-    with Progress(n, "evaluate", enabled=progress) as bar:
+    with Progress(n, f"evaluating ({n} images)", enabled=progress) as bar:
         for i in range(0, n, batch):
             xb = images[i:i + batch]
             t0 = time.perf_counter()

@@ -109,7 +109,7 @@ def run(args):
     print(f"settings: {line}", file=sys.stderr if args.json else sys.stdout, flush=True)
     res = convert(net, xc, method="maddness" if tree else "tabconv", switches=args.switches,
                   mask_rate=args.mask_rate, refit_classifier=not args.no_refit, seed=args.seed,
-                  progress=None if not args.json else False, calibrate=args.calibrate,
+                  calibrate=args.calibrate,
                   max_rows=args.max_rows, refine=None if opts["refine"] == "none" else opts["refine"], **own)
     res.network.meta[res.method.name]["calibration_dataset"] = source
     save(res.network, args.output, overwrite=args.force)

@@ -53,7 +53,7 @@ def run(args):
                  prototypes=parse_setting(args.prototypes, int),
                  switches=args.switches, mask_rate=args.mask_rate, seed=args.seed,
                  max_rows=args.max_rows, iters=args.iters,
-                 progress=False if args.json else None, calibrate=args.calibrate,
+                 calibrate=args.calibrate,
                  latency=not args.no_latency,
                  refine=None if args.refine == "none" else args.refine)
     print(json.dumps(r) if args.json else format_reports(r))

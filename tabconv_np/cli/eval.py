@@ -26,8 +26,8 @@ def run(args):
     net = load(args.model)
     images, labels, source = command_images(net, "tabconv eval", args.split, args.dataset, args.data,
                                             args.data_dir, args.limit)
-    # a bar on a terminal only, never with --json
-    res = evaluate(net, images, labels, batch=args.batch, progress=False if args.json else None)
+    # progress on stderr (a bar, or heartbeat lines off a terminal): stdout stays the result
+    res = evaluate(net, images, labels, batch=args.batch)
     res.update(model=args.model, data=source)
     if args.json:
         print(json.dumps(res))

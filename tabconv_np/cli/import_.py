@@ -1,11 +1,9 @@
 """``tabconv import``: PyTorch / ONNX / Keras weights to a tabconv_np HDF5 file (no framework needed)."""
-import sys
-import warnings
-
 from ..errors import WeightFileError
 from ..importers.dispatch import import_model
 from ..io import save
 from ..outputs import check_output
+from ..data import DATASETS
 from ..models import ARCHS
 from .options import count
 
@@ -28,6 +26,9 @@ def add_parser(sub):
     p.add_argument("--classes", type=count(1), metavar="N", help="number of classes (checked against the weights)")
     p.add_argument("--mean", help="input normalisation mean per channel, e.g. 0.2860")
     p.add_argument("--std", help="input normalisation std per channel, e.g. 0.3530")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="the data set the model was trained on, recorded in the file: tabconv eval and "
+                   "convert then use it by default (without it they ask for --dataset or --data)")
     p.set_defaults(func=run)
     return p
 
@@ -35,12 +36,11 @@ def add_parser(sub):
 def run(args):
     """Import, save, print a summary and what to do next."""
     check_output(args.output, overwrite=args.force, inputs=[args.source])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        net = import_model(args.source, arch=args.arch, spec=args.spec, input_shape=args.input,
-                           num_classes=args.classes, mean=args.mean, std=args.std)
-    for w in caught:
-        print(f"tabconv import: warning: {w.message}", file=sys.stderr)
+    # warnings (a dropped softmax, ...) print as one line each (tabconv_np.cli.main)
+    net = import_model(args.source, arch=args.arch, spec=args.spec, input_shape=args.input,
+                       num_classes=args.classes, mean=args.mean, std=args.std)
+    if args.dataset:
+        net.meta["dataset"] = args.dataset
     try:
         save(net, args.output, overwrite=args.force)
     except OSError as e:
@@ -49,4 +49,5 @@ def run(args):
     shape = "x".join(map(str, net.input_shape))
     print(f"imported {args.source} ({net.meta['source_format']}, {what}): input {shape}, "
           f"output {tuple(net.out_shape)}, {net.num_params():,} parameters")
-    print(f"wrote {args.output}; next: tabconv ops {args.output}   or   tabconv eval {args.output}")
+    data = "" if args.dataset else " --dataset NAME (or --data PATH)"
+    print(f"wrote {args.output}; next: tabconv ops {args.output}   or   tabconv eval {args.output}{data}")

@@ -44,7 +44,8 @@ class ConversionSettings:
     seed : int
         The result is a deterministic function of the inputs and the seed.
     progress : bool or None
-        Progress bars on stderr; None: on a terminal only.
+        Progress of the layer fitting on stderr (:class:`~tabconv_np.progress.Progress`):
+        None, a bar on a terminal and heartbeat lines otherwise; False, silent.
     """
 
     switches: object = None
