@@ -3,10 +3,12 @@
 On a terminal a phase is a bar (tqdm when it is installed, a built-in one
 otherwise) whose count runs in order up to its total.  When stderr is not a
 terminal (a log file, a pipe, CI) a phase is heartbeat lines instead: one when
-it starts, one every ``HEARTBEAT_S`` seconds while it runs, one when it ends.
+it starts, one every ``HEARTBEAT_S`` seconds while it runs (from a timer
+thread, so a long step is not silent), one when it ends.
 Standard output is never written, so ``--json`` output stays clean.
 """
 import sys
+import threading
 import time
 
 #: Seconds between heartbeat lines of a phase when stderr is not a terminal.
@@ -53,6 +55,14 @@ class Progress:
                 self._draw(force=True)
         elif self.mode == "heartbeat":
             self._line(f"{self.desc}: 0/{self.total}")
+            self._stop = threading.Event()
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+            self._beat.start()
+
+    def _heartbeat(self):
+        while not self._stop.wait(HEARTBEAT_S):
+            note = f" (last: {self.note})" if self.note else ""
+            self._line(f"{self.desc}: {self.n}/{self.total}{note}, {time.perf_counter() - self._t0:.0f} s")
 
     def _line(self, text):
         self.stream.write(text + "\n")
@@ -82,10 +92,6 @@ class Progress:
             self._tqdm.update(n)
         elif self.mode == "bar":
             self._draw()
-        elif time.perf_counter() - self._last >= HEARTBEAT_S and self.n < self.total:
-            self._last = time.perf_counter()
-            self._line(f"{self.desc}: {self.n}/{self.total}{f' ({note})' if note else ''}, "
-                       f"{self._last - self._t0:.0f} s")
 
     def close(self):
         """End the phase: clear the bar, or write the heartbeat's last line."""
@@ -95,6 +101,8 @@ class Progress:
             self.stream.write("\r" + " " * 119 + "\r")
             self.stream.flush()
         elif self.mode == "heartbeat":
+            self._stop.set()
+            self._beat.join()
             self._line(f"{self.desc}: {self.n}/{self.total} in {time.perf_counter() - self._t0:.1f} s")
 
     def __enter__(self):
