@@ -217,11 +217,9 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
     if save:
         out["saved"] = save
     if latency:
-        from .threads import get_num_threads
+        from .threads import get_blas_threads, get_num_threads
         out["speedup"], out["latency_ms"] = speedups(res.exact, res.network, xt, progress=progress)
-        out["threads"] = get_num_threads()
-        out["blas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") \
-            or "default (OpenBLAS: one per core)"
+        out["threads"], out["blas_threads"] = get_num_threads(), get_blas_threads()
         out["latency_batch1_ms"] = out["latency_ms"]["batch1"]
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -249,8 +247,8 @@ def format_report(r):
     ]
     if "speedup" in r:
         lat = r["latency_ms"]
-        lines.append(f"speed      {r['threads']} Numba thread(s), BLAS threads {r['blas_threads']}; exact and table "
-                     f"interleaved in one run, medians of 5 calls:")
+        lines.append(f"speed      {r['threads']} Numba and {r['blas_threads'] or 'no'} BLAS thread(s) "
+                     f"(tabconv_np.set_num_threads); exact and table interleaved in one run, medians of 5 calls:")
         for b in ("batch1", "batch32"):
             e, t = lat[b]["exact"], lat[b]["table"]
             lines.append(f"{'':<11}{b[:5]} {b[5:]:>2}: exact {e:.2f} ms, table {t:.2f} ms: table "

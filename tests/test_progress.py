@@ -74,7 +74,7 @@ def test_demo_speaks_first_and_while_timing(capsys):
     text = demo.format_reports(r)
     assert "None" not in text and "{" not in text and not re.search(r"[-\u2212]\d", text)   # no negative %
     assert "% fewer operations (paper convention: encoding not counted" in text
-    assert "x the float32 weights" in text and "Numba thread" in text
+    assert "x the float32 weights" in text and re.search(r"\d+ Numba and \d+ BLAS thread", text)
 
 
 def test_plain_numbers():
