@@ -35,6 +35,46 @@ DEFAULT_RANGE = (0.0, 1.0)
 RANGE_SLACK = 0.5
 
 
+def input_range(preprocess):
+    """``(lo, hi)`` of ``preprocess["range"]``, or :data:`DEFAULT_RANGE`."""
+    lo, hi = (preprocess or {}).get("range", DEFAULT_RANGE)
+    return float(lo), float(hi)
+
+
+def normalize(images, preprocess, channels, layout="NCHW"):
+    """Float32 network input from images: uint8 0-255 scaled to the input range (floats taken
+    as in it), then ``(x - mean) / std`` per channel.
+
+    Parameters
+    ----------
+    images : array (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``
+    preprocess : dict or None
+        A network's ``preprocess`` (see :class:`Network`).
+    channels : int
+        ``C``.
+    layout : {"NCHW", "NHWC"}
+
+    Returns
+    -------
+    float32 array, the shape of ``images``
+    """
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        lo, hi = input_range(preprocess)
+        x = images.astype(np.float32) / np.float32(255 / (hi - lo))
+        if lo:
+            x += np.float32(lo)
+    else:
+        x = images.astype(np.float32)
+    p = preprocess or {}
+    if "mean" in p or "std" in p:
+        shape = (1, channels, 1, 1) if layout == "NCHW" else (1, 1, 1, channels)
+        mean = np.asarray(p.get("mean", 0.0), np.float32) * np.ones(channels, np.float32)
+        std = np.asarray(p.get("std", 1.0), np.float32) * np.ones(channels, np.float32)
+        x = (x - mean.reshape(shape)) / std.reshape(shape)
+    return x
+
+
 class Network:
     """An inference network.
 
@@ -67,8 +107,7 @@ class Network:
     @property
     def input_range(self):
         """``(lo, hi)``: the range of the images the network was trained on, before ``mean``/``std``."""
-        lo, hi = (self.preprocess or {}).get("range", DEFAULT_RANGE)
-        return float(lo), float(hi)
+        return input_range(self.preprocess)
 
     def _check_batch(self, x, layout, what):
         x = np.asarray(x)
@@ -106,34 +145,8 @@ class Network:
                              f"takes images in [{lo:g}, {hi:g}] (uint8 0-255 is scaled for you): {hint}")
 
     def normalize(self, images, layout="NCHW"):
-        """Float32 network input from images: uint8 0-255 scaled to the input range (floats taken
-        as in it), then ``(x - mean) / std`` per channel.
-
-        Parameters
-        ----------
-        images : array (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``
-        layout : {"NCHW", "NHWC"}
-
-        Returns
-        -------
-        float32 array, the shape of ``images``
-        """
-        images = np.asarray(images)
-        if images.dtype == np.uint8:
-            lo, hi = self.input_range
-            x = images.astype(np.float32) / np.float32(255 / (hi - lo))
-            if lo:
-                x += np.float32(lo)
-        else:
-            x = images.astype(np.float32)
-        p = self.preprocess or {}
-        if "mean" in p or "std" in p:
-            c = self.input_shape[0]
-            shape = (1, c, 1, 1) if layout == "NCHW" else (1, 1, 1, c)
-            mean = np.asarray(p.get("mean", 0.0), np.float32) * np.ones(c, np.float32)
-            std = np.asarray(p.get("std", 1.0), np.float32) * np.ones(c, np.float32)
-            x = (x - mean.reshape(shape)) / std.reshape(shape)
-        return x
+        """Float32 network input from images (:func:`normalize` with this network's ``preprocess``)."""
+        return normalize(images, self.preprocess, self.input_shape[0], layout)
 
     def __call__(self, x, layout="NCHW"):
         """Logits of a batch.

@@ -33,6 +33,9 @@ def test_uint8_and_unit_floats_agree_in_predict_and_call(net, images):
     np.testing.assert_array_equal(net(net.normalize(images)), ref)      # net(float) takes the tensor
     nhwc = images.transpose(0, 2, 3, 1)
     np.testing.assert_allclose(net(nhwc, layout="NHWC"), ref, rtol=1e-5, atol=1e-5)
+    plan = tabconv_np.prepare(net)                                      # a prepared plan: the same contract
+    np.testing.assert_allclose(plan(images), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(plan(nhwc, layout="NHWC"), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_pixels_as_floats_are_refused_with_the_remedy(net, images):
