@@ -28,6 +28,7 @@ from .io import load
 from .outputs import check_output
 from .progress import Progress, say
 from .report import command_line, reduction_lines
+from .validate import as_int
 
 #: The default demo model, relative to the repository root.
 DEFAULT_MODEL = os.path.join("weights", "resnet18-paper_fashion-mnist.h5")
@@ -165,6 +166,8 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
     from .io import save as save_network
     if method not in METHODS:
         raise ConfigError(f"demo: method must be one of {sorted(METHODS)}, got {method!r}")
+    as_int(calib, "demo: calib (calibration images)", 2, 1000)
+    as_int(test, "demo: test (test images)", 1, 1000)
     if save:
         check_output(save, overwrite=overwrite)
     t0 = time.perf_counter()

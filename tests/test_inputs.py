@@ -70,6 +70,12 @@ def test_empty_batches_and_bad_batch_sizes(net, images):
             net.predict(images, batch=bad)
     with pytest.raises(DataError, match="no images"):
         evaluate(net, images[:0], np.zeros(0, np.int64))
+    res = tabconv_np.convert(net, images, n_codebooks=2, n_prototypes=4, iters=1, progress=False)
+    with pytest.raises(DataError, match="no images"):
+        res.accuracies(images[:0], np.zeros(0, np.int64))
+    from tabconv_np.demo import run_demo
+    with pytest.raises(ConfigError, match="test"):
+        run_demo(test=0)
 
 
 def test_one_parameter_count(net):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..blocks import Sequential
+from ..errors import DataError
 from ..network import Network
 
 
@@ -102,8 +103,15 @@ class ConversionResult:
             ``{"table": acc, "without_refit": acc or None, "seconds": s,
             "predictions": int array (N,)}`` (``seconds``: the converted
             network's forward passes; ``predictions``: its predicted classes).
+
+        Raises
+        ------
+        DataError
+            No images.
         """
         images, labels = np.asarray(images), np.asarray(labels)
+        if len(images) == 0:
+            raise DataError("accuracies: no images (an accuracy of 0 images is undefined)")
         if images.ndim == 3 and self.network.input_shape[0] == 1:
             images = images[:, None]
         net = self.network
