@@ -44,6 +44,14 @@ def test_setup_lines_and_every_command_use_the_venv():
     assert not bare, bare
 
 
+def test_long_commands_say_how_long_they_take():
+    for block in re.findall(r"```sh\n(.*?)```", README, re.S):
+        if "tabconv convert" in block:
+            assert re.search(r"# about [\d-]+ minutes", block), block
+    first = README.split("\n\n")[2]                    # the paragraph after the set-up lines
+    assert "(about 2-3 minutes on 2 cores" in " ".join(first.split())
+
+
 def test_no_file_outside_the_repository_is_cited():
     for target in re.findall(r"\]\(([^)#]+)", README):
         if not target.startswith("http"):
