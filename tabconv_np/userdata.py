@@ -210,6 +210,14 @@ def command_images(net, what, split, dataset=None, data=None, data_dir=None, lim
     labels : int64 array (N,) or None
     source : str
         What was read, for the report (``"sample/test"``, ``"my.npz"``).
+
+    Raises
+    ------
+    DataError
+        The model records no data set and none is named; files missing or
+        malformed; labels required but absent.
+    ShapeError
+        Images that do not fit the network.
     """
     if data is not None:
         x, y = load_user_images(data, net.input_shape, limit)

@@ -87,3 +87,13 @@ def test_eval_uses_the_data_set_the_model_records(capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["data"] == "mnist/test" and r["accuracy"] > 0.9
 
+
+
+def test_convert_defaults_are_the_methods_defaults():
+    from tabconv_np.cli.convert import ENCODER_DEFAULTS
+    from tabconv_np.conversion.maddness import MaddnessSettings
+    from tabconv_np.conversion.tabconv import TabConvSettings
+    pq, tree = TabConvSettings(), MaddnessSettings()
+    assert ENCODER_DEFAULTS["pq"] == {"codebooks": str(pq.n_codebooks), "prototypes": str(pq.n_prototypes),
+                                      "iters": pq.iters, "refine": str(pq.refine).lower()}
+    assert ENCODER_DEFAULTS["tree"] == {"codebooks": tree.n_codebooks, "refine": tree.refine}

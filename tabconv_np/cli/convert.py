@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..demo import parse_setting
 from ..io import load, save
 from ..outputs import check_output
@@ -18,7 +18,9 @@ from ..report import command_line, reduction_lines
 from ..userdata import command_images
 from .options import add_data_options, count
 
-#: The defaults of ``--encoder pq`` / ``tree`` that differ (the conversion methods' own defaults).
+#: The defaults of ``--encoder pq`` / ``tree`` that differ: the conversion methods' own defaults
+#: (TabConvSettings, MaddnessSettings; not imported here, which would load Numba for every
+#: command: tests/test_cli.py checks that they agree).
 ENCODER_DEFAULTS = {"pq": {"codebooks": "8", "prototypes": "256", "iters": 16, "refine": "none"},
                     "tree": {"codebooks": "auto", "refine": "exact"}}
 
@@ -101,7 +103,7 @@ def run(args):
     xc, _, source = command_images(net, "tabconv convert", "train", args.dataset, args.data,
                                    args.data_dir, labels=False)
     if len(xc) < 2:
-        raise ConfigError(f"tabconv convert: {source} holds {len(xc)} image(s); calibration needs at least 2")
+        raise DataError(f"tabconv convert: {source} holds {len(xc)} image(s); calibration needs at least 2")
     if args.calib < len(xc):
         xc = xc[np.sort(np.random.default_rng(args.seed).choice(len(xc), args.calib, replace=False))]
     where = f"--data {shlex.quote(args.data)}" if args.data else f"--dataset {source.split('/')[0]}"
