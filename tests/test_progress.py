@@ -51,6 +51,15 @@ def test_bar_on_a_terminal_reaches_its_total_and_silence_when_off(monkeypatch):
     assert quiet.getvalue() == ""
 
 
+def test_tqdm_draws_the_bar_when_installed():
+    pytest.importorskip("tqdm")
+    s = Terminal()
+    with Progress(3, "phase", stream=s) as bar:
+        bar.update(3, "last")
+        assert bar._tqdm is not None and bar._tqdm.n == 3
+    assert "phase" in s.getvalue()
+
+
 def test_layer_fitting_counts_in_order_to_the_total(monkeypatch, capsys):
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.01)
     net = randomize(build("resnet18-paper", 1, 10))
