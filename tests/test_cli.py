@@ -97,3 +97,17 @@ def test_convert_defaults_are_the_methods_defaults():
     assert ENCODER_DEFAULTS["pq"] == {"codebooks": str(pq.n_codebooks), "prototypes": str(pq.n_prototypes),
                                       "iters": pq.iters, "refine": str(pq.refine).lower()}
     assert ENCODER_DEFAULTS["tree"] == {"codebooks": tree.n_codebooks, "refine": tree.refine}
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5")),
+                    reason="demo weights not present")
+def test_demo_measures_at_the_thread_count_it_states(capsys):
+    from tabconv_np.threads import get_num_threads, set_num_threads
+    before = get_num_threads()
+    try:
+        assert main(["demo", "--threads", "1", "--method", "maddness", "--calib", "20", "--test", "10",
+                     "--max-rows", "2000", "--json"]) == 0
+    finally:
+        set_num_threads(before)
+    r = json.loads(capsys.readouterr().out)
+    assert r["threads"] == 1 and r["blas_threads"] in (1, None)

@@ -49,7 +49,7 @@ def test_long_commands_say_how_long_they_take():
         if "tabconv convert" in block:
             assert re.search(r"# about [\d-]+ minutes", block), block
     first = README.split("\n\n")[2]                    # the paragraph after the set-up lines
-    assert "(about 2-3 minutes on 2 cores" in " ".join(first.split())
+    assert "(about 2-4 minutes on 2 cores" in " ".join(first.split())
 
 
 def test_no_file_outside_the_repository_is_cited():

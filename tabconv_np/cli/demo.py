@@ -38,7 +38,10 @@ def add_parser(sub):
     d.add_argument("--save", metavar="TABLE.h5", help="write the (first method's) converted network here")
     d.add_argument("--force", action="store_true", help="replace an existing --save file")
     d.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
-    d.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency measurement")
+    d.add_argument("--no-latency", action="store_true", help="skip the batch-1 and batch-32 latency measurement")
+    d.add_argument("--threads", type=count(1), metavar="N",
+                   help="Numba and BLAS threads for the whole run (tabconv_np.set_num_threads; default: "
+                   "as many as the process may use); on a busy machine 1 gives steadier timings")
     d.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     d.set_defaults(func=run)
     return d
@@ -46,6 +49,9 @@ def add_parser(sub):
 
 def run(args):
     methods = ("maddness", "tabconv") if args.method == "both" else (args.method,)
+    if args.threads:
+        from ..threads import set_num_threads
+        set_num_threads(args.threads)
     if (args.prototypes is not None or args.iters is not None) and "tabconv" not in methods:
         raise ConfigError("tabconv demo: --prototypes and --iters apply to --method tabconv only")
     r = run_demos(methods, save=args.save, overwrite=args.force, model=args.model, calib=args.calib, test=args.test,
