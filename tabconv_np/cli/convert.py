@@ -29,8 +29,8 @@ def add_parser(sub):
     c = sub.add_parser("convert", help="convert a network to table lookups (TabConv or hash trees)",
                        description="Convert a network file to table lookups, calibrated on training "
                        "images, and write the table network. Takes minutes on a ResNet-18 "
-                       "(1,000 calibration images: about 1-2 min with --encoder tree, 3-4 min with pq "
-                       "at the defaults, on 2 cores).")
+                       "(1,000 calibration images, 2 cores: about 1-2 min with --encoder tree, 1-4 min "
+                       "with pq at the defaults; longer while the kernels compile on a first run).")
     c.add_argument("model", help="a tabconv_np HDF5 file")
     c.add_argument("-o", "--output", required=True, help="where to write the table network (HDF5)")
     c.add_argument("--force", action="store_true", help="replace an existing output file")
