@@ -17,6 +17,8 @@ The input contract, one for :meth:`Network.predict` and :meth:`Network.__call__`
 - **float batches** given to ``net(x)`` are the network's input tensor,
   already normalised (as a PyTorch module takes them).
 """
+import math
+
 import numpy as np
 
 from .errors import ConfigError, ShapeError
@@ -36,9 +38,16 @@ RANGE_SLACK = 0.5
 
 
 def input_range(preprocess):
-    """``(lo, hi)`` of ``preprocess["range"]``, or :data:`DEFAULT_RANGE`."""
-    lo, hi = (preprocess or {}).get("range", DEFAULT_RANGE)
-    return float(lo), float(hi)
+    """``(lo, hi)`` of ``preprocess["range"]``, or :data:`DEFAULT_RANGE`; ConfigError unless ``lo < hi``."""
+    r = (preprocess or {}).get("range", DEFAULT_RANGE)
+    try:
+        lo, hi = (float(v) for v in r)
+        ok = math.isfinite(lo) and math.isfinite(hi) and lo < hi
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"preprocess: range must be two finite numbers lo < hi, got {r!r}")
+    return lo, hi
 
 
 def normalize(images, preprocess, channels, layout="NCHW"):

@@ -57,6 +57,9 @@ def test_declared_range_scales_uint8(images):
     b.preprocess = {"range": [0, 255], "std": [255]}        # takes 0-255 floats, same function
     np.testing.assert_allclose(b.predict(images), a.predict(images), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(b.predict(images.astype(np.float32)), a.predict(images), rtol=1e-4, atol=1e-4)
+    b.preprocess = {"range": [1, 1]}
+    with pytest.raises(ConfigError, match="lo < hi"):
+        b.predict(images)
 
 
 def test_empty_batches_and_bad_batch_sizes(net, images):
