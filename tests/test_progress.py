@@ -64,8 +64,9 @@ def test_layer_fitting_counts_in_order_to_the_total(monkeypatch, capsys):
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.01)
     net = randomize(build("resnet18-paper", 1, 10))
     x = np.random.default_rng(0).integers(0, 256, (6, 1, 28, 28), dtype=np.uint8)
-    tabconv_np.convert(net, x, n_codebooks="D/64", n_prototypes=4, iters=1, mask_rate=20,
-                       switches=[0] + [1] * 8 + [0])
+    res = tabconv_np.convert(net, x, n_codebooks="D/64", n_prototypes=4, iters=1, mask_rate=20,
+                             switches=[0] + [1] * 8 + [0])
+    assert "downsample.0(" in res.summary()                  # layers named within their switch
     err = capsys.readouterr().err.splitlines()
     for phase in ("fitting layers", "fitting again after masking"):
         counts = [tuple(map(int, m.groups())) for line in err if line.startswith(phase)

@@ -154,7 +154,7 @@ class ConversionResult:
             drop = f"{self.drops[i]:.4f}" if self.drops else "-"
             fin = f"{self.final_similarities[i]:.4f}" if self.final_similarities else "-"
             state = "table" if self.on[i] else ("masked" if name in self.masked else "exact")
-            ls = ", ".join(f"{r['name'].split('.')[-1]}({self.method.describe(r)},{r['rel_error']:.3f})"
+            ls = ", ".join(f"{r['name'].removeprefix(name + '.')}({self.method.describe(r)},{r['rel_error']:.3f})"
                            for r in by_switch.get(name, []))
             lines.append(f"{name:<12} {state:<6} {sim:>14} {drop:>8} {fin:>10}  {ls}")
         if self.refit:
