@@ -12,7 +12,7 @@ def add_parser(sub):
                        description="Top-1 accuracy and images per second of a network file on labelled "
                        "images: the data set the model records, --dataset NAME, or your own --data PATH.")
     e.add_argument("model", help="a tabconv_np HDF5 file (exact or table network)")
-    add_data_options(e, "the --split split", "evaluation")
+    add_data_options(e, "the split --split names", "evaluation")
     e.add_argument("--split", default="test", choices=["test", "train"],
                    help="split of the named data set (default: test)")
     e.add_argument("--limit", type=count(1), metavar="N", help="evaluate the first N images only (default: all)")

@@ -26,10 +26,10 @@ def add_data_options(p, split, role, aliases=()):
     names of ``--dataset``.
     """
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--dataset", *aliases, dest="dataset", choices=DATASETS,
-                   help=f"a named data set for {role} ({split} split); default: the data set the model "
-                   "file records (Fashion-MNIST models: the shipped 1,000-image sample, 'sample'); a "
-                   "model that records none needs --dataset or --data")
+    g.add_argument("--dataset", *aliases, dest="dataset", choices=DATASETS, metavar="NAME",
+                   help=f"a named data set for {role} ({split}): {', '.join(DATASETS)}; default: the data "
+                   "set the model file records (Fashion-MNIST models: the shipped 1,000-image sample, "
+                   "'sample'); a model that records none needs --dataset or --data")
     g.add_argument("--data", metavar="PATH",
                    help=f"your own {role} images: an .npz (arrays 'images' and 'labels') or .npy "
                    "array, an IDX images file (labels from the matching IDX labels file), or a "
