@@ -231,8 +231,7 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
 def format_report(r):
     """The text report of :func:`run_demo`'s dict (one method)."""
     opts = {"method": r["method"], **r["settings"]}
-    opts["switches"] = ",".join(map(str, r["on"]))
-    exact = [n for n, o in zip(r["switches"], r["on"]) if not o]
+    exact = [n for n, o in zip(r["switches"], r["on"]) if not o and n not in r["masked"]]
     red = {"paper": r["ops"]["paper"], "full": r["ops"]["full"], "storage": r["storage"]}
     lines = [
         f"method     {r['method']}",
@@ -241,7 +240,8 @@ def format_report(r):
         f"test: {r['test_images']} shipped test images",
         f"settings   tabconv demo {command_line(opts)}",
         f"{'':<11}{sum(r['on'])} of {len(r['on'])} switches converted to tables"
-        + (f"; kept exact: {', '.join(exact)}" if exact else ""),
+        + (f"; kept exact: {', '.join(exact)}" if exact else "")
+        + (f"; masked (kept exact by priority masking): {', '.join(r['masked'])}" if r["masked"] else ""),
         f"accuracy   exact {100 * r['exact_accuracy']:.2f}%   table {100 * r['table_accuracy']:.2f}%   "
         f"retention {100 * r['retention']:.1f}%"
         + (f"   (table without classifier refit: {100 * r['table_accuracy_without_refit']:.2f}%)"
