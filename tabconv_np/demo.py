@@ -26,6 +26,9 @@ from .data import load_dataset
 from .errors import ConfigError, WeightFileError
 from .io import load
 from .outputs import check_output
+from .progress import Progress, say
+from .report import command_line, reduction_lines
+from .validate import as_int
 
 #: The default demo model, relative to the repository root.
 DEFAULT_MODEL = os.path.join("weights", "resnet18-paper_fashion-mnist.h5")
@@ -108,8 +111,8 @@ def accuracy(net, images, labels, batch=250):
 #: (``method="maddness"``), one codebook per input channel's 3x3 window (per 4
 #: channels in the 1x1 shortcut convs), tables fitted to the exact network's
 #: outputs; the stem and the classifier stay exact, as in DEMO_SETTINGS.
-FAST_SETTINGS = {"switches": [0, 1, 1, 1, 1, 1, 1, 1, 1, 0], "mask_rate": None, "refine": "exact",
-                 "max_rows": 20_000}
+FAST_SETTINGS = {"codebooks": "auto", "switches": [0, 1, 1, 1, 1, 1, 1, 1, 1, 0], "mask_rate": None,
+                 "refine": "exact", "max_rows": 20_000}
 
 #: What ``tabconv demo`` runs: the fast setting, reported beside the paper-faithful one.
 METHODS = {"maddness": FAST_SETTINGS, "tabconv": DEMO_SETTINGS}
@@ -121,17 +124,26 @@ def _seconds(net, images):
     return time.perf_counter() - t0
 
 
-def speedups(exact, converted, images, repeats=5):
+def speedups(exact, converted, images, repeats=5, progress=None):
     """``{"batch1": ..., "batch32": ...}``: exact time / converted time, medians of ``repeats``
-    interleaved calls after one warm-up call each; and the times in ms."""
+    interleaved calls after one warm-up call each; and the times in ms.
+
+    ``progress``: the ``enabled`` of a :class:`~tabconv_np.progress.Progress` over the
+    ``2 * (repeats + 1)`` pairs of calls.
+    """
     out, ms = {}, {}
-    for b in (1, 32):
-        x = images[:b]
-        _seconds(exact, x), _seconds(converted, x)
-        pairs = [(_seconds(exact, x), _seconds(converted, x)) for _ in range(repeats)]
-        te, tc = (float(np.median(t)) for t in zip(*pairs))
-        out[f"batch{b}"] = te / tc
-        ms[f"batch{b}"] = {"exact": 1e3 * te, "table": 1e3 * tc}
+    with Progress(2 * (repeats + 1), "timing batch 1 and 32, exact and table interleaved",
+                  enabled=progress) as bar:
+        for b in (1, 32):
+            x = images[:b]
+            pairs = []
+            for i in range(repeats + 1):
+                pair = (_seconds(exact, x), _seconds(converted, x))
+                pairs += [pair] if i else []                 # the first pair warms up
+                bar.update(1, f"batch {b}")
+            te, tc = (float(np.median(t)) for t in zip(*pairs))
+            out[f"batch{b}"] = te / tc
+            ms[f"batch{b}"] = {"exact": 1e3 * te, "table": 1e3 * tc}
     return out, ms
 
 
@@ -154,10 +166,13 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
     from .io import save as save_network
     if method not in METHODS:
         raise ConfigError(f"demo: method must be one of {sorted(METHODS)}, got {method!r}")
+    as_int(calib, "demo: calib (calibration images)", 2, 1000)
+    as_int(test, "demo: test (test images)", 1, 1000)
     if save:
         check_output(save, overwrite=overwrite)
     t0 = time.perf_counter()
     path = find_model(model)
+    say(f"{method}: loading {os.path.relpath(path)} and the shipped sample, compiling kernels", progress)
     net = load(path)
     xc, _ = load_dataset("sample", "train", limit=calib)
     xt, yt = load_dataset("sample", "test", limit=test)
@@ -170,8 +185,12 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
             opts[k] = v
     opts["refine"] = defaults["refine"] if refine == "default" else refine
     res = convert(net, xc, method=method, seed=seed, progress=progress, calibrate=calibrate, **opts)
-    exact_acc, exact_s = accuracy(res.exact, xt, yt)
-    both = res.accuracies(xt, yt)
+    with Progress(2, f"accuracy of the exact and the table network ({len(xt)} test images)",
+                  enabled=progress) as bar:
+        exact_acc, exact_s = accuracy(res.exact, xt, yt)
+        bar.update(1, "exact")
+        both = res.accuracies(xt, yt)
+        bar.update(1, "table")
     table_acc, table_s, norefit_acc = both["table"], both["seconds"], both["without_refit"]
     red = op_reduction(res.network, res.exact)
     if save:
@@ -201,7 +220,9 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
     if save:
         out["saved"] = save
     if latency:
-        out["speedup"], out["latency_ms"] = speedups(res.exact, res.network, xt)
+        from .threads import get_blas_threads, get_num_threads
+        out["speedup"], out["latency_ms"] = speedups(res.exact, res.network, xt, progress=progress)
+        out["threads"], out["blas_threads"] = get_num_threads(), get_blas_threads()
         out["latency_batch1_ms"] = out["latency_ms"]["batch1"]
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -209,35 +230,32 @@ def run_demo(model=None, calib=1000, test=1000, codebooks=None, prototypes=None,
 
 def format_report(r):
     """The text report of :func:`run_demo`'s dict (one method)."""
-    mb = 1 / 2**20
-    st = r["storage"]
-    settings = " ".join(f"{k}={r['settings'][k]}" for k in ("codebooks", "prototypes", "mask_rate", "refine")
-                        if k in r["settings"])
+    opts = {"method": r["method"], **r["settings"]}
+    exact = [n for n, o in zip(r["switches"], r["on"]) if not o and n not in r["masked"]]
+    red = {"paper": r["ops"]["paper"], "full": r["ops"]["full"], "storage": r["storage"]}
     lines = [
         f"method     {r['method']}",
         f"model      {r['model']} ({r['arch']}, {r['dataset']})",
         f"data       calibration: {r['calibration_images']} shipped Fashion-MNIST training images; "
         f"test: {r['test_images']} shipped test images",
-        f"settings   {settings or 'defaults'} switches on: "
-        f"{sum(r['on'])}/{len(r['on'])} ({', '.join(n for n, o in zip(r['switches'], r['on']) if not o) or 'none'} exact)",
+        f"settings   tabconv demo {command_line(opts)}",
+        f"{'':<11}{sum(r['on'])} of {len(r['on'])} switches converted to tables"
+        + (f"; kept exact: {', '.join(exact)}" if exact else "")
+        + (f"; masked (kept exact by priority masking): {', '.join(r['masked'])}" if r["masked"] else ""),
         f"accuracy   exact {100 * r['exact_accuracy']:.2f}%   table {100 * r['table_accuracy']:.2f}%   "
         f"retention {100 * r['retention']:.1f}%"
         + (f"   (table without classifier refit: {100 * r['table_accuracy_without_refit']:.2f}%)"
            if r.get("table_accuracy_without_refit") is not None else ""),
-        f"ops        paper convention: {100 * r['op_reduction']['paper']:.2f}% fewer "
-        f"({r['ops']['paper']['cost'] / 1e6:.2f} M lookups+adds+exact MACs vs "
-        f"{r['ops']['paper']['exact'] / 1e6:.2f} M MACs)",
-        f"           full convention:  {100 * r['op_reduction']['full']:.2f}% fewer "
-        f"({r['ops']['full']['cost'] / 1e6:.2f} M vs {r['ops']['full']['exact'] / 1e6:.2f} M "
-        f"arithmetic ops, encoding included)",
-        f"storage    network {r['storage_bytes'] * mb:.1f} MiB (exact {r['weights_bytes'] * mb:.1f} MiB); "
-        f"table layers {st['table_bytes'] * mb:.1f} MiB replace {st['replaced_weight_bytes'] * mb:.1f} MiB of weights",
+        *reduction_lines(red),
     ]
     if "speedup" in r:
         lat = r["latency_ms"]
-        lines.append(f"speed      batch 1: exact {lat['batch1']['exact']:.2f} ms, table {lat['batch1']['table']:.2f} ms "
-                     f"({r['speedup']['batch1']:.2f}x); batch 32: exact {lat['batch32']['exact']:.1f} ms, "
-                     f"table {lat['batch32']['table']:.1f} ms ({r['speedup']['batch32']:.2f}x)")
+        lines.append(f"speed      {r['threads']} Numba and {r['blas_threads'] or 'no'} BLAS thread(s) "
+                     f"(tabconv_np.set_num_threads); exact and table interleaved in one run, medians of 5 calls:")
+        for b in ("batch1", "batch32"):
+            e, t = lat[b]["exact"], lat[b]["table"]
+            lines.append(f"{'':<11}{b[:5]} {b[5:]:>2}: exact {e:.2f} ms, table {t:.2f} ms: table "
+                         + (f"{e / t:.2f}x faster" if t < e else f"{t / e:.2f}x slower"))
     lines.append(f"time       conversion {r['conversion_seconds']:.1f} s, this method {r['seconds']:.1f} s")
     return "\n".join(lines)
 
@@ -248,6 +266,8 @@ def run_demos(methods=("maddness", "tabconv"), save=None, overwrite=False, **kw)
     Returns the first method's report with the others' under ``"compare"``
     (``{method: report}``): ``tabconv demo --json`` prints it.
     """
+    say(f"tabconv demo: {' and '.join(methods)} on the shipped ResNet-18 (about 1-2 min per method on "
+        f"2 cores; progress on stderr)", kw.get("progress"))
     reports = []
     for i, m in enumerate(methods):
         own = kw if m == "tabconv" else {k: v for k, v in kw.items() if k not in ("prototypes", "iters")}

@@ -37,3 +37,10 @@ class UnsafePickleError(WeightFileError, DataError):
 
 class OutputError(TabConvError):
     """An output file cannot be written: it exists, is the input, or its directory is missing or read-only."""
+
+
+class SettingWarning(UserWarning):
+    """A setting that does not do everywhere what it says: clamped, rounded to nothing, or padding.
+
+    ``convert`` issues one per kind, naming the layers, before any fitting.
+    """

@@ -3,7 +3,7 @@ import time
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import DataError, ShapeError
 from .progress import Progress
 
 __all__ = ["evaluate"]
@@ -18,19 +18,29 @@ def evaluate(net, images, labels, batch=64, progress=None):
         Anything with ``predict(images) -> logits`` (tabconv_np.Network, including
         converted table networks).
     images : ndarray (N, C, H, W)
-        uint8, or floats in [0, 1]; ``net.predict`` applies the network's preprocess.
+        At least one image: uint8 0-255, or floats in the network's input range
+        (default [0, 1]); ``net.predict`` applies the network's preprocess.
     labels : ndarray (N,)
         Integer class labels.
     batch : int
         Images per forward pass.
     progress : None, bool
-        Show a progress bar on stderr: None = when stderr is a terminal.
+        Progress on stderr (:class:`~tabconv_np.progress.Progress`): None, a bar on
+        a terminal and heartbeat lines otherwise; False, silent.
 
     Returns
     -------
     dict
         ``accuracy`` (fraction), ``correct``, ``images``, ``seconds`` (wall time of
         the forward passes), ``images_per_s``.
+
+    Raises
+    ------
+    ShapeError
+        Images not (N, C, H, W), labels of another length, float images outside
+        the network's input range.
+    DataError
+        No images.
     """
     images = np.asarray(images)
     labels = np.asarray(labels).reshape(-1)
@@ -38,12 +48,15 @@ def evaluate(net, images, labels, batch=64, progress=None):
         raise ShapeError(f"evaluate: images must be (N, C, H, W), got shape {images.shape}")
     if len(images) != len(labels):
         raise ShapeError(f"evaluate: {len(images)} images but {len(labels)} labels")
+    if len(images) == 0:
+        raise DataError("evaluate: no images to evaluate (an accuracy of 0 images is undefined); "
+                        "give at least one image")
     if not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ShapeError(f"evaluate: batch must be a positive int, got {batch!r}")
     n = len(images)
     correct = 0
     seconds = 0.0
-    with Progress(n, "evaluate", enabled=progress) as bar:
+    with Progress(n, f"evaluating ({n} images)", enabled=progress) as bar:
         for i in range(0, n, batch):
             xb = images[i:i + batch]
             t0 = time.perf_counter()
@@ -51,5 +64,5 @@ def evaluate(net, images, labels, batch=64, progress=None):
             seconds += time.perf_counter() - t0
             correct += int((logits.argmax(axis=1) == labels[i:i + batch]).sum())
             bar.update(len(xb))
-    return {"accuracy": correct / n if n else float("nan"), "correct": correct, "images": n,
+    return {"accuracy": correct / n, "correct": correct, "images": n,
             "seconds": seconds, "images_per_s": n / seconds if seconds > 0 else float("nan")}

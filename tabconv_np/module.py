@@ -28,6 +28,11 @@ import numpy as np
 from .errors import ConfigError, ShapeError
 from .validate import as_pair, channel_axis  # noqa: F401  (re-exported for the layers)
 
+#: Parameters that are statistics of the training data, not learned: saved with the
+#: weights, never counted as parameters.
+STATISTICS = ("running_mean", "running_var")
+
+
 class Module:
     """Base class; see the module docstring."""
 
@@ -84,8 +89,14 @@ class Module:
             p[...] = v.astype(p.dtype, copy=False)
         return self
 
+    def learnable(self):
+        """This module's own parameters without batch norm's running statistics (``STATISTICS``)."""
+        return {k: v for k, v in self.params.items() if k not in STATISTICS}
+
     def num_params(self):
-        return int(sum(v.size for v in self.state_dict().values()))
+        """Learnable parameters of this module and its descendants; BN running statistics not counted
+        (the same count as ``count_ops(...).total["params"]``)."""
+        return int(sum(v.size for _, m in self.modules() for v in m.learnable().values()))
 
     def modules(self, prefix=""):
         """Yield ``(dotted name, module)`` for this module and every descendant, depth first."""

@@ -2,18 +2,86 @@
 
 The edges are where a network meets data: the input layout (converted once,
 here, never per layer), the input normalisation it was trained with
-(``preprocess``: per-channel ``mean`` and ``std`` of images scaled to [0, 1]),
-its input shape, and free-form metadata (architecture name, data set, ...).
+(``preprocess``), its input shape, and free-form metadata (architecture name,
+data set, ...).
+
+The input contract, one for :meth:`Network.predict` and :meth:`Network.__call__`:
+
+- **uint8 images are always 0-255**: scaled to the network's input range
+  (``preprocess["range"]``, default [0, 1]), then normalised
+  (``(x - mean) / std`` per channel);
+- **float images** given to ``predict`` must already be in that range: values
+  more than half the range's width outside it (e.g. a maximum above 1.5 for
+  a [0, 1] network: 0-255 pixels stored as floats) raise ShapeError saying to
+  divide by 255 or pass uint8 -- never a silent wrong answer;
+- **float batches** given to ``net(x)`` are the network's input tensor,
+  already normalised (as a PyTorch module takes them).
 """
+import math
+
 import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .layers import Conv2d
 from .ops import count_ops
 from .registry import from_config
-from .validate import channel_axis
+from .validate import as_int, channel_axis
 
 FORMAT_VERSION = 1
+
+#: The input range of a network whose ``preprocess`` does not say: images scaled to [0, 1].
+DEFAULT_RANGE = (0.0, 1.0)
+
+#: How far outside its input range (in range widths) a float image may reach before
+#: ``predict`` refuses it: room for interpolation overshoot, none for 0-255 pixels.
+RANGE_SLACK = 0.5
+
+
+def input_range(preprocess):
+    """``(lo, hi)`` of ``preprocess["range"]``, or :data:`DEFAULT_RANGE`; ConfigError unless ``lo < hi``."""
+    r = (preprocess or {}).get("range", DEFAULT_RANGE)
+    try:
+        lo, hi = (float(v) for v in r)
+        ok = math.isfinite(lo) and math.isfinite(hi) and lo < hi
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"preprocess: range must be two finite numbers lo < hi, got {r!r}")
+    return lo, hi
+
+
+def normalize(images, preprocess, channels, layout="NCHW"):
+    """Float32 network input from images: uint8 0-255 scaled to the input range (floats taken
+    as in it), then ``(x - mean) / std`` per channel.
+
+    Parameters
+    ----------
+    images : array (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``
+    preprocess : dict or None
+        A network's ``preprocess`` (see :class:`Network`).
+    channels : int
+        ``C``.
+    layout : {"NCHW", "NHWC"}
+
+    Returns
+    -------
+    float32 array, the shape of ``images``
+    """
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        lo, hi = input_range(preprocess)
+        x = images.astype(np.float32) / np.float32(255 / (hi - lo))
+        if lo:
+            x += np.float32(lo)
+    else:
+        x = images.astype(np.float32)
+    p = preprocess or {}
+    if "mean" in p or "std" in p:
+        shape = (1, channels, 1, 1) if layout == "NCHW" else (1, 1, 1, channels)
+        mean = np.asarray(p.get("mean", 0.0), np.float32) * np.ones(channels, np.float32)
+        std = np.asarray(p.get("std", 1.0), np.float32) * np.ones(channels, np.float32)
+        x = (x - mean.reshape(shape)) / std.reshape(shape)
+    return x
 
 
 class Network:
@@ -26,8 +94,9 @@ class Network:
     input_shape : tuple of int
         ``(C, H, W)`` of one image.
     preprocess : dict, optional
-        ``{"mean": [C floats], "std": [C floats]}`` applied by :meth:`predict`
-        to images scaled to [0, 1]; identity when None.
+        ``{"mean": [C floats], "std": [C floats], "range": [lo, hi]}`` (every key
+        optional): images in ``range`` (default [0, 1]; uint8 0-255 is scaled to
+        it) are normalised by ``(x - mean) / std`` per channel.
     layout : {"NCHW", "NHWC"}
         Layout the layers compute in.
     meta : dict, optional
@@ -44,13 +113,70 @@ class Network:
         self.out_shape = body.out_shape(self.input_shape)
 
     # -- computing -----------------------------------------------------
-    def __call__(self, x, layout="NCHW"):
-        """Logits of a preprocessed float batch ``x`` in ``layout`` (N, C, H, W) or (N, H, W, C)."""
+    @property
+    def input_range(self):
+        """``(lo, hi)``: the range of the images the network was trained on, before ``mean``/``std``."""
+        return input_range(self.preprocess)
+
+    def _check_batch(self, x, layout, what):
         x = np.asarray(x)
+        if x.ndim == 3 and self.input_shape[0] == 1:
+            x = x[:, None] if layout == "NCHW" else x[..., None]
         chw = (x.shape[1:] if layout == "NCHW" else x.shape[3:] + x.shape[1:3]) if x.ndim == 4 else None
         if x.ndim != 4 or tuple(chw) != self.input_shape:
-            raise ShapeError(f"network expects a 4-d {layout} batch of images {self.input_shape} (C, H, W), "
-                             f"got shape {x.shape}")
+            raise ShapeError(f"{what}: network expects a 4-d {layout} batch of images {self.input_shape} "
+                             f"(C, H, W), got shape {x.shape}")
+        if x.dtype.kind not in "biuf":
+            raise ShapeError(f"{what}: images must be uint8 or floats, got dtype {x.dtype}")
+        return x
+
+    def check_range(self, images, what="predict"):
+        """Refuse float ``images`` outside the input range (see the module docstring).
+
+        Raises
+        ------
+        ShapeError
+            Finite values more than ``RANGE_SLACK`` range widths outside ``input_range``.
+        """
+        images = np.asarray(images)
+        if images.dtype == np.uint8 or images.size == 0:
+            return
+        lo, hi = self.input_range
+        finite = images if images.dtype.kind in "biu" else images[np.isfinite(images)]
+        if finite.size == 0:
+            return
+        mn, mx = float(finite.min()), float(finite.max())
+        slack = RANGE_SLACK * (hi - lo)
+        if mn < lo - slack or mx > hi + slack:
+            hint = ("images already normalised go to net(x), not predict" if mn < lo - slack
+                    else "divide 0-255 pixels by 255 or pass them as uint8")
+            raise ShapeError(f"{what}: float images with values in [{mn:.4g}, {mx:.4g}], but this network "
+                             f"takes images in [{lo:g}, {hi:g}] (uint8 0-255 is scaled for you): {hint}")
+
+    def normalize(self, images, layout="NCHW"):
+        """Float32 network input from images (:func:`normalize` with this network's ``preprocess``)."""
+        return normalize(images, self.preprocess, self.input_shape[0], layout)
+
+    def __call__(self, x, layout="NCHW"):
+        """Logits of a batch.
+
+        Parameters
+        ----------
+        x : array (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``
+            float: the network's input tensor, already normalised (as a PyTorch
+            module takes it); uint8: images 0-255, scaled and normalised exactly
+            as :meth:`predict` does.  ``N = 0`` gives an empty result.
+        layout : {"NCHW", "NHWC"}
+
+        Returns
+        -------
+        float32 array (N, *out_shape)
+        """
+        x = self._check_batch(x, layout, "network")
+        if x.dtype == np.uint8:
+            x = self.normalize(x, layout)
+        if len(x) == 0:
+            return np.zeros((0,) + tuple(self.out_shape), np.float32)
         if x.dtype != np.float32:
             x = x.astype(np.float32)
         if layout != self.layout:
@@ -58,23 +184,33 @@ class Network:
             x = x.transpose(perm)
         return self.body.forward(np.ascontiguousarray(x), self.layout)
 
-    def normalize(self, images):
-        """Float32 network input from images: uint8 scaled by 1/255 (floats taken as already in [0, 1]),
-        then ``(x - mean) / std`` per channel. ``images``: (N, C, H, W)."""
-        images = np.asarray(images)
-        x = images.astype(np.float32) / np.float32(255) if images.dtype == np.uint8 else images.astype(np.float32)
-        if self.preprocess:
-            c = self.input_shape[0]
-            mean = np.asarray(self.preprocess["mean"], np.float32).reshape(1, c, 1, 1)
-            std = np.asarray(self.preprocess["std"], np.float32).reshape(1, c, 1, 1)
-            x = (x - mean) / std
-        return x
-
     def predict(self, images, batch=256):
-        """Logits (N, classes) of images (N, C, H, W), uint8 or floats in [0, 1], in batches."""
-        images = np.asarray(images)
-        if images.ndim == 3 and self.input_shape[0] == 1:
-            images = images[:, None]
+        """Logits of images, in batches.
+
+        Parameters
+        ----------
+        images : array (N, C, H, W), or (N, H, W) for one-channel networks
+            uint8 0-255, or floats in the network's input range (default [0, 1]);
+            :meth:`normalize` applies the network's normalisation.  ``N = 0``
+            gives an empty result.
+        batch : int
+            Images per forward pass, >= 1.
+
+        Returns
+        -------
+        float32 array (N, *out_shape)
+
+        Raises
+        ------
+        ShapeError
+            Wrong shape or dtype; float images outside the input range (0-255
+            pixels as floats: divide by 255 or pass uint8).
+        ConfigError
+            ``batch`` is not a positive int.
+        """
+        as_int(batch, "predict: batch", 1)
+        images = self._check_batch(images, "NCHW", "predict")
+        self.check_range(images)
         out = [self(self.normalize(images[i:i + batch])) for i in range(0, len(images), batch)]
         return np.concatenate(out) if out else np.zeros((0,) + tuple(self.out_shape), np.float32)
 
@@ -87,6 +223,7 @@ class Network:
         return self
 
     def num_params(self):
+        """Learnable parameters (BN running statistics not counted: ``count_ops`` gives the same)."""
         return self.body.num_params()
 
     def set_method(self, method):
@@ -121,7 +258,7 @@ class Network:
         rows = count_ops(self).rows
         name = self.meta.get("arch", "custom")
         lines = [f"Network({name}, input={self.input_shape}, layout={self.layout}, "
-                 f"params={self.num_params():,})"]
+                 f"{self.num_params():,} parameters (BN running statistics not counted))"]
         mods = dict(self.body.modules())
         w = max(len(r["name"]) for r in rows)
         for r in rows:

@@ -159,8 +159,7 @@ def _leaf_row(name, module, in_shape):
                               f"undeclared quantity {k!r}; declare it with ops.declare_quantity")
     r = dict.fromkeys(FIELDS, 0)
     r.update(name=name, type=type(module).__name__, in_shape=list(in_shape), out_shape=list(out_shape))
-    learn = {k: v for k, v in module.params.items() if k not in ("running_mean", "running_var")}
-    r["params"] = int(sum(v.size for v in learn.values()))
+    r["params"] = int(sum(v.size for v in module.learnable().values()))
     r["storage_bytes"] = int(sum(v.nbytes for v in module.params.values()))
     r.update({k: int(v) for k, v in cost.items()})
     r["offline"] = {k: int(v) for k, v in offline.items()}

@@ -23,9 +23,12 @@ The contract:
   changes to the network (parameters written, layers replaced) are not seen
   by it: prepare again.  ``net(x)`` never caches and is always current.
 * ``plan(x)`` takes what ``net(x)`` takes (a preprocessed float batch of the
-  network's image shape, any batch size, NCHW or NHWC) and returns the same
-  values within float32 rounding (the products are summed in another order).
+  network's image shape, any batch size, NCHW or NHWC; uint8 images 0-255,
+  normalised as ``net.predict`` does) and returns the same values within
+  float32 rounding (the products are summed in another order).
 """
+import copy
+
 import numpy as np
 
 import time
@@ -40,6 +43,7 @@ from .kernels.epilogue_kernels import bias_residual_clamp
 from .kernels.im2col_kernels import lower_gijc
 from .kernels import tree_kernels as _tree
 from .layers import Clip, Conv2d, ReLU
+from .network import normalize
 from .structure import Chain, Residual, structure_of
 from .tree_tables import DEPTH, LOOKUPS_PER_WORK, TreeConv2d
 
@@ -344,13 +348,15 @@ class Plan:
         folded = fold_batchnorm(net)
         self.input_shape = tuple(net.input_shape)
         self.out_shape = tuple(net.out_shape)
+        self.preprocess = copy.deepcopy(net.preprocess)
         self.meta = dict(folded.meta)
         build = _Build(batch)
         self._forward, _ = _compile(folded.body, self.input_shape, build)
         self.prepared = build.found
 
     def __call__(self, x, layout="NCHW"):
-        """Outputs of a preprocessed float batch ``x`` (N, C, H, W) or (N, H, W, C) per ``layout``."""
+        """Outputs of a preprocessed float batch ``x`` (N, C, H, W) or (N, H, W, C) per ``layout``;
+        uint8 ``x``: images 0-255, normalised as ``net.predict`` does."""
         x = np.asarray(x)
         if layout not in ("NCHW", "NHWC"):
             raise ShapeError(f"plan: layout must be 'NCHW' or 'NHWC', got {layout!r}")
@@ -362,6 +368,8 @@ class Plan:
             out = self.out_shape if layout == "NCHW" or len(self.out_shape) != 3 else \
                 self.out_shape[1:] + self.out_shape[:1]
             return np.zeros((0,) + tuple(out), _F32)
+        if x.dtype == np.uint8:
+            x = normalize(x, self.preprocess, self.input_shape[0], layout)
         if layout == "NCHW":
             x = x.transpose(0, 2, 3, 1)
         y = self._forward(np.ascontiguousarray(x, _F32))

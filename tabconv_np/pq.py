@@ -106,7 +106,8 @@ class ProductQuantizer:
     name : str, optional
         Shown in warnings and on the progress bar (e.g. the layer name).
     progress : bool or None
-        Progress bar over subspaces during ``fit``; None: only on a terminal.
+        Progress over subspaces during ``fit`` (:class:`~tabconv_np.progress.Progress`:
+        None, a bar on a terminal and heartbeat lines otherwise); default False.
 
     Attributes
     ----------
@@ -123,7 +124,7 @@ class ProductQuantizer:
     """
 
     def __init__(self, n_codebooks=8, n_prototypes=256, iters=16, init="auto", seed=0, name=None,
-                 progress=None):
+                 progress=False):
         C = as_int(n_codebooks, "ProductQuantizer: n_codebooks", 1)
         K = as_n_prototypes(n_prototypes, "ProductQuantizer: n_prototypes")
         as_choice(init, "ProductQuantizer: init", INITS)

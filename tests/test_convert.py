@@ -10,7 +10,7 @@ from tabconv_np import count_ops
 from tabconv_np.cli import main
 from tabconv_np.conversion import (convert, cosine_similarity, find_switches, op_reduction,
                                 priority_mask)
-from tabconv_np.errors import ConfigError, ShapeError
+from tabconv_np.errors import ConfigError, SettingWarning, ShapeError
 from tabconv_np.io import load, save
 from tabconv_np.layers import Conv2d, Linear
 from tabconv_np.models import build
@@ -179,14 +179,14 @@ def test_cli_convert_ops(tmp_path, lenet, capsys):
     src, out = tmp_path / "lenet.h5", tmp_path / "lenet_tables.h5"
     save(lenet, src)
     rc = main(["convert", str(src), "-o", str(out), "--codebooks", "2", "--prototypes", "8",
-               "--calib", "40", "--iters", "2", "--mask-rate", "20", "--json"])
+               "--calib", "40", "--iters", "2", "--mask-rate", "20", "--dataset", "sample", "--json"])
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
     assert len(rep["masked"]) == 1 and rep["op_reduction"]["paper"]["convention"]
     assert main(["ops", str(out), "--json"]) == 0
     ops = json.loads(capsys.readouterr().out)
     assert ops["total"]["lookups"] > 0
-    assert load(out).meta["tabconv"]["calibration_dataset"] == "sample"
+    assert load(out).meta["tabconv"]["calibration_dataset"] == "sample/train"
     assert main(["eval", str(out), "--dataset", "sample", "--limit", "20", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["images"] == 20 and 0 <= ev["accuracy"] <= 1
@@ -256,3 +256,16 @@ def test_cli_setting_parser():
         parse_setting("D/32", int)
     with pytest.raises(ConfigError):
         parse_setting("a=1,b", int)
+
+
+def test_settings_that_do_not_do_what_they_say_warn_before_the_work(lenet, calib):
+    from tabconv_np.conversion import table_structure
+    net = build("resnet18-paper", 1, 10)
+    with pytest.warns(SettingWarning, match=r"conv1: 8 subspaces of ceil\(9/8\) = 2 columns leave 3 of them "
+                      "zero padding only"):
+        table_structure(net, 8, 16)                          # the stem: D = 9 columns
+    with pytest.warns(SettingWarning) as caught:
+        table_structure(net, 100000, 16)
+    assert len(caught) == 1 and "clamped" in str(caught[0].message) and "more layers" in str(caught[0].message)
+    with pytest.raises(ConfigError, match="leave 1 of them empty"):          # before any tree is fitted
+        convert(lenet, calib, method="maddness", codebooks={"conv1": 8, "*": "auto"}, progress=False)

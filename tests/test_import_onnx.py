@@ -219,7 +219,7 @@ def test_cli_import_onnx(tmp_path, capsys):
     x = RNG.normal(size=(1, 3, 12, 12)).astype(np.float32)
     np.testing.assert_allclose(tabconv_np.load(out)(x), _reference(model, x), atol=1e-4, rtol=1e-4)
     assert main(["ops", out, "--json"]) == 0
-    assert main(["import", src, "-o", out, "--arch", "lenet"]) == 2
+    assert main(["import", src, "-o", out, "--arch", "lenet", "--force"]) == 2
     assert "PyTorch state dicts only" in capsys.readouterr().err
 
 

@@ -198,10 +198,23 @@ def test_cli_import_arch_then_load_eval_ops(resnet, tmp_path, capsys):
     out = str(tmp_path / "r18.h5")
     assert main(["import", files["cifar", "zip"], "-o", out, "--arch", "resnet18-paper",
                  "--input", "1x16x16", "--classes", "10"]) == 0
-    assert "wrote" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "wrote" in said and "--dataset NAME" in said          # no data set recorded: eval will ask
     net = tabconv_np.load(out)
+    assert "dataset" not in net.meta
     np.testing.assert_allclose(net(x), ref, atol=1e-4, rtol=0)
     assert main(["ops", out]) == 0
+    assert main(["import", files["cifar", "zip"], "-o", out, "--arch", "resnet18-paper",
+                 "--input", "1x16x16", "--dataset", "mnist", "--force"]) == 0
+    assert tabconv_np.load(out).meta["dataset"] == "mnist"
+    assert main(["import", files["cifar", "zip"], "-o", out, "--arch", "resnet18-paper", "--input", "1x16x16",
+                 "--range", "0,255", "--force"]) == 0          # a model trained on raw pixels
+    raw = tabconv_np.load(out)
+    assert raw.input_range == (0.0, 255.0)
+    u8 = np.random.default_rng(0).integers(0, 256, (2, 1, 16, 16), dtype=np.uint8)
+    np.testing.assert_allclose(raw.predict(u8), raw(u8.astype(np.float32)), rtol=1e-5, atol=1e-4)
+    assert main(["import", files["cifar", "zip"], "-o", out, "--range", "1,0", "--force"]) == 2
+    assert "lo < hi" in capsys.readouterr().err
 
 
 def test_cli_import_spec_and_errors(lenet, tmp_path, capsys):

@@ -2,14 +2,19 @@
 
     tabconv ops --arch resnet18-paper --input 1x28x28 [--json]
     tabconv ops MODEL.h5 [--input 1x28x28] [--json]
-    tabconv eval MODEL.h5 [--dataset sample] [--split test] [--limit N] [--batch B] [--json]
+    tabconv eval MODEL.h5 [--dataset NAME | --data PATH] [--split test] [--limit N] [--batch B] [--json]
     tabconv warmup
     tabconv import SOURCE -o MODEL.h5 [--arch NAME | --spec SPEC.json] [--input 1x28x28] [--classes N]
-    tabconv convert MODEL.h5 -o TABLE.h5 --codebooks C --prototypes K [--mask-rate M] [--switches 1,0,...]
+    tabconv convert MODEL.h5 -o TABLE.h5 [--dataset NAME | --data PATH] [--codebooks C] [--prototypes K] ...
     tabconv demo [--json]
+
+Errors print one line, ``tabconv COMMAND: error: ...``, and exit with status 2;
+warnings one line each on stderr; Ctrl-C stops any command with one line and
+status 130.
 """
 import argparse
 import sys
+import warnings
 
 from ..errors import TabConvError
 from . import convert, demo, import_, ops, warmup
@@ -30,10 +35,20 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run ``tabconv`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"tabconv {args.command}: warning: {message}", file=sys.stderr, flush=True)
+
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            args.func(args)
     except TabConvError as e:
         print(f"tabconv {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ntabconv {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0

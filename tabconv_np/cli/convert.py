@@ -1,23 +1,43 @@
-"""``tabconv convert``: a network file to a table network file (TabConv PQ tables or hash trees)."""
+"""``tabconv convert``: a network file to a table network file (TabConv PQ tables or hash trees).
+
+Everything is checked before the work starts (the output path, the settings,
+the calibration data), and the effective settings, defaults included, are
+printed first as the command line that would give them.
+"""
 import json
+import shlex
+import sys
 
 import numpy as np
 
-from ..data import load_dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..demo import parse_setting
 from ..io import load, save
 from ..outputs import check_output
+from ..report import command_line, reduction_lines
+from ..userdata import command_images
+from .options import add_data_options, count
+
+#: The defaults of ``--encoder pq`` / ``tree`` that differ: the conversion methods' own defaults
+#: (TabConvSettings, MaddnessSettings; not imported here, which would load Numba for every
+#: command: tests/test_cli.py checks that they agree).
+ENCODER_DEFAULTS = {"pq": {"codebooks": "8", "prototypes": "256", "iters": 16, "refine": "none"},
+                    "tree": {"codebooks": "auto", "refine": "exact"}}
 
 
 def add_parser(sub):
-    c = sub.add_parser("convert", help="convert a network to table lookups (TabConv or hash trees)")
+    c = sub.add_parser("convert", help="convert a network to table lookups (TabConv or hash trees)",
+                       description="Convert a network file to table lookups, calibrated on training "
+                       "images, and write the table network. Takes minutes on a ResNet-18 "
+                       "(1,000 calibration images, 2 cores: about 1-2 min with --encoder tree, 1-4 min "
+                       "with pq at the defaults; longer while the kernels compile on a first run).")
     c.add_argument("model", help="a tabconv_np HDF5 file")
     c.add_argument("-o", "--output", required=True, help="where to write the table network (HDF5)")
     c.add_argument("--force", action="store_true", help="replace an existing output file")
     c.add_argument("--encoder", default="pq", choices=["pq", "tree"],
                    help="pq: the paper's product quantization, nearest of K prototypes (method "
-                   "'tabconv'); tree: hash-tree encoding, K = 16, 8-bit tables (method 'maddness')")
+                   "'tabconv'); tree: hash-tree encoding, K = 16, 8-bit tables (method 'maddness'); "
+                   "default: pq")
     c.add_argument("--codebooks",
                    help="C per layer: an int, D/<ds> (ceil(D/ds) subspaces), a comma list per switch, "
                    "or PATTERN=VALUE items (e.g. 'layer1.*=D/28,*=D/128'); default 8 (pq) or "
@@ -25,39 +45,45 @@ def add_parser(sub):
     c.add_argument("--prototypes",
                    help="pq only: K per layer (1..16384): an int, a comma list per switch, or "
                    "PATTERN=VALUE items; default 256")
-    c.add_argument("--mask-rate", type=float, help="priority masking rate M in percent")
-    c.add_argument("--switches", help="comma list of 0/1, one per switch (1: table)")
-    c.add_argument("--calib", type=int, default=1000, help="calibration images (training split)")
-    c.add_argument("--calib-dataset", help="data set of the calibration images (default: the shipped "
-                   "sample for Fashion-MNIST models, else the model's data set)")
+    c.add_argument("--mask-rate", type=float, metavar="M",
+                   help="priority masking: keep exact the floor(M x switches / 100) switches whose "
+                   "similarity to the exact network drops most (percent; default: no masking)")
+    c.add_argument("--switches", help="comma list of 0/1, one per switch (1: table); default: all 1")
+    c.add_argument("--calib", type=count(2), default=1000, metavar="N",
+                   help="calibration images: a seeded subset of N training images (default: 1000)")
+    add_data_options(c, "training split", "calibration", aliases=("--calib-dataset",))
     c.add_argument("--calibrate", default="approx", choices=["approx", "exact"],
-                   help="learn prototypes from the table network's activations (approx) or the exact ones")
-    c.add_argument("--max-rows", type=int, default=50_000, help="k-means rows per layer (seeded subsample)")
-    c.add_argument("--iters", type=int, help="pq only: Lloyd iterations (default 16)")
+                   help="learn prototypes from the table network's activations (approx, default) or "
+                   "the exact ones")
+    c.add_argument("--max-rows", type=count(2), default=50_000, metavar="ROWS",
+                   help="k-means rows per layer (seeded subsample; default: 50000)")
+    c.add_argument("--iters", type=count(0), help="pq only: Lloyd iterations (default: 16)")
     c.add_argument("--no-refit", action="store_true", help="do not refit the final Linear")
     c.add_argument("--refine", choices=["exact", "local", "none"],
                    help="least-squares table refinement toward the exact network (default: none for "
                    "pq, the authors' plain tables; exact for tree)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    c.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     c.set_defaults(func=run)
     return c
 
 
-def calibration_images(net, dataset, n, seed):
-    """``n`` training images for calibration: the sample's, or a seeded subset of ``dataset``.
-
-    ``dataset=None``: the shipped sample for Fashion-MNIST models (and models
-    that do not say), else the model's data set.  Returns ``(images, dataset)``.
-    """
-    if dataset is None:
-        ds = net.meta.get("dataset")
-        dataset = "sample" if ds in (None, "fashion-mnist", "sample") else ds
-    x, _ = load_dataset(dataset, "train")
-    if n is not None and n < len(x):
-        idx = np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))
-        x = x[idx]
-    return x, dataset
+def effective(args):
+    """The settings of a run, defaults filled in: ``{option name: value}`` in command-line order."""
+    d = ENCODER_DEFAULTS[args.encoder]
+    out = {"encoder": args.encoder, "codebooks": args.codebooks or d["codebooks"]}
+    if args.encoder == "pq":
+        out.update(prototypes=args.prototypes or d["prototypes"],
+                   iters=d["iters"] if args.iters is None else args.iters)
+    out.update(refine=args.refine or d["refine"], calibrate=args.calibrate, max_rows=args.max_rows)
+    if args.mask_rate is not None:
+        out["mask_rate"] = f"{args.mask_rate:g}"
+    if args.switches is not None:
+        out["switches"] = args.switches
+    if args.no_refit:
+        out["no_refit"] = True
+    out.update(calib=args.calib, seed=args.seed)
+    return out
 
 
 def run(args):
@@ -68,30 +94,33 @@ def run(args):
     if tree and (args.prototypes is not None or args.iters is not None):
         raise ConfigError("tabconv convert: --prototypes and --iters apply to --encoder pq only "
                           "(a hash tree has 16 leaves)")
+    opts = effective(args)
+    own = {"codebooks": parse_setting(opts["codebooks"], str)}
+    if not tree:
+        own.update(prototypes=parse_setting(opts["prototypes"], int), iters=opts["iters"])
     check_output(args.output, overwrite=args.force, inputs=[args.model])
     net = load(args.model)
-    xc, dataset = calibration_images(net, args.calib_dataset, args.calib, args.seed)
-    own = {"codebooks": parse_setting(args.codebooks or ("auto" if tree else "8"), str)}
-    if not tree:
-        own.update(prototypes=parse_setting(args.prototypes or "256", int),
-                   iters=16 if args.iters is None else args.iters)
-    refine = args.refine or ("exact" if tree else "none")
+    xc, _, source = command_images(net, "tabconv convert", "train", args.dataset, args.data,
+                                   args.data_dir, labels=False)
+    if len(xc) < 2:
+        raise DataError(f"tabconv convert: {source} holds {len(xc)} image(s); calibration needs at least 2")
+    if args.calib < len(xc):
+        xc = xc[np.sort(np.random.default_rng(args.seed).choice(len(xc), args.calib, replace=False))]
+    where = f"--data {shlex.quote(args.data)}" if args.data else f"--dataset {source.split('/')[0]}"
+    line = f"tabconv convert {shlex.quote(args.model)} -o {shlex.quote(args.output)} {command_line(opts)} {where}"
+    print(f"settings: {line}", file=sys.stderr if args.json else sys.stdout, flush=True)
     res = convert(net, xc, method="maddness" if tree else "tabconv", switches=args.switches,
                   mask_rate=args.mask_rate, refit_classifier=not args.no_refit, seed=args.seed,
-                  progress=None if not args.json else False, calibrate=args.calibrate,
-                  max_rows=args.max_rows, refine=None if refine == "none" else refine, **own)
-    res.network.meta[res.method.name]["calibration_dataset"] = dataset
+                  calibrate=args.calibrate,
+                  max_rows=args.max_rows, refine=None if opts["refine"] == "none" else opts["refine"], **own)
+    res.network.meta[res.method.name]["calibration_dataset"] = source
     save(res.network, args.output, overwrite=args.force)
     red = op_reduction(res.network, res.exact)
     if args.json:
         d = res.to_dict()
-        d.update(output=args.output, op_reduction=red, calibration_dataset=dataset)
+        d.update(output=args.output, op_reduction=red, calibration_data=source, command_line=line)
         print(json.dumps(d))
         return
     print(res.summary())
-    print(f"op reduction: paper {100 * red['paper']['reduction']:.2f}% "
-          f"(lookups+adds+exact MACs vs exact MACs), full {100 * red['full']['reduction']:.2f}% "
-          f"(all arithmetic, encoding included)")
-    st = red["storage"]
-    print(f"storage: {st['network_bytes'] / 2**20:.1f} MiB (exact network {st['exact_network_bytes'] / 2**20:.1f} MiB)")
-    print(f"calibrated on {len(xc)} {dataset} training images in {res.seconds:.1f} s; wrote {args.output}")
+    print("\n".join(reduction_lines(red)))
+    print(f"calibrated on {len(xc)} {source} images in {res.seconds:.1f} s; wrote {args.output}")

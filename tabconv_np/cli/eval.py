@@ -1,33 +1,36 @@
-"""``tabconv eval``: accuracy and speed of a network file on a data set."""
+"""``tabconv eval``: accuracy and speed of a network file on a data set, or on the user's images."""
 import json
 
-from ..data import load_dataset
 from ..evaluate import evaluate
 from ..io import load
+from ..userdata import command_images
+from .options import add_data_options, count
 
 
 def add_parser(sub):
-    e = sub.add_parser("eval", help="accuracy and speed of a network on a data set")
-    e.add_argument("model")
-    e.add_argument("--dataset", default="sample",
-                   choices=["sample", "fashion-mnist", "mnist", "cifar10", "cifar100"])
-    e.add_argument("--split", default="test", choices=["test", "train"])
-    e.add_argument("--data-dir")
-    e.add_argument("--limit", type=int)
-    e.add_argument("--batch", type=int, default=64)
-    e.add_argument("--json", action="store_true")
+    e = sub.add_parser("eval", help="accuracy and speed of a network on a data set",
+                       description="Top-1 accuracy and images per second of a network file on labelled "
+                       "images: the data set the model records, --dataset NAME, or your own --data PATH.")
+    e.add_argument("model", help="a tabconv_np HDF5 file (exact or table network)")
+    add_data_options(e, "the split --split names", "evaluation")
+    e.add_argument("--split", default="test", choices=["test", "train"],
+                   help="split of the named data set (default: test)")
+    e.add_argument("--limit", type=count(1), metavar="N", help="evaluate the first N images only (default: all)")
+    e.add_argument("--batch", type=count(1), default=64, metavar="B", help="images per forward pass (default: 64)")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of a line of text")
     e.set_defaults(func=run)
     return e
 
 
 def run(args):
     net = load(args.model)
-    images, labels = load_dataset(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
-    # a bar on a terminal only, never with --json
-    res = evaluate(net, images, labels, batch=args.batch, progress=False if args.json else None)
-    res.update(model=args.model, dataset=args.dataset, split=args.split)
+    images, labels, source = command_images(net, "tabconv eval", args.split, args.dataset, args.data,
+                                            args.data_dir, args.limit)
+    # progress on stderr (a bar, or heartbeat lines off a terminal): stdout stays the result
+    res = evaluate(net, images, labels, batch=args.batch)
+    res.update(model=args.model, data=source)
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{args.model}: accuracy {100 * res['accuracy']:.2f}% on {res['images']} "
-              f"{args.dataset}/{args.split} images, {res['images_per_s']:.1f} images/s")
+        print(f"{args.model}: accuracy {100 * res['accuracy']:.2f}% on {res['images']} {source} images, "
+              f"{res['images_per_s']:.1f} images/s")

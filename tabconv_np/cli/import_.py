@@ -1,12 +1,12 @@
 """``tabconv import``: PyTorch / ONNX / Keras weights to a tabconv_np HDF5 file (no framework needed)."""
-import sys
-import warnings
-
-from ..errors import WeightFileError
+from ..errors import ConfigError, WeightFileError
 from ..importers.dispatch import import_model
 from ..io import save
 from ..outputs import check_output
+from ..data import DATASETS
 from ..models import ARCHS
+from ..network import input_range
+from .options import count
 
 DESCRIPTION = ("Import a PyTorch state dict (torch.save, zip or legacy format), an ONNX model "
                "or a Keras model (.h5, .weights.h5, .keras) into a tabconv_np HDF5 file, "
@@ -24,22 +24,40 @@ def add_parser(sub):
     g.add_argument("--arch", choices=ARCHS, help="a bundled architecture the state dict fits")
     g.add_argument("--spec", help="a JSON layer spec (docs/import_spec.md) for other models")
     p.add_argument("--input", help="C x H x W of one image, e.g. 1x28x28 (default: from the file)")
-    p.add_argument("--classes", type=int, help="number of classes (checked against the weights)")
+    p.add_argument("--classes", type=count(1), metavar="N", help="number of classes (checked against the weights)")
     p.add_argument("--mean", help="input normalisation mean per channel, e.g. 0.2860")
     p.add_argument("--std", help="input normalisation std per channel, e.g. 0.3530")
+    p.add_argument("--range", metavar="LO,HI",
+                   help="the range of the training images before --mean/--std (default 0,1: pixels "
+                   "divided by 255; 0,255 for a model trained on raw pixels); uint8 0-255 is scaled to it")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="the data set the model was trained on, recorded in the file: tabconv eval and "
+                   "convert then use it by default (without it they ask for --dataset or --data)")
     p.set_defaults(func=run)
     return p
+
+
+def parse_range(text):
+    """``[lo, hi]`` from ``"LO,HI"``; ConfigError unless two finite numbers with lo < hi."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"tabconv import: --range takes LO,HI (e.g. 0,255), got {text!r}") from None
+    input_range({"range": [lo, hi]})
+    return [lo, hi]
 
 
 def run(args):
     """Import, save, print a summary and what to do next."""
     check_output(args.output, overwrite=args.force, inputs=[args.source])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        net = import_model(args.source, arch=args.arch, spec=args.spec, input_shape=args.input,
-                           num_classes=args.classes, mean=args.mean, std=args.std)
-    for w in caught:
-        print(f"tabconv import: warning: {w.message}", file=sys.stderr)
+    rng = parse_range(args.range) if args.range else None       # refused before the import, not after
+    # warnings (a dropped softmax, ...) print as one line each (tabconv_np.cli.main)
+    net = import_model(args.source, arch=args.arch, spec=args.spec, input_shape=args.input,
+                       num_classes=args.classes, mean=args.mean, std=args.std)
+    if rng:
+        net.preprocess = dict(net.preprocess or {}, range=rng)
+    if args.dataset:
+        net.meta["dataset"] = args.dataset
     try:
         save(net, args.output, overwrite=args.force)
     except OSError as e:
@@ -48,4 +66,5 @@ def run(args):
     shape = "x".join(map(str, net.input_shape))
     print(f"imported {args.source} ({net.meta['source_format']}, {what}): input {shape}, "
           f"output {tuple(net.out_shape)}, {net.num_params():,} parameters")
-    print(f"wrote {args.output}; next: tabconv ops {args.output}   or   tabconv eval {args.output}")
+    data = "" if args.dataset else " --dataset NAME (or --data PATH)"
+    print(f"wrote {args.output}; next: tabconv ops {args.output}   or   tabconv eval {args.output}{data}")

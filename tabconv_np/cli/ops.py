@@ -1,24 +1,29 @@
 """``tabconv ops``: operations per layer of a network file or a bundled architecture."""
-from ..errors import TabConvError
+from ..errors import ConfigError
 from ..io import load
-from ..models import build, parse_input
+from ..models import ARCHS, build, parse_input
 from ..ops import count_ops
+from .options import count
 
 
 def add_parser(sub):
-    o = sub.add_parser("ops", help="count operations per layer")
-    o.add_argument("model", nargs="?", help="a tabconv_np HDF5 file")
-    o.add_argument("--arch", help="a bundled architecture instead of a file")
-    o.add_argument("--input", help="C x H x W, e.g. 1x28x28 (default: the network's)")
-    o.add_argument("--classes", type=int, default=10)
-    o.add_argument("--json", action="store_true")
+    o = sub.add_parser("ops", help="count operations per layer",
+                       description="Operations (MACs, adds, lookups, comparisons, ...), parameters and "
+                       "storage per layer of a network file or a bundled architecture, for one image.")
+    o.add_argument("model", nargs="?", help="a tabconv_np HDF5 file (or give --arch)")
+    o.add_argument("--arch", choices=ARCHS, help="a bundled architecture instead of a file")
+    o.add_argument("--input", help="C x H x W of one image, e.g. 1x28x28 (default: the network's; "
+                   "for --arch: 3x32x32)")
+    o.add_argument("--classes", type=count(1), default=10, metavar="N",
+                   help="classes of a bundled architecture (--arch only; default: 10)")
+    o.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
     o.set_defaults(func=run)
     return o
 
 
 def run(args):
     if (args.model is None) == (args.arch is None):
-        raise TabConvError("give either a MODEL.h5 file or --arch NAME")
+        raise ConfigError("tabconv ops: give either a MODEL.h5 file or --arch NAME")
     shape = parse_input(args.input) if args.input else None
     if args.model:
         net = load(args.model)

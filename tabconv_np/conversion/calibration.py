@@ -87,10 +87,6 @@ class LayerData:
         Cap on the rows used for fitting.
     notes : list of str
         Append what the user should know.
-    label : str
-        How progress bars name the layer (``"layer1.0.conv1 [2/21]"``).
-    progress : bool or None
-        Progress bars on stderr; None: on a terminal only.
     """
 
     path: str
@@ -104,8 +100,6 @@ class LayerData:
     shortcut: object
     max_rows: int
     notes: list
-    label: str = ""
-    progress: object = None
 
     @property
     def x(self):

@@ -26,7 +26,7 @@ from ..tree_tables import TreeConv2d, TreeLinear
 from ..validate import as_choice, as_int
 from .calibration import BATCH, apply
 from .method import Method, register_method
-from .settings import columns_spec
+from .settings import columns_spec, empty_subspaces
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,12 @@ class Maddness(Method):
         spec = values["n_codebooks"]
         if spec == "auto":
             spec = f"D/{window if window > 1 else 4}"
-        return {"D": D, "C": columns_spec(spec, D, f"codebooks for {path}")}
+        C = columns_spec(spec, D, f"codebooks for {path}")
+        if empty_subspaces(D, C):
+            raise ConfigError(f"convert: codebooks for {path}: {C} subspaces of D = {D} columns leave "
+                              f"{empty_subspaces(D, C)} of them empty, which a hash tree cannot split; "
+                              f"use {C - empty_subspaces(D, C)} or 'D/<ds>'")
+        return {"D": D, "C": C}
 
     def fit(self, data, ls, settings, rng):
         rows, idx = data.sample_rows(rng)

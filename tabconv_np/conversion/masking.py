@@ -31,6 +31,19 @@ def cosine_similarity(a, b):
     return float(np.dot(a, b) / (na * nb))
 
 
+def masked_count(mask_rate, L):
+    """``floor(mask_rate * L / 100)``: how many of ``L`` switches masking rate ``M`` keeps exact."""
+    return int(math.floor(mask_rate * L / 100 + 1e-9))
+
+
+def masking_warning(mask_rate, L):
+    """The warning text when ``mask_rate`` of ``L`` switches masks none (rate > 0), else None."""
+    if mask_rate is None or float(mask_rate) <= 0 or masked_count(float(mask_rate), L) or not L:
+        return None
+    return (f"mask rate {float(mask_rate):g}% of {L} switches rounds down to 0 switches: nothing is masked "
+            f"(a rate of at least {math.ceil(100 / L)}% keeps one exact)")
+
+
 def priority_mask(similarities, mask_rate, candidates=None):
     """Switches to keep exact: the ``floor(mask_rate * L / 100)`` largest similarity drops.
 
@@ -55,7 +68,7 @@ def priority_mask(similarities, mask_rate, candidates=None):
     if not 0 <= mask_rate <= 100:
         raise ConfigError(f"mask_rate must be in [0, 100] (percent), got {mask_rate!r}")
     drops = [1.0 - sims[0]] + [sims[i - 1] - sims[i] for i in range(1, L)] if L else []
-    n = int(math.floor(mask_rate * L / 100 + 1e-9))
+    n = masked_count(mask_rate, L)
     cand = [i for i in range(L) if candidates is None or candidates[i]]
     ranked = sorted(cand, key=lambda i: (-drops[i], i))
     return sorted(ranked[:n]), drops

@@ -23,39 +23,52 @@
 naming the counting convention.
 """
 import time
+import warnings
 
 import numpy as np
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, SettingWarning, ShapeError
 from ..fold import fold_batchnorm
 from ..network import Network
 from ..structure import map_leaves
-from .masking import priority_mask
+from .masking import masking_warning, priority_mask
 from .method import get_method
 from .refit import last_linear
 from .result import ConversionResult
-from .settings import per_layer, split_settings, switch_flags
+from .settings import gather_warnings, per_layer, split_settings, switch_flags
 from .switches import find_switches
 from .walk import Pass
 
 
-def _plan(method, body, common_switches, method_settings, on_override=None):
-    """``(switches, on, {leaf path: resolved settings})`` with every check done up front."""
+def _plan(method, body, common, method_settings):
+    """``(switches, on, {leaf path: resolved settings}, warnings)`` with every check done up front.
+
+    ``warnings``: one line per kind of setting that does not do what it says
+    (clamped, padding only, a masking rate that masks nothing), each also
+    issued as a :class:`~tabconv_np.errors.SettingWarning`.
+    """
     sw = find_switches(body)
     if not sw:
         raise ConfigError("convert: the network has no Conv2d or Linear layer to convert")
-    on = switch_flags(common_switches, sw) if on_override is None else on_override
+    on = switch_flags(common.switches, sw)
     specs = {f: per_layer(getattr(method_settings, f), sw, f.removeprefix("n_"), on)
              for f in method.per_layer}
     modules = dict(body.modules())
     resolved = {}
-    for s in sw:
-        if not on[s.index]:
-            continue
-        for leaf in s.leaves:
-            resolved[leaf] = method.resolve(leaf, modules[leaf], {f: specs[f][leaf] for f in specs},
-                                            method_settings)
-    return sw, on, resolved
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for s in sw:
+            if not on[s.index]:
+                continue
+            for leaf in s.leaves:
+                resolved[leaf] = method.resolve(leaf, modules[leaf], {f: specs[f][leaf] for f in specs},
+                                                method_settings)
+    said = gather_warnings(caught)
+    mask = masking_warning(common.mask_rate, len(sw))
+    said += [mask] if mask else []
+    for text in said:
+        warnings.warn(SettingWarning(text), stacklevel=3)
+    return sw, on, resolved, said
 
 
 def _images(model, calibration_images):
@@ -67,6 +80,7 @@ def _images(model, calibration_images):
                          f" got {imgs.shape}")
     if len(imgs) < 2:
         raise ShapeError(f"convert: need at least 2 calibration images, got {len(imgs)}")
+    model.check_range(imgs, "convert: calibration images")
     return imgs
 
 
@@ -78,8 +92,8 @@ def convert(model, calibration_images, method="tabconv", **settings):
     model : Network
         The trained network (batch norm folded here; the input is not changed).
     calibration_images : array (N, C, H, W)
-        Training images (uint8, or floats in [0, 1]); normalised with
-        ``model.normalize``.  Never test images.
+        Training images (uint8 0-255, or floats in the model's input range,
+        default [0, 1]); normalised with ``model.normalize``.  Never test images.
     method : str or Method
         A registered method name (``"tabconv"``) or a
         :class:`~tabconv_np.conversion.method.Method` instance.
@@ -102,7 +116,8 @@ def convert(model, calibration_images, method="tabconv", **settings):
         Unknown setting or method, bad value, a layer or structure the method
         cannot convert: all before any fitting starts.
     ShapeError
-        Calibration images of the wrong shape.
+        Calibration images of the wrong shape, or floats outside the model's
+        input range (see :mod:`tabconv_np.network`).
     """
     t_start = time.perf_counter()
     if not isinstance(model, Network):
@@ -111,10 +126,9 @@ def convert(model, calibration_images, method="tabconv", **settings):
     common, own = split_settings(settings, m.Settings, m.aliases)
     imgs = _images(model, calibration_images)
     exact = fold_batchnorm(model)
-    sw, on, resolved = _plan(m, exact.body, common.switches, own)
+    sw, on, resolved, notes = _plan(m, exact.body, common, own)
     modules = dict(exact.body.modules())
     refit_leaf = last_linear(sw, modules) if common.refit_classifier else None
-    notes = []
     if common.refit_classifier and refit_leaf is None:
         notes.append("classifier refit skipped: the network does not end in a Linear layer")
 
@@ -122,7 +136,7 @@ def convert(model, calibration_images, method="tabconv", **settings):
     if exact.layout == "NHWC":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     p1 = Pass(m, sw, on, resolved, common, own, refit_leaf, reuse={}, reuse_before=0, notes=notes)
-    body, _, _ = p1.walk(exact.body, "", x, x, exact.layout)
+    body, _, _ = p1.run(exact.body, x, exact.layout, "fitting layers")
     sims, drops, masked, final = p1.sims, None, [], p1
     if common.mask_rate is not None:
         masked, drops = priority_mask(sims, float(common.mask_rate), candidates=on)
@@ -131,7 +145,7 @@ def convert(model, calibration_images, method="tabconv", **settings):
             reuse_before = min(masked) if common.recalibrate else len(sw)
             final = Pass(m, sw, on, resolved, common, own, refit_leaf, reuse=p1.converted,
                          reuse_before=reuse_before, notes=notes)
-            body, _, _ = final.walk(exact.body, "", x, x, exact.layout)
+            body, _, _ = final.run(exact.body, x, exact.layout, "fitting again after masking")
     given = {k: (dict(v) if isinstance(v, dict) else v) for k, v in settings.items() if k != "progress"}
     meta = dict(exact.meta)
     meta[m.name] = {
@@ -165,7 +179,7 @@ def skeleton(model, method="tabconv", **settings):
     m = get_method(method)
     common, own = split_settings(settings, m.Settings, m.aliases)
     exact = fold_batchnorm(model)
-    _, _, resolved = _plan(m, exact.body, common.switches, own)
+    _, _, resolved, _ = _plan(m, exact.body, common, own)
     body = map_leaves(exact.body, lambda path, leaf: (m.skeleton(leaf, resolved[path], own)
                                                       if path in resolved else leaf))
     return Network(body, exact.input_shape, exact.preprocess, exact.layout, dict(exact.meta))

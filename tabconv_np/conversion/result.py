@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..blocks import Sequential
+from ..errors import DataError
 from ..network import Network
 
 
@@ -102,8 +103,15 @@ class ConversionResult:
             ``{"table": acc, "without_refit": acc or None, "seconds": s,
             "predictions": int array (N,)}`` (``seconds``: the converted
             network's forward passes; ``predictions``: its predicted classes).
+
+        Raises
+        ------
+        DataError
+            No images.
         """
         images, labels = np.asarray(images), np.asarray(labels)
+        if len(images) == 0:
+            raise DataError("accuracies: no images (an accuracy of 0 images is undefined)")
         if images.ndim == 3 and self.network.input_shape[0] == 1:
             images = images[:, None]
         net = self.network
@@ -146,7 +154,7 @@ class ConversionResult:
             drop = f"{self.drops[i]:.4f}" if self.drops else "-"
             fin = f"{self.final_similarities[i]:.4f}" if self.final_similarities else "-"
             state = "table" if self.on[i] else ("masked" if name in self.masked else "exact")
-            ls = ", ".join(f"{r['name'].split('.')[-1]}({self.method.describe(r)},{r['rel_error']:.3f})"
+            ls = ", ".join(f"{r['name'].removeprefix(name + '.')}({self.method.describe(r)},{r['rel_error']:.3f})"
                            for r in by_switch.get(name, []))
             lines.append(f"{name:<12} {state:<6} {sim:>14} {drop:>8} {fin:>10}  {ls}")
         if self.refit:

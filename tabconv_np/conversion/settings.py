@@ -6,10 +6,12 @@ switch, or a dict keyed by layer path (``"layer1.0.conv2"``), switch name
 looked up in that order, with ``"*"`` (or ``"default"``) for the rest.
 """
 import math
+import warnings
 from dataclasses import dataclass, fields
 from fnmatch import fnmatchcase
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SettingWarning
+from ..pq import subspace_length
 from ..validate import as_choice, as_int
 
 
@@ -42,7 +44,8 @@ class ConversionSettings:
     seed : int
         The result is a deterministic function of the inputs and the seed.
     progress : bool or None
-        Progress bars on stderr; None: on a terminal only.
+        Progress of the layer fitting on stderr (:class:`~tabconv_np.progress.Progress`):
+        None, a bar on a terminal and heartbeat lines otherwise; False, silent.
     """
 
     switches: object = None
@@ -147,8 +150,17 @@ def per_layer(value, switches, what, on=None):
     return {leaf: value for leaf in leaves}
 
 
+def empty_subspaces(D, C):
+    """How many of ``C`` subspaces of ``ceil(D/C)`` columns lie wholly in the zero padding past ``D``."""
+    return C - subspace_length(D, subspace_length(D, C))
+
+
 def columns_spec(spec, D, what):
-    """A count of row subspaces: an int (capped at ``D``), or ``"D/<ds>"`` meaning ``ceil(D/ds)``."""
+    """A count of row subspaces: an int (capped at ``D``), or ``"D/<ds>"`` meaning ``ceil(D/ds)``.
+
+    Warns (:class:`~tabconv_np.errors.SettingWarning`, ``what`` naming the
+    layer) when an int is capped at ``D`` or leaves subspaces of padding only.
+    """
     if isinstance(spec, str):
         s = spec.replace(" ", "")
         if s.lower().startswith("d/"):
@@ -159,4 +171,32 @@ def columns_spec(spec, D, what):
             if ds >= 1:
                 return max(1, min(D, math.ceil(D / ds)))
         raise ConfigError(f"{what}: expected an int or 'D/<subspace length>', got {spec!r}")
-    return min(as_int(spec, what, 1), D)
+    C = as_int(spec, what, 1)
+    if C > D:
+        warnings.warn(SettingWarning(f"{what}: {C} is more than the row length D = {D}: clamped to {D}"))
+        return D
+    empty = empty_subspaces(D, C)
+    if empty:
+        warnings.warn(SettingWarning(f"{what}: {C} subspaces of ceil({D}/{C}) = {subspace_length(D, C)} "
+                                     f"columns leave {empty} of them zero padding only; "
+                                     f"{C - empty} or 'D/<ds>' would not"))
+    return C
+
+
+def gather_warnings(caught, limit=3):
+    """One line per kind of :class:`~tabconv_np.errors.SettingWarning` in ``caught`` (from
+    ``warnings.catch_warnings(record=True)``), naming up to ``limit`` of its layers; other warnings
+    are issued again."""
+    kinds = {}
+    for w in caught:
+        if not issubclass(w.category, SettingWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
+        text = str(w.message)
+        kind = "clamped" if "clamped" in text else "padding" if "padding" in text else text
+        kinds.setdefault(kind, []).append(text)
+    out = []
+    for texts in kinds.values():
+        more = f" (and {len(texts) - limit} more layers)" if len(texts) > limit else ""
+        out.append("; ".join(texts[:limit]) + more)
+    return out

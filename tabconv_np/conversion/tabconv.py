@@ -106,7 +106,7 @@ class TabConv(Method):
     def fit(self, data, ls, settings, rng):
         rows, idx = data.sample_rows(rng)
         pq = ProductQuantizer(ls["C"], ls["K"], iters=settings.iters, init=settings.init,
-                              seed=int(rng.integers(2**31)), name=data.label, progress=data.progress)
+                              seed=int(rng.integers(2**31)), name=data.path)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pq.fit(rows)

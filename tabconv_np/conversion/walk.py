@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from ..layers import ReLU
+from ..progress import Progress
 from ..structure import Chain, Dag, Residual, join, structure_of
 from .calibration import LayerData, add_all, apply
 from .masking import cosine_similarity
@@ -55,6 +56,16 @@ class Pass:
         self.sims = [None] * len(switches)
         self.records, self.converted, self.refit, self.unrefit = [], {}, None, None
         self.leaf_index = {leaf: i for i, leaf in enumerate(p for s in switches for p in s.leaves)}
+        #: the layers this pass fits (the others are exact or reused), and a progress bar over them
+        self.to_fit = [leaf for leaf in layer_settings
+                       if on[self.switch_of[leaf].index] and self.switch_of[leaf].index >= reuse_before]
+        self.bar = None
+
+    def run(self, body, x, layout, desc):
+        """``walk(body, "", x, x, layout)`` with one progress bar over the layers fitted, named ``desc``."""
+        with Progress(len(self.to_fit), f"{desc} ({len(self.to_fit)} layers, {len(x)} images)",
+                      enabled=self.common.progress) as self.bar:
+            return self.walk(body, "", x, x, layout)
 
     def walk(self, m, path, xa, xe, layout, relu=False, shortcut=None):
         """``(new module, converted output, exact output)`` of ``m`` at ``path``.
@@ -140,9 +151,7 @@ class Pass:
         else:
             rng = np.random.default_rng(np.random.SeedSequence([self.common.seed, self.leaf_index[path]]))
             data = LayerData(path, exact_layer, xa, xe, ye, layout, self.common.calibrate, relu, shortcut,
-                             self.common.max_rows, self.notes,
-                             label=f"{path} [{self.leaf_index[path] + 1}/{len(self.leaf_index)}]",
-                             progress=self.common.progress)
+                             self.common.max_rows, self.notes)
             ls = self.layer_settings[path]
             layer, method_rec = self.method.fit(data, ls, self.method_settings, rng)
             unrefit = self.method.transfer(layer, m) if path == self.refit_leaf else None
@@ -159,4 +168,6 @@ class Pass:
         rec["seconds"] = time.perf_counter() - t0
         self.records.append(rec)
         self.converted[path] = (layer, rec, unrefit)
+        if reused is None and self.bar is not None:
+            self.bar.update(1, path)
         return layer, ya, ye
