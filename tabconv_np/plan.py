@@ -370,6 +370,10 @@ class Plan:
             return np.zeros((0,) + tuple(out), _F32)
         if x.dtype == np.uint8:
             x = normalize(x, self.preprocess, self.input_shape[0], layout)
+        return self.run(x, layout)
+
+    def run(self, x, layout="NCHW"):
+        """:meth:`__call__` without the checks: ``x`` a float batch of the right shape, N >= 1."""
         if layout == "NCHW":
             x = x.transpose(0, 2, 3, 1)
         y = self._forward(np.ascontiguousarray(x, _F32))
