@@ -45,6 +45,11 @@ METHODS = ("naive", "im2col", "mec", "direct", "winograd", "winograd4", "strasse
 #: Methods for 3x3, stride-1, dilation-1, ungrouped convolutions only: output tile size m.
 WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}
 
+
+def winograd_applies(kernel, stride, dilation, groups=1):
+    """Whether a convolution has a Winograd form here (3x3, stride 1, dilation 1, groups 1)."""
+    return tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+
 __all__ = ["conv2d", "conv_output_size", "normalize_padding", "im2col_rows",
            "lowering_workspace_bytes", "choose_method", "METHODS", "LAYOUTS"]
 
@@ -173,8 +178,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
             raise ShapeError(f"conv2d: bias must have shape ({C_out},) to match weight "
                              f"{weight.shape}, got {b.shape}")
         bias = np.ascontiguousarray(b, dtype=np.float32)
-    if method in WINOGRAD_TILES and ((kh, kw) != (3, 3) or stride != (1, 1) or dilation != (1, 1)
-                                     or groups != 1):
+    if method in WINOGRAD_TILES and not winograd_applies((kh, kw), stride, dilation, groups):
         raise ConfigError(f"conv2d: method {method!r} (Winograd) needs a 3x3 kernel, stride 1, "
                           f"dilation 1 and groups 1; got kernel {kh}x{kw}, stride {stride}, "
                           f"dilation {dilation}, groups {groups}: use 'im2col' or 'auto'")

@@ -268,8 +268,10 @@ class OpCount:
         cols = ["macs", "bias_adds", "bn_ops", "act_ops", "pool_ops", "residual_adds", "params"]
         if any(r["lookups"] for r in self.rows):
             cols[1:1] = ["encode_macs", "lookups", "lookup_adds"]
+        if any(r.get("mults") for r in self.rows):
+            cols[1:1] = ["mults", "adds"]
         head = ["layer", "type", "output"] + cols
-        body = [[r["name"], r["type"], "x".join(map(str, r["out_shape"]))] + [_si(r[c]) for c in cols]
+        body = [[r["name"], r["type"], "x".join(map(str, r["out_shape"]))] + [_si(r.get(c, 0)) for c in cols]
                 for r in self.rows]
         body.append(["total", "", ""] + [_si(self.total[c]) for c in cols])
         widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
@@ -279,7 +281,8 @@ class OpCount:
         t = self.total
         out.append(f"MACs {t['macs'] / 1e6:.2f} M | params {t['params'] / 1e6:.3f} M | "
                    f"fvcore {_si(t['fvcore'])} | thop {_si(t['thop'])} | flops (2*MACs) {_si(t['flops'])}"
-                   f" | all arithmetic {_si(t['ops'])}")
+                   f" | all arithmetic {_si(t['ops'])}"
+                   + (f" | multiplies {_si(t['multiplies'])}" if t.get("mults") else ""))
         return "\n".join(out)
 
     def __repr__(self):

@@ -35,7 +35,8 @@ from .tables import table_from_weights
 from .tree_tables import TreeConv2d
 from .conv.strassen import strassen
 from .geometry import ConvGeometry
-from .plan import PreparedConv, winograd_applies
+from .functional import winograd_applies
+from .plan import PreparedConv
 
 #: Slack on the ``K*u`` rounding-error bounds.
 TOL_FACTOR = 4.0

@@ -36,7 +36,7 @@ import time
 from .conv.chunks import images_per_chunk
 from .conv.winograd import conv2d_winograd, filter_transform
 from .errors import ConfigError, ShapeError
-from .functional import WINOGRAD_TILES
+from .functional import WINOGRAD_TILES, winograd_applies
 from .fold import fold_batchnorm
 from .geometry import conv_output_size
 from .kernels.epilogue_kernels import bias_residual_clamp
@@ -231,11 +231,6 @@ class PreparedTree(_Prepared):
         if residual is not None or self.act != _Prepared.act:
             self._epilogue(y, self.zero, residual)
         return y.reshape(N, Ho, Wo, M)
-
-
-def winograd_applies(kernel, stride, dilation):
-    """Whether a convolution has a Winograd form here (3x3, stride 1, dilation 1)."""
-    return tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
 #: Bytes written between timed calls while tuning, to push the layer's weights

@@ -86,3 +86,17 @@ def test_op_counts_know_multiplications_from_additions():
     layer.method = "im2col"
     exact = tabconv_np.count_ops(Network(layer, (C, Ho, Wo)), (C, Ho, Wo))
     assert exact.total["multiplies"] / counts.total["multiplies"] > 1.5
+
+
+def test_cli_ops_counts_a_method_where_it_applies(capsys):
+    import json
+    from tabconv_np.cli import main
+    totals = {}
+    for method in (None, "winograd", "winograd4"):
+        args = ["ops", "--arch", "resnet18-paper", "--input", "3x224x224", "--json"]
+        assert main(args + (["--method", method] if method else [])) == 0
+        totals[method] = json.loads(capsys.readouterr().out)["total"]
+    assert totals[None]["mults"] == 0 and totals[None]["multiplies"] == totals[None]["macs"]
+    # stride-2 convs and the 7x7 stem keep their MACs; the 3x3 stride-1 ones multiply less
+    assert totals["winograd"]["macs"] > 0
+    assert totals["winograd4"]["multiplies"] < totals["winograd"]["multiplies"] < totals[None]["multiplies"]

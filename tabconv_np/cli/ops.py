@@ -1,5 +1,7 @@
 """``tabconv ops``: operations per layer of a network file or a bundled architecture."""
 from ..errors import ConfigError
+from ..functional import WINOGRAD_TILES, winograd_applies
+from ..layers import Conv2d
 from ..io import load
 from ..models import ARCHS, build, parse_input
 from ..ops import count_ops
@@ -16,6 +18,10 @@ def add_parser(sub):
                    "for --arch: 3x32x32)")
     o.add_argument("--classes", type=count(1), default=10, metavar="N",
                    help="classes of a bundled architecture (--arch only; default: 10)")
+    o.add_argument("--method", choices=("im2col", "winograd", "winograd4", "strassen"),
+                   help="count each convolution as this method computes it, where the method applies "
+                   "(Winograd: 3x3, stride 1; Strassen: groups 1); multiplications and additions are "
+                   "then counted apart (the 'multiplies' convention in the totals)")
     o.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
     o.set_defaults(func=run)
     return o
@@ -30,5 +36,10 @@ def run(args):
     else:
         c, size = (shape[-3], shape[-1]) if shape else (3, 32)
         net = build(args.arch, in_channels=c, num_classes=args.classes, input_size=size)
+    if args.method:
+        for _, m in net.body.modules():
+            if isinstance(m, Conv2d) and m.groups == 1 and (
+                    args.method not in WINOGRAD_TILES or winograd_applies(m.kernel_size, m.stride, m.dilation)):
+                m.method = args.method
     counts = count_ops(net, shape)
     print(counts.to_json(indent=1) if args.json else counts.table())
