@@ -286,9 +286,20 @@ class _Build:
         return step
 
 
+def _flat(modules):
+    """Modules with nested chains spliced in (a conv replaced by a Sequential of two convs, as the
+    low-rank method does, then fuses its epilogue like any conv)."""
+    out = []
+    for m in modules:
+        node = structure_of(m)
+        out += _flat([c for _, c in node.items]) if isinstance(node, Chain) else [m]
+    return out
+
+
 def _chain_steps(modules, shape, found):
     """Steps of a chain of modules on input ``shape``: a conv absorbs the activation after it.
     Prepared steps are made by ``found`` (a :class:`_Build`)."""
+    modules = _flat(modules)
     steps, i = [], 0
     while i < len(modules):
         m = modules[i]

@@ -67,3 +67,14 @@ def test_bad_settings_are_refused(data, kw):
     net, xc, _, _ = data
     with pytest.raises(ConfigError):
         convert(net, xc[:8], method="lowrank", switches=SWITCHES, progress=False, **kw)
+
+
+def test_plan_fuses_the_epilogue_of_factored_layers(data):
+    from tabconv_np.plan import prepare
+    net, xc, xt, _ = data
+    res = convert(net, xc[:50], method="lowrank", rank=16, refine=None, switches=SWITCHES, progress=False)
+    plan = prepare(res.network)
+    x = res.network.normalize(xt[:8])
+    np.testing.assert_allclose(plan(x), res.network(x), rtol=1e-4, atol=1e-4)
+    # the second factor of each block's last conv takes the residual sum and the ReLU
+    assert sum(p.act[0] == 0 for p in plan.prepared) == 17
