@@ -111,7 +111,9 @@ class Network:
         self.layout = layout
         self.meta = dict(meta or {})
         self.out_shape = body.out_shape(self.input_shape)
-        self._plan = None                  # set by prepare()
+        #: A prepared plan the network runs through (``tabconv_np.prepare(net, attach=True)``),
+        #: dropped by :meth:`load_state_dict` and :meth:`set_method`; None: the layers run as they are.
+        self.plan = None
 
     # -- computing -----------------------------------------------------
     @property
@@ -180,31 +182,17 @@ class Network:
             return np.zeros((0,) + tuple(self.out_shape), np.float32)
         if x.dtype != np.float32:
             x = x.astype(np.float32)
-        if self._plan is not None:
-            return self._plan.run(x, layout)
+        if self.plan is not None:
+            return self.plan.run(x, layout)
         if layout != self.layout:
             perm = (0, 2, 3, 1) if self.layout == "NHWC" else (0, 3, 1, 2)
             x = x.transpose(perm)
         return self.body.forward(np.ascontiguousarray(x), self.layout)
 
-    def prepare(self, batch=None):
-        """Run this network through a prepared plan from now on (:func:`tabconv_np.plan.prepare`).
-
-        The plan is a snapshot: BN folded, NHWC inside, weights pre-arranged,
-        epilogues fused (and, with ``batch``, the conv method of each 3x3
-        layer timed and chosen for that batch size).  :meth:`load_state_dict`
-        and :meth:`set_method` drop it; parameters written in place after
-        ``prepare`` are not seen until ``prepare`` is called again (or
-        :meth:`unprepare`).  Returns the network.
-        """
-        from .plan import Plan
-        self._plan = None
-        self._plan = Plan(self, batch)
-        return self
-
     def unprepare(self):
-        """Forget the prepared plan: every call runs the layers as they are now."""
-        self._plan = None
+        """Forget the prepared plan (``tabconv_np.prepare(net, attach=True)``): every call runs
+        the layers as they are now."""
+        self.plan = None
         return self
 
     def predict(self, images, batch=256):
@@ -243,7 +231,7 @@ class Network:
 
     def load_state_dict(self, state, strict=True):
         self.body.load_state_dict(state, strict)
-        self._plan = None
+        self.plan = None
         return self
 
     def num_params(self):
@@ -255,7 +243,7 @@ class Network:
         for _, m in self.body.modules():
             if isinstance(m, Conv2d):
                 m.method = method
-        self._plan = None
+        self.plan = None
         return self
 
     def config(self):

@@ -21,7 +21,8 @@ The contract:
 
 * A plan is a snapshot.  It copies what it needs when it is made, so later
   changes to the network (parameters written, layers replaced) are not seen
-  by it: prepare again.  ``net(x)`` never caches and is always current.
+  by it: prepare again.  ``net(x)`` never caches and is always current, unless
+  the plan was attached to it (``prepare(net, attach=True)``: ``net.plan``).
 * ``plan(x)`` takes what ``net(x)`` takes (a preprocessed float batch of the
   network's image shape, any batch size, NCHW or NHWC; uint8 images 0-255,
   normalised as ``net.predict`` does) and returns the same values within
@@ -391,7 +392,7 @@ class Plan:
         return f"Plan({self.meta.get('arch', 'custom')}, input={self.input_shape}, NHWC)"
 
 
-def prepare(net, batch=None):
+def prepare(net, batch=None, attach=False):
     """A :class:`Plan` of ``net``: batch norm folded, NHWC, weights pre-arranged, epilogues fused.
 
     Parameters
@@ -402,13 +403,21 @@ def prepare(net, batch=None):
         with im2col and both Winograd forms (F(2x2, 3x3), F(4x4, 3x3)) on a
         random batch and keeps the fastest (a few ms per layer, once).  None:
         im2col everywhere, and the plan's outputs do not depend on timings.
+    attach : bool
+        Also make ``net`` run through the plan (``net.plan``): ``net(x)`` and
+        ``net.predict`` use it until ``load_state_dict`` or ``set_method``
+        drops it, or ``net.unprepare()``.  Parameters written in place are
+        not seen by the plan until ``prepare`` is called again.
 
     Returns
     -------
     Plan
         Callable like ``net``; a snapshot of ``net`` as it is now.
     """
-    return Plan(net, batch)
+    plan = Plan(net, batch)
+    if attach:
+        net.plan = plan
+    return plan
 
 
 def warmup():

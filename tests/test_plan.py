@@ -147,15 +147,16 @@ def test_tuned_plan_picks_per_layer_methods_and_keeps_the_predictions():
     _close(plan(xn), want)
 
 
-def test_network_prepare_runs_its_plan_until_parameters_change():
+def test_an_attached_plan_runs_the_network_until_parameters_change():
     net = randomize(build("resnet18-cifar", 3, 10, input_size=8), seed=4)
     x = np.random.default_rng(6).standard_normal((2, 3, 8, 8)).astype(np.float32)
     want = net(x)
-    assert net.prepare() is net and net._plan is not None
+    plan = prepare(net, attach=True)
+    assert net.plan is plan
     _close(net(x), want)
     _close(net.predict(np.zeros((2, 3, 8, 8), np.uint8)), net.unprepare().predict(np.zeros((2, 3, 8, 8), np.uint8)))
-    net.prepare()
+    prepare(net, attach=True)
     state = {k: v * 2 if k == "fc.bias" else v for k, v in net.state_dict().items()}
     net.load_state_dict(state)                           # drops the plan: the new bias is seen
-    assert net._plan is None
+    assert net.plan is None
     _close(net(x), want + net.state_dict()["fc.bias"] / 2)
