@@ -20,10 +20,12 @@ Nothing is unpickled: the config is JSON.
 """
 import json
 import os
+import warnings
 
 import numpy as np
 
 from .errors import ConfigError, TabConvError, WeightFileError
+from .h5safe import open_h5, read
 from .outputs import check_output, write_atomic
 from .network import FORMAT_VERSION, Network
 
@@ -73,6 +75,10 @@ def save(net, path, dtype=None, *, overwrite=False):
 def load(path):
     """Rebuild the network saved at ``path`` by :func:`save`.
 
+    The file is opened read-only and checked whole first (:func:`tabconv_np.h5safe.open_h5`:
+    no links, no data in other files, nothing unwritten).  A file written before
+    checksums were added loads with a warning: its damage cannot be detected.
+
     Raises
     ------
     WeightFileError
@@ -80,18 +86,9 @@ def load(path):
     """
     import h5py
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise WeightFileError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightFileError(f"{path}: not a readable HDF5 file (truncated or another format?): {e}") from None
-    with f:
-        try:
-            version = int(f.attrs.get("tabconv_np_format", -1))
-            raw = f.attrs.get("config")
-        except (OSError, ValueError, TypeError) as e:
-            raise WeightFileError(f"{path}: cannot read the root attributes: {e}") from None
+    with open_h5(path, path) as f:
+        version = int(f.attrs.get("tabconv_np_format", -1))
+        raw = f.attrs.get("config")
         if version == -1 or raw is None:
             raise WeightFileError(f"{path}: not a tabconv_np weight file (no 'tabconv_np_format' or "
                                   f"'config' attribute); to bring a model from PyTorch/ONNX/Keras "
@@ -99,13 +96,7 @@ def load(path):
         if version > FORMAT_VERSION:
             raise WeightFileError(f"{path}: format version {version} is newer than this "
                                   f"tabconv_np understands ({FORMAT_VERSION})")
-        try:
-            cfg = json.loads(raw)
-            net = Network.from_config(cfg)
-        except (ValueError, TypeError) as e:
-            raise WeightFileError(f"{path}: bad 'config' attribute: {e}") from None
-        except TabConvError as e:
-            raise WeightFileError(f"{path}: unknown or invalid architecture in 'config': {e}") from None
+        net = _network(path, raw)
         if "params" not in f or not isinstance(f["params"], h5py.Group):
             raise WeightFileError(f"{path}: no 'params' group")
         own, group = net.state_dict(), f["params"]
@@ -119,9 +110,30 @@ def load(path):
             raise WeightFileError(f"{path}: unexpected dataset(s) /params/{extra[0]}"
                                   f"{f' and {len(extra) - 1} more' if len(extra) > 1 else ''}"
                                   f" for architecture {net.meta.get('arch', 'custom')}")
+        unchecked = 0
         for key, param in own.items():
             param[...] = _read(path, group, key, param)
+            unchecked += group[key].ndim > 0 and group[key].size > 0 and not group[key].fletcher32
+        if unchecked:
+            warnings.warn(f"{path}: {unchecked} dataset(s) without checksums (a file from an earlier "
+                          f"tabconv_np): damage cannot be detected; re-save it to add them",
+                          stacklevel=2)
     return net
+
+
+def _network(path, raw):
+    """The zero-filled network described by the ``config`` attribute ``raw``."""
+    try:
+        cfg = json.loads(raw)
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("input_shape"), list) or \
+                not all(type(v) is int and v > 0 for v in cfg["input_shape"]):
+            raise ConfigError(f"'input_shape' must be a list of positive ints, got "
+                              f"{cfg.get('input_shape') if isinstance(cfg, dict) else cfg!r:.80}")
+        return Network.from_config(cfg)
+    except TabConvError as e:
+        raise WeightFileError(f"{path}: unknown or invalid architecture in 'config': {e}") from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise WeightFileError(f"{path}: bad 'config' attribute: {type(e).__name__}: {e}") from None
 
 
 def _read(path, group, key, param):
@@ -138,10 +150,7 @@ def _read(path, group, key, param):
         raise WeightFileError(f"{where} has dtype {ds.dtype}, expected a float dtype")
     if param.dtype.kind in "iu" and kind not in "iu":
         raise WeightFileError(f"{where} has dtype {ds.dtype}, expected an integer dtype")
-    try:
-        v = ds[()]
-    except (OSError, ValueError) as e:
-        raise WeightFileError(f"{where} cannot be read (file truncated or corrupt?): {e}") from None
+    v = read(ds, where)
     if kind == "f" and not np.isfinite(v).all():
         raise WeightFileError(f"{where} contains NaN or Inf")
     if param.dtype.kind in "iu" and v.size and (v.min() < np.iinfo(param.dtype).min
