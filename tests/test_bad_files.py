@@ -1,0 +1,163 @@
+"""Hostile and damaged files, one finding each: refused with the project's error, naming what is wrong.
+
+HDF5 files that would make HDF5 read other files (external storage, external
+and soft links, virtual datasets) or return unwritten fill values, for
+``tabconv_np.load`` and the Keras importer; FIFOs; zips with path components
+or bomb-sized members; ONNX external data; semantic config errors.
+"""
+import gzip
+import json
+import os
+import warnings
+import zipfile
+
+import h5py
+import pytest
+
+import tabconv_np
+from tabconv_np import validate
+from tabconv_np.errors import DataError, WeightFileError
+from tabconv_np.importers import import_model
+from tabconv_np.models import build
+from helpers import randomize
+from test_import_keras import _keras2_config, _layers, _write_keras2, _write_keras3_weights
+
+HOSTILE = ("external", "external-link", "soft-link", "virtual", "unwritten", "unwritten-chunk")
+
+
+def make_hostile(path, key, kind, tmp_path):
+    """Replace dataset ``key`` of the HDF5 file ``path`` by a ``kind`` of the same shape and values."""
+    with h5py.File(path, "a") as f:
+        v = f[key][()]
+        del f[key]
+        other = str(tmp_path / "other.h5")
+        if kind == "external":
+            secret = tmp_path / "secret.bin"
+            secret.write_bytes(v.tobytes())
+            f.create_dataset(key, v.shape, v.dtype, external=[(str(secret), 0, v.nbytes)])
+        elif kind in ("external-link", "virtual"):
+            with h5py.File(other, "w") as g:
+                g["x"] = v
+            if kind == "virtual":
+                layout = h5py.VirtualLayout(v.shape, v.dtype)
+                layout[...] = h5py.VirtualSource(other, "x", v.shape)
+                f.create_virtual_dataset(key, layout)
+            else:
+                f[key] = h5py.ExternalLink(other, "x")
+        elif kind == "soft-link":
+            f["elsewhere"] = v
+            f[key] = h5py.SoftLink("/elsewhere")
+        elif kind == "unwritten":
+            f.create_dataset(key, v.shape, v.dtype)
+        else:                               # a chunked dataset with one chunk never written
+            ds = f.create_dataset(key, v.shape, v.dtype, chunks=(1,) + v.shape[1:])
+            ds[1:] = v[1:]
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    net = randomize(build("lenet", 1, 10))
+    path = tmp_path_factory.mktemp("net") / "net.h5"
+    tabconv_np.save(net, path)
+    return net, path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_load_refuses_files_reaching_outside_or_unwritten(lenet, tmp_path, kind):
+    path = tmp_path / "net.h5"
+    path.write_bytes(lenet[1])
+    make_hostile(path, "params/conv1.weight", kind, tmp_path)
+    with pytest.raises(WeightFileError, match=r"net\.h5: .*(params/conv1\.weight|elsewhere)"):
+        tabconv_np.load(path)
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+@pytest.mark.parametrize("layout", ["keras2", "keras3-weights", "keras3-zip"])
+def test_keras_import_refuses_files_reaching_outside(tmp_path, kind, layout):
+    layers = _layers()
+    h5 = tmp_path / "m.h5"
+    if layout == "keras2":
+        _write_keras2(h5, layers)
+        key = "model_weights/conv2d/conv2d/kernel:0"
+    else:
+        _write_keras3_weights(str(h5), layers)
+        key = "layers/conv2d/vars/0"
+    make_hostile(h5, key, kind, tmp_path)
+    source = h5
+    if layout == "keras3-zip":
+        source = tmp_path / "m.keras"
+        with zipfile.ZipFile(source, "w") as zf:
+            zf.writestr("config.json", json.dumps(_keras2_config(layers)))
+            zf.writestr("model.weights.h5", h5.read_bytes())
+    with pytest.raises(WeightFileError, match="refused|other files|never|soft link"):
+        import_model(source, spec={"input": [3, 10, 10], "layers": [{"type": "flatten"}]})
+
+
+def test_non_regular_files_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for call in (tabconv_np.load, import_model):  # a blocking open would hang here
+        with pytest.raises(WeightFileError, match="FIFO, not a regular file"):
+            call(fifo)
+        with pytest.raises(WeightFileError, match="directory, not a regular file"):
+            call(tmp_path)
+    from tabconv_np.data import read_idx
+    with pytest.raises(DataError, match="FIFO, not a regular file"):
+        read_idx(fifo)
+
+
+def test_old_files_without_checksums_load_with_one_warning():
+    here = os.path.join(os.path.dirname(__file__), "data", "lenet_tables_v0.h5")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tabconv_np.load(here)
+    assert [str(w.message).count("\n") for w in caught] == [0]
+    assert "without checksums" in str(caught[0].message)
+
+
+def test_checksum_failure_names_the_dataset(lenet, tmp_path):
+    net, blob = lenet
+    path = tmp_path / "net.h5"
+    path.write_bytes(blob)
+    with h5py.File(path, "r") as f:
+        info = f["params/fc1.weight"].id.get_chunk_info(0)
+    data = bytearray(blob)
+    data[info.byte_offset + 10] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightFileError, match=r"dataset /params/fc1\.weight cannot be read.*"):
+        tabconv_np.load(path)
+
+
+@pytest.mark.parametrize("name", ["../evil", "/abs/evil", "a/../../evil", "c:/evil", "a\\..\\evil"])
+def test_zip_members_with_path_components_are_refused(tmp_path, name):
+    for what in ("torch", "keras"):
+        path = tmp_path / f"{what}.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl" if what == "torch" else "config.json", b"x")
+            if what == "keras":
+                zf.writestr("model.weights.h5", b"x")
+            zf.writestr(name, b"x")
+        with pytest.raises(WeightFileError, match="path leaving the archive"):
+            import_model(path)
+
+
+def test_zip_bomb_member_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", b"x")
+        zf.writestr("archive/data/0", bytes(64 << 20))       # 64 MiB of zeros in 64 KiB
+    monkeypatch.setattr(validate, "MAX_BYTES", 1 << 20)
+    with pytest.raises(WeightFileError, match=r"archive/data/0' declares 67,108,864 bytes from"):
+        import_model(path)
+
+
+def test_idx_gzip_bomb_decompresses_no_more_than_its_header_declares(tmp_path, monkeypatch):
+    from tabconv_np.data import read_idx
+    path = tmp_path / "bomb-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\0\0\x08\x01" + (10).to_bytes(4, "big") + bytes(256 << 20)))
+    with pytest.raises(DataError, match=r"holds more than the 18 bytes its dims \(10,\) declare"):
+        read_idx(path)
+    path.write_bytes(gzip.compress(b"\0\0\x08\x01" + (1 << 30).to_bytes(4, "big") + bytes(4 << 20)))
+    monkeypatch.setattr(validate, "MAX_BYTES", 1 << 20)
+    with pytest.raises(DataError, match="decompresses to more than 1,048,576 bytes"):
+        read_idx(path)
