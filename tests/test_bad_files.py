@@ -12,6 +12,7 @@ import warnings
 import zipfile
 
 import h5py
+import numpy as np
 import pytest
 
 import tabconv_np
@@ -161,3 +162,44 @@ def test_idx_gzip_bomb_decompresses_no_more_than_its_header_declares(tmp_path, m
     monkeypatch.setattr(validate, "MAX_BYTES", 1 << 20)
     with pytest.raises(DataError, match="decompresses to more than 1,048,576 bytes"):
         read_idx(path)
+
+
+def _onnx_model(where):
+    """Flatten -> Gemm(W, B) on a 1x2x2 input, W an initializer or a Constant node's value;
+    ``where`` (initializer, constant, subgraph or None) holds a tensor with external data."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "W")
+    b = numpy_helper.from_array(np.zeros(3, np.float32), "B")
+    bad = numpy_helper.from_array(np.zeros((3, 4), np.float32), "W")
+    bad.ClearField("raw_data")
+    bad.data_location = TensorProto.EXTERNAL
+    entry = bad.external_data.add()
+    entry.key, entry.value = "location", "secret.bin"
+    nodes = [helper.make_node("Flatten", ["X"], ["F"], name="flat"),
+             helper.make_node("Gemm", ["F", "W", "B"], ["Y"], name="fc", transB=1)]
+    inits = [bad if where == "initializer" else w, b]
+    if where == "constant":
+        inits = [b]
+        nodes.insert(0, helper.make_node("Constant", [], ["W"], name="const", value=bad))
+    if where == "subgraph":
+        sub = helper.make_graph([helper.make_node("Constant", [], ["Z"], value=bad)], "sub", [],
+                                [helper.make_tensor_value_info("Z", TensorProto.FLOAT, [3, 4])])
+        nodes.insert(0, helper.make_node("If", ["X"], ["unused"], name="branch",
+                                         then_branch=sub, else_branch=sub))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                                         [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])], inits)
+    return helper.make_model(graph).SerializeToString()
+
+
+@pytest.mark.parametrize("where", ["initializer", "constant", "subgraph"])
+def test_onnx_external_data_refused_anywhere(tmp_path, monkeypatch, where):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_onnx_model(None))
+    assert import_model(path).out_shape == (3,)
+    (tmp_path / "secret.bin").write_bytes(np.arange(12, dtype=np.float32).tobytes())
+    monkeypatch.chdir(tmp_path)                       # where onnx would look for the data
+    path.write_bytes(_onnx_model(where))
+    with pytest.raises(WeightFileError, match="keeps its data in an external file.*save_as_external"):
+        import_model(path)
