@@ -27,6 +27,7 @@ import numpy as np
 from .errors import ConfigError, TabConvError, WeightFileError
 from .h5safe import open_h5, read
 from .outputs import check_output, write_atomic
+from .layers import bad_values
 from .network import FORMAT_VERSION, Network
 
 
@@ -114,6 +115,8 @@ def load(path):
         for key, param in own.items():
             param[...] = _read(path, group, key, param)
             unchecked += group[key].ndim > 0 and group[key].size > 0 and not group[key].fletcher32
+        for key, why in bad_values(net.body):
+            raise WeightFileError(f"{path}: dataset /params/{key} {why}")
         if unchecked:
             warnings.warn(f"{path}: {unchecked} dataset(s) without checksums (a file from an earlier "
                           f"tabconv_np): damage cannot be detected; re-save it to add them",
@@ -129,11 +132,24 @@ def _network(path, raw):
                 not all(type(v) is int and v > 0 for v in cfg["input_shape"]):
             raise ConfigError(f"'input_shape' must be a list of positive ints, got "
                               f"{cfg.get('input_shape') if isinstance(cfg, dict) else cfg!r:.80}")
+        _check_preprocess(cfg.get("preprocess"), cfg["input_shape"][0])
         return Network.from_config(cfg)
     except TabConvError as e:
         raise WeightFileError(f"{path}: unknown or invalid architecture in 'config': {e}") from None
     except (ValueError, TypeError, RecursionError) as e:
         raise WeightFileError(f"{path}: bad 'config' attribute: {type(e).__name__}: {e}") from None
+
+
+def _check_preprocess(pre, channels):
+    """Refuse a ``preprocess`` entry that is not ``{"mean": [C finite], "std": [C finite > 0]}``."""
+    if pre is None:
+        return
+    ok = isinstance(pre, dict) and set(pre) == {"mean", "std"} and all(
+        isinstance(pre[k], list) and len(pre[k]) == channels
+        and all(isinstance(v, (int, float)) and np.isfinite(v) for v in pre[k]) for k in pre)
+    if not ok or min(pre["std"]) <= 0:
+        raise ConfigError(f"'preprocess' must be {{'mean': [{channels} finite numbers], 'std': "
+                          f"[{channels} positive finite numbers]}}, got {pre!r:.120}")
 
 
 def _read(path, group, key, param):

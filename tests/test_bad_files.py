@@ -17,7 +17,7 @@ import pytest
 
 import tabconv_np
 from tabconv_np import validate
-from tabconv_np.errors import DataError, WeightFileError
+from tabconv_np.errors import ConfigError, DataError, ShapeError, WeightFileError
 from tabconv_np.importers import import_model
 from tabconv_np.models import build
 from helpers import randomize
@@ -203,3 +203,146 @@ def test_onnx_external_data_refused_anywhere(tmp_path, monkeypatch, where):
     path.write_bytes(_onnx_model(where))
     with pytest.raises(WeightFileError, match="keeps its data in an external file.*save_as_external"):
         import_model(path)
+
+
+# --- configs: semantic validation before allocation ------------------------------------------------
+def _conv(**kw):
+    return {"type": "Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3, **kw}
+
+
+def _lin(n=4):
+    return {"type": "Linear", "in_features": n, "out_features": n}
+
+
+def _nested(depth):
+    cfg = {"type": "ReLU"}
+    for _ in range(depth):
+        cfg = {"type": "Sequential", "children": [["s", cfg]]}
+    return cfg
+
+
+BAD_CONFIGS = [
+    ({"type": "BatchNorm2d", "num_features": 4, "eps": -1e-5}, "eps must be finite and > 0"),
+    ({"type": "BatchNorm2d", "num_features": 4, "eps": float("nan")}, "eps must be finite"),
+    ({"type": "BatchNorm2d", "num_features": 4e8}, "num_features must be an int"),
+    ({"type": "BatchNorm2d", "num_features": 400_000_000}, "BatchNorm2d: 1,600,000,000 parameters exceed"),
+    ({"type": "Linear", "in_features": 100_000, "out_features": 100_000}, "Linear: .* exceed the limit"),
+    (_conv(out_channels=1 << 30), "Conv2d: .* exceed the limit"),
+    ({"type": "TableLinear", "in_features": 1 << 20, "out_features": 1 << 12, "n_codebooks": 1 << 16},
+     "TableLinear: .* exceed the limit"),
+    (_conv(kernel_size=2.5), "kernel_size must be an int"),
+    (_conv(stride=0), "stride must be >= 1"),
+    (_conv(dilation=[1, 0]), r"dilation\[1\] must be >= 1"),
+    (_conv(groups=0), "groups must be >= 1"),
+    ({"type": "MaxPool2d", "kernel_size": 0}, "kernel_size must be >= 1"),
+    ({"type": "AvgPool2d", "kernel_size": 2, "stride": 0}, "stride must be >= 1"),
+    ({"type": "Clip", "min": 0, "max": float("nan")}, "Clip: max must be finite"),
+    ({"type": "Clip", "min": float("-inf"), "max": 6}, "Clip: min must be finite"),
+    ({"type": "Clip", "min": 6, "max": 0}, "below min"),
+    ({"type": "Dropout", "p": "x"}, "Dropout: p must be a number"),
+    ({"type": "BasicBlock", "in_planes": 4, "planes": 4, "stride": 1.5}, "stride must be an int"),
+    ({"type": "BasicBlock", "in_planes": 4, "planes": 4, "children": [["extra", _lin()]]},
+     "child 'extra' is repeated or not one of"),
+    ({"type": "BasicBlock", "in_planes": 4, "planes": 4}, None),
+    ({"type": "BasicBlock", "planes": 4}, "layer type BasicBlock: bad or missing config entry"),
+    ({"type": "Sequential", "children": [["a", _lin()], ["a", _lin()]]}, "two children are named 'a'"),
+    ({"type": "Sequential", "children": [["a.b", _lin()], ["a", {"type": "Sequential",
+                                                                  "children": [["b", _lin()]]}]]},
+     r"parameter name 'a\.b\.weight' is given by two layers, 'a\.b' \(Linear\) and 'a\.b' \(Linear\)"),
+    ({"type": "Sequential", "children": [["a", _lin()], ["g", {"type": "Graph", "nodes": [
+        ["a", ["input"], _lin()]]}]]}, None),
+    ({"type": "Sequential", "children": "no"}, "'children' must be a list"),
+    (_nested(31), None),
+    (_nested(40), "nested more than 32 deep"),
+]
+
+
+@pytest.mark.parametrize("cfg, message", BAD_CONFIGS)
+def test_semantic_config_errors_before_allocation(cfg, message):
+    from tabconv_np.registry import from_config
+    if message is None:
+        from_config(cfg)
+        return
+    with pytest.raises(ConfigError, match=message):
+        from_config(cfg)
+
+
+def test_total_parameter_limit_is_overridable(monkeypatch):
+    from tabconv_np.registry import from_config
+    cfg = {"type": "Sequential", "children": [[str(i), _lin(100)] for i in range(5)]}
+    from_config(cfg)
+    monkeypatch.setattr(validate, "MAX_PARAMETERS", 30_000)
+    with pytest.raises(ConfigError, match="up to layer Linear: 30,300 parameters exceed the limit of 30,000"):
+        from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def bn_file(tmp_path_factory):
+    from tabconv_np.blocks import Sequential
+    from tabconv_np.layers import BatchNorm2d, Conv2d, Flatten
+    from tabconv_np.network import Network
+    net = randomize(Network(Sequential([("c", Conv2d(1, 2, 3)), ("bn", BatchNorm2d(2)),
+                                        ("f", Flatten())]), (1, 4, 4)))
+    net.preprocess = {"mean": [0.5], "std": [0.25]}
+    path = tmp_path_factory.mktemp("bn") / "bn.h5"
+    tabconv_np.save(net, path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('"input_shape": [1, 4, 4]', '"input_shape": [1, Infinity, 4]', "'input_shape' must be a list of positive ints"),
+    ('"input_shape": [1, 4, 4]', '"input_shape": [1, -4, 4]', "'input_shape' must be"),
+    ('"std": [0.25]', '"std": [0.0]', "'preprocess' must be"),
+    ('"std": [0.25]', '"std": [NaN]', "'preprocess' must be"),
+    ('"eps": 1e-05', '"eps": -1e-05', "eps must be finite and > 0"),
+    ('"body": ', '"body": ' + '{"type": "Sequential", "children": [["s", ' * 3000, "bad 'config'"),
+])
+def test_config_edits_in_a_file_are_weight_file_errors(bn_file, tmp_path, old, new, message):
+    path = tmp_path / "bn.h5"
+    path.write_bytes(bn_file)
+    with h5py.File(path, "a") as f:
+        raw = f.attrs["config"]
+        assert old in raw
+        f.attrs["config"] = raw.replace(old, new)
+    with pytest.raises(WeightFileError, match=message):
+        tabconv_np.load(path)
+
+
+def test_negative_running_variance_is_refused(bn_file, tmp_path):
+    path = tmp_path / "bn.h5"
+    path.write_bytes(bn_file)
+    with h5py.File(path, "a") as f:
+        v = f["params/bn.running_var"][()]
+        f["params/bn.running_var"][...] = -v
+    with pytest.raises(WeightFileError, match=r"/params/bn\.running_var has negative values"):
+        tabconv_np.load(path)
+
+
+# --- table layers propagate NaN and Inf like the exact layers -------------------------------------
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_table_layers_propagate_non_finite_inputs(bad):
+    from tabconv_np.layers import Conv2d, Linear
+    from tabconv_np.tables import TableConv2d, TableLinear
+    rng = np.random.default_rng(0)
+    conv = randomize_layer(Conv2d(2, 3, 3, padding=1), rng)
+    table = TableConv2d.from_conv(conv, rng.normal(size=(3, 16, 6)).astype(np.float32))
+    x = rng.normal(size=(2, 2, 6, 6)).astype(np.float32)
+    x[0, 1, 2, 3] = bad
+    exact, got = conv(x), table(x)
+    assert (~np.isfinite(got) == ~np.isfinite(exact)).all()
+    assert np.isnan(got[~np.isfinite(exact)]).all() and np.isfinite(got[1]).all()
+    lin = randomize_layer(Linear(8, 5), rng)
+    tl = TableLinear.from_linear(lin, rng.normal(size=(4, 16, 2)).astype(np.float32))
+    v = rng.normal(size=(3, 8)).astype(np.float32)
+    v[1, 4] = bad
+    assert np.isnan(tl(v)[1]).all() and np.isfinite(tl(v)[[0, 2]]).all()
+    with pytest.raises(ShapeError, match="NaN or Inf"):
+        tl.encode(v)
+    with pytest.raises(ShapeError, match="prototypes contain NaN"):
+        TableLinear.from_linear(lin, np.full((4, 16, 2), np.nan, np.float32))
+
+
+def randomize_layer(layer, rng):
+    for v in layer.params.values():
+        v[...] = rng.normal(size=v.shape)
+    return layer

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, TabConvError, WeightFileError
+from ..layers import bad_values
 from ..models import parse_input
 from .formats import detect_format
 from .keras import import_keras
@@ -85,6 +86,8 @@ def import_model(source, arch=None, spec=None, input_shape=None, num_classes=Non
         for k, v in net.state_dict().items():
             if v.dtype.kind == "f" and not np.isfinite(v).all():
                 raise WeightFileError(f"{source}: tensor {k!r} contains NaN or Inf (corrupt file?)")
+        for k, why in bad_values(net.body):
+            raise WeightFileError(f"{source}: tensor {k!r} {why}")
     except TabConvError:
         raise
     except Exception as e:  # anything else a corrupt file provokes
