@@ -128,11 +128,12 @@ def _network(path, raw):
     """The zero-filled network described by the ``config`` attribute ``raw``."""
     try:
         cfg = json.loads(raw)
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("input_shape"), list) or \
-                not all(type(v) is int and v > 0 for v in cfg["input_shape"]):
-            raise ConfigError(f"'input_shape' must be a list of positive ints, got "
-                              f"{cfg.get('input_shape') if isinstance(cfg, dict) else cfg!r:.80}")
-        _check_preprocess(cfg.get("preprocess"), cfg["input_shape"][0])
+        shape = cfg.get("input_shape") if isinstance(cfg, dict) else None
+        if not isinstance(shape, list) or len(shape) != 3 or \
+                not all(type(v) is int and v > 0 for v in shape):
+            raise ConfigError(f"'input_shape' must be a list of 3 positive ints (C, H, W), got "
+                              f"{shape!r:.80}")
+        _check_preprocess(cfg.get("preprocess"), shape[0])
         return Network.from_config(cfg)
     except TabConvError as e:
         raise WeightFileError(f"{path}: unknown or invalid architecture in 'config': {e}") from None
