@@ -4,7 +4,7 @@ Schema (version 1; also in docs/hdf5_schema.md)::
 
     /                       attributes:
         tabconv_np_format   int, 1
-        config              JSON string: Network.config() (architecture, input
+        config              JSON (fixed-length bytes, UTF-8): Network.config() (architecture, input
                             shape, preprocess, layout, meta)
     /params/<key>           one dataset per state_dict key, e.g.
                             /params/layer1.0.bn1.running_var; float16, float32
@@ -63,7 +63,9 @@ def save(net, path, dtype=None, *, overwrite=False):
     def write(tmp):
         with h5py.File(tmp, "w", libver="latest") as f:
             f.attrs["tabconv_np_format"] = FORMAT_VERSION
-            f.attrs["config"] = json.dumps(net.config())
+            # fixed-length bytes live in the checksummed object header; a variable-length
+            # string would live in the global heap, which has no checksum
+            f.attrs["config"] = np.bytes_(json.dumps(net.config()).encode())
             g = f.create_group("params")
             for key, v in net.state_dict().items():
                 if dtype is not None and v.dtype.kind == "f":

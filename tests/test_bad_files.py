@@ -290,7 +290,7 @@ def bn_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize("old, new, message", [
-    ('"input_shape": [1, 4, 4]', '"input_shape": [1, Infinity, 4]', "'input_shape' must be a list of positive ints"),
+    ('"input_shape": [1, 4, 4]', '"input_shape": [1, Infinity, 4]', "'input_shape' must be a list of 3 positive ints"),
     ('"input_shape": [1, 4, 4]', '"input_shape": [1, -4, 4]', "'input_shape' must be"),
     ('"std": [0.25]', '"std": [0.0]', "'preprocess' must be"),
     ('"std": [0.25]', '"std": [NaN]', "'preprocess' must be"),
@@ -301,9 +301,9 @@ def test_config_edits_in_a_file_are_weight_file_errors(bn_file, tmp_path, old, n
     path = tmp_path / "bn.h5"
     path.write_bytes(bn_file)
     with h5py.File(path, "a") as f:
-        raw = f.attrs["config"]
+        raw = f.attrs["config"].decode()
         assert old in raw
-        f.attrs["config"] = raw.replace(old, new)
+        f.attrs["config"] = np.bytes_(raw.replace(old, new).encode())
     with pytest.raises(WeightFileError, match=message):
         tabconv_np.load(path)
 
@@ -346,3 +346,13 @@ def randomize_layer(layer, rng):
     for v in layer.params.values():
         v[...] = rng.normal(size=v.shape)
     return layer
+
+
+def test_a_changed_config_byte_is_a_checksum_error(bn_file, tmp_path):
+    # the config sits in the checksummed object header (it used to sit in the global heap,
+    # which has no checksum: this edit loaded with eps 1e-4, other edits hung HDF5)
+    at = bn_file.index(b'"eps": 1e-05') + len(b'"eps": 1e-0')
+    path = tmp_path / "bn.h5"
+    path.write_bytes(bn_file[:at] + b"4" + bn_file[at + 1:])
+    with pytest.raises(WeightFileError, match="checksum"):
+        tabconv_np.load(path)

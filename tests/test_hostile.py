@@ -154,7 +154,7 @@ def test_structured_config_edits(saved, worker, tmp_path_factory, data):
             del target[where[-1]]
         else:
             target[where[-1]] = new
-        f.attrs["config"] = json.dumps(cfg)
+        f.attrs["config"] = json.dumps(cfg).encode()
     check(worker.ask(kind="load", path=str(bad)))
 
 
