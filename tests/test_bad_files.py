@@ -240,6 +240,8 @@ BAD_CONFIGS = [
     ({"type": "Clip", "min": float("-inf"), "max": 6}, "Clip: min must be finite"),
     ({"type": "Clip", "min": 6, "max": 0}, "below min"),
     ({"type": "Dropout", "p": "x"}, "Dropout: p must be a number"),
+    ({"type": "TableLinear", "in_features": 8, "out_features": 2, "n_prototypes": 70_000},
+     "n_prototypes must be <= 16384"),
     ({"type": "BasicBlock", "in_planes": 4, "planes": 4, "stride": 1.5}, "stride must be an int"),
     ({"type": "BasicBlock", "in_planes": 4, "planes": 4, "children": [["extra", _lin()]]},
      "child 'extra' is repeated or not one of"),
@@ -356,3 +358,15 @@ def test_a_changed_config_byte_is_a_checksum_error(bn_file, tmp_path):
     path.write_bytes(bn_file[:at] + b"4" + bn_file[at + 1:])
     with pytest.raises(WeightFileError, match="checksum"):
         tabconv_np.load(path)
+
+
+def test_stride_zero_torch_tensors_cannot_blow_up(tmp_path):
+    torch = pytest.importorskip("torch")
+    from tabconv_np.importers.torch_pickle import read_torch
+    path = tmp_path / "expanded.pt"
+    torch.save({"w": torch.zeros(1).expand(6000, 6000)}, path)   # 4 bytes stored, 144 MB declared
+    assert path.stat().st_size < 2000
+    with pytest.raises(WeightFileError, match=r"a tensor of size \(6000, 6000\)"):
+        read_torch(path)
+    torch.save({"w": torch.zeros(1).expand(30, 30)}, path)     # small expansions are fine
+    assert read_torch(path)["w"].shape == (30, 30)
