@@ -105,6 +105,9 @@ def test_non_regular_files_are_refused_without_blocking(tmp_path):
     from tabconv_np.data import read_idx
     with pytest.raises(DataError, match="FIFO, not a regular file"):
         read_idx(fifo)
+    from tabconv_np.importers.spec import load_spec
+    with pytest.raises(ConfigError, match="FIFO, not a regular file"):
+        load_spec(fifo)
 
 
 def test_old_files_without_checksums_load_with_one_warning():
