@@ -373,3 +373,20 @@ def test_stride_zero_torch_tensors_cannot_blow_up(tmp_path):
         read_torch(path)
     torch.save({"w": torch.zeros(1).expand(30, 30)}, path)     # small expansions are fine
     assert read_torch(path)["w"].shape == (30, 30)
+
+
+@pytest.mark.parametrize("stride, kernel, dilation", [((10_000, 10_000), 1, 1), ((7, 300), 3, 2)])
+def test_direct_conv_memory_does_not_grow_with_the_stride(stride, kernel, dilation):
+    import tracemalloc
+    from tabconv_np.functional import conv2d
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 30, 30)).astype(np.float32)
+    w = rng.normal(size=(4, 3, kernel, kernel)).astype(np.float32)
+    ref = conv2d(x, w, None, stride, 1, dilation, method="naive")
+    conv2d(x[:1], w, None, 1, 1, dilation, method="direct")        # compile or load the kernel
+    tracemalloc.start()
+    got = conv2d(x, w, None, stride, 1, dilation, method="direct")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert peak < 8 * x.nbytes                  # was 10_000**2 * 4 bytes per channel
