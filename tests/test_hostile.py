@@ -201,6 +201,35 @@ def test_damaged_torch_files(torch_files, worker, tmp_path_factory, data):
     check(worker.ask(kind="torch", path=str(bad)), ref)
 
 
+def _int_edits(pkl, data):
+    """``pkl`` (protocol 2) with some integer operands -- storage sizes, offsets, tensor sizes
+    and strides in a torch pickle -- replaced by hostile values (0, -1, huge)."""
+    import pickletools
+    ints = [(pos, pos + 1 + op.arg.n) for op, _, pos in pickletools.genops(pkl)
+            if op.name in ("BININT1", "BININT2", "BININT")]
+    chosen = data.draw(st.lists(st.sampled_from(ints), min_size=1, max_size=3, unique=True),
+                       label="operands")
+    for pos, end in sorted(chosen, reverse=True):
+        value = data.draw(st.sampled_from([0, 1, -1, 2, 7, 2 ** 24 + 1, 2 ** 31 - 1, 2 ** 31, 2 ** 40,
+                                           2 ** 62, 2 ** 63 - 1, -(2 ** 63)]), label="value")
+        enc = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+        pkl = pkl[:pos] + b"\x8a" + bytes([len(enc)]) + enc + pkl[end:]     # LONG1
+    return pkl
+
+
+@given(data=st.data())
+def test_torch_pickles_with_hostile_sizes_and_strides(torch_files, worker, tmp_path_factory, data):
+    import io
+    import zipfile
+    src = zipfile.ZipFile(io.BytesIO(torch_files[0][0]))
+    bad = tmp_path_factory.mktemp("torch") / "sizes.pt"
+    with zipfile.ZipFile(bad, "w") as out:
+        for name in src.namelist():
+            blob = src.read(name)
+            out.writestr(name, _int_edits(blob, data) if name.endswith("data.pkl") else blob)
+    check(worker.ask(kind="torch", path=str(bad)))
+
+
 @pytest.fixture(scope="module")
 def other_formats(tmp_path_factory):
     """Keras 2 .h5 and Keras 3 .keras models and an ONNX model (when onnx is installed):
