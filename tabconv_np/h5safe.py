@@ -67,32 +67,46 @@ def open_h5(source, where):
 
 def check_tree(f, where):
     """Walk every link of ``f`` without following one; refuse links and datasets that
-    reach outside the file or were never written."""
-    import h5py
-    seen = set()
-    stack = [("", f)]
+    reach outside the file or were never written.  Damage met on the way is a
+    WeightFileError naming the object."""
+    seen, stack = set(), [("", f)]
     while stack:
         path, group = stack.pop()
-        for name in group:
+        try:
+            names = list(group)
+        except H5_ERRORS as e:
+            raise WeightFileError(f"{where}: group {path or '/'} cannot be read (damaged file): {e}") from None
+        for name in names:
             full = f"{path}/{name}"
-            link = group.get(name, getlink=True)
-            if isinstance(link, h5py.SoftLink):
-                raise WeightFileError(f"{where}: {full} is a soft link to {link.path}; links are refused "
-                                      f"(store the object itself)")
-            if isinstance(link, h5py.ExternalLink):
-                raise WeightFileError(f"{where}: {full} is an external link to {link.filename}:"
-                                      f"{link.path}; a weight file may not refer to other files")
-            if not isinstance(link, h5py.HardLink):
-                raise WeightFileError(f"{where}: {full} is a {type(link).__name__}; refused")
-            obj = group[name]
-            addr = h5py.h5o.get_info(obj.id).addr
-            if addr in seen:
-                continue
-            seen.add(addr)
-            if isinstance(obj, h5py.Group):
-                stack.append((full, obj))
-            elif isinstance(obj, h5py.Dataset):
-                check_dataset(obj, f"{where}: dataset {full}")
+            try:
+                child = _follow_hard_link(group, name, full, where, seen)
+            except H5_ERRORS as e:
+                raise WeightFileError(f"{where}: {full} cannot be read (damaged file): {e}") from None
+            if child is not None:
+                stack.append((full, child))
+
+
+def _follow_hard_link(group, name, full, where, seen):
+    """Check link ``name`` of ``group`` (a dataset is checked here); the group it leads to
+    when not ``seen`` yet, else None."""
+    import h5py
+    link = group.get(name, getlink=True)
+    if isinstance(link, h5py.SoftLink):
+        raise WeightFileError(f"{where}: {full} is a soft link to {link.path}; links are refused "
+                              f"(store the object itself)")
+    if isinstance(link, h5py.ExternalLink):
+        raise WeightFileError(f"{where}: {full} is an external link to {link.filename}:"
+                              f"{link.path}; a weight file may not refer to other files")
+    if not isinstance(link, h5py.HardLink):
+        raise WeightFileError(f"{where}: {full} is a {type(link).__name__}; refused")
+    obj = group[name]
+    addr = h5py.h5o.get_info(obj.id).addr
+    if addr in seen:
+        return None
+    seen.add(addr)
+    if isinstance(obj, h5py.Dataset):
+        check_dataset(obj, f"{where}: dataset {full}")
+    return obj if isinstance(obj, h5py.Group) else None
 
 
 def check_dataset(ds, where):
