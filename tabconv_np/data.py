@@ -94,9 +94,10 @@ def _read_bytes(path, size=None):
     """The file's bytes, gunzipped when it is gzip (by magic, not by name).
 
     Decompresses at most ``size(head)`` bytes, where ``head`` is what came out
-    first (all when ``size`` is None, within :data:`tabconv_np.validate.MAX_BYTES`):
-    a file whose header declares less than it holds gets one byte more, for the
-    caller to refuse, never the whole of a gzip bomb.
+    first (all when ``size`` is None), within
+    :func:`tabconv_np.validate.decompressed_limit`: a file whose header declares
+    less than it holds gets one byte more, for the caller to refuse, never the
+    whole of a gzip bomb.
     """
     regular_file(path, DataError)
     try:
@@ -106,16 +107,19 @@ def _read_bytes(path, size=None):
         raise DataError(f"{path}: cannot read: {e}") from None
     if raw[:2] != b"\x1f\x8b":
         return raw
+    cap = validate.decompressed_limit(len(raw))
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as z:
             head = z.read(_IDX_HEAD)
-            limit = validate.MAX_BYTES if size is None else min(size(head), validate.MAX_BYTES)
-            out = head + z.read(max(limit - len(head), 0) + 1)
+            want = cap if size is None else size(head)
+            if want <= cap:
+                out = head + z.read(max(want - len(head), 0) + 1)
     except (EOFError, OSError, zlib.error) as e:
         raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    if len(out) > validate.MAX_BYTES:
-        raise DataError(f"{path}: decompresses to more than {validate.MAX_BYTES:,} bytes "
-                        f"(tabconv_np.validate.MAX_BYTES); refused")
+    if want > cap or (size is None and len(out) > cap):
+        raise DataError(f"{path}: {len(raw):,} gzip bytes {'declare' if want > cap else 'decompress to'} "
+                        f"more than {cap:,} (limits tabconv_np.validate.MAX_BYTES, MAX_COMPRESSION); "
+                        f"refused")
     return out
 
 

@@ -27,6 +27,16 @@ MAX_PARAMETERS = 2 ** 28
 #: decompress to; checked before it is read.  Override like :data:`MAX_PARAMETERS`.
 MAX_BYTES = 2 ** 32
 
+#: How many times its compressed size (plus 1 MiB) a zip member or gzip file may declare
+#: or decompress to.  Deflate reaches about 1000 on zeros; weights compress by less than
+#: 2, images by less than 10.
+MAX_COMPRESSION = 100
+
+
+def decompressed_limit(compressed):
+    """Bytes ``compressed`` bytes may expand to: :data:`MAX_BYTES` and :data:`MAX_COMPRESSION`."""
+    return min(MAX_BYTES, MAX_COMPRESSION * compressed + (1 << 20))
+
 #: Bounds on ``n_prototypes`` (``K``, prototypes per PQ subspace) everywhere:
 #: in a table layer, in a quantizer and in a conversion request.
 N_PROTOTYPES_MIN, N_PROTOTYPES_MAX = 1, 16384

@@ -163,7 +163,7 @@ def test_idx_gzip_bomb_decompresses_no_more_than_its_header_declares(tmp_path, m
         read_idx(path)
     path.write_bytes(gzip.compress(b"\0\0\x08\x01" + (1 << 30).to_bytes(4, "big") + bytes(4 << 20)))
     monkeypatch.setattr(validate, "MAX_BYTES", 1 << 20)
-    with pytest.raises(DataError, match="decompresses to more than 1,048,576 bytes"):
+    with pytest.raises(DataError, match="gzip bytes declare more than 1,048,576"):
         read_idx(path)
 
 
@@ -390,3 +390,16 @@ def test_direct_conv_memory_does_not_grow_with_the_stride(stride, kernel, dilati
     tracemalloc.stop()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     assert peak < 8 * x.nbytes                  # was 10_000**2 * 4 bytes per channel
+
+
+def test_compression_bombs_refused_by_the_default_ratio(tmp_path):
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", b"x")
+        zf.writestr("archive/data/0", bytes(8 << 20))        # 8 MiB from 8 KiB: ratio 1000
+    with pytest.raises(WeightFileError, match="declares 8,388,608 bytes from"):
+        import_model(path)
+    from tabconv_np.data import load_mnist_subset
+    (tmp_path / "mnist_5k.csv.gz").write_bytes(gzip.compress(bytes(50 << 20)))
+    with pytest.raises(DataError, match="gzip bytes decompress to more than"):
+        load_mnist_subset(data_dir=str(tmp_path))

@@ -77,18 +77,15 @@ def detect_format(path):
                           f"ONNX, not HDF5 (Keras)")
 
 
-#: Deflate expands at most about 1032 times; a member declaring more is a bomb or damage.
-_MAX_RATIO = 1100
-
-
 def open_zip(source, where):
     """A ``zipfile.ZipFile`` of ``source`` (bytes or a path) whose members are all plain
     names with believable sizes.
 
     Refused: names with path components that leave the archive (absolute, ``..``,
-    a drive or a backslash), members declaring more than :data:`tabconv_np.validate.MAX_BYTES`
-    bytes, more than their compressed bytes can hold, or compressed bytes beyond
-    the archive's end.  Nothing is decompressed here.
+    a drive or a backslash), members declaring more bytes than
+    :func:`tabconv_np.validate.decompressed_limit` allows (a stored member: more than
+    it stores), or compressed bytes beyond the archive's end.  Nothing is
+    decompressed here.
 
     Raises
     ------
@@ -107,11 +104,11 @@ def open_zip(source, where):
             raise WeightFileError(f"{where}: zip member {name!r} has a path leaving the archive "
                                   f"(absolute, '..', drive or backslash); refused")
         stored = info.compress_type == zipfile.ZIP_STORED
-        if info.file_size > validate.MAX_BYTES or info.compress_size > size or \
-                info.file_size > (info.compress_size if stored else _MAX_RATIO * info.compress_size + 1024):
+        if info.compress_size > size or info.file_size > (
+                info.compress_size if stored else validate.decompressed_limit(info.compress_size)):
             raise WeightFileError(f"{where}: zip member {name!r} declares {info.file_size:,} bytes from "
-                                  f"{info.compress_size:,} compressed (archive {size:,} bytes, limit "
-                                  f"{validate.MAX_BYTES:,}: tabconv_np.validate.MAX_BYTES); refused")
+                                  f"{info.compress_size:,} compressed (archive {size:,} bytes; limits "
+                                  f"tabconv_np.validate.MAX_BYTES, MAX_COMPRESSION); refused")
     return zf
 
 
