@@ -8,7 +8,8 @@ HDF5 read outside the file or read something that was never written:
 * soft links and external links (a name pointing elsewhere, maybe another file);
 * virtual datasets and datasets with external raw storage (their bytes live
   in other files, e.g. under ``/etc``);
-* datasets created but never written (they would read as the fill value).
+* datasets created but never written (they would read as the fill value);
+* filters other than HDF5's built-in ones (reading would load a plugin library).
 
 Every h5py exception (``OSError``, ``KeyError``, ``RuntimeError``,
 ``ValueError``, ``TypeError``) raised while the file is open becomes a
@@ -25,6 +26,9 @@ from .validate import regular_file
 
 #: What h5py raises on damaged files (RecursionError is a RuntimeError).
 H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
+
+#: HDF5's built-in filters: deflate, shuffle, Fletcher-32, szip, n-bit, scale-offset.
+BUILTIN_FILTERS = frozenset({1, 2, 3, 4, 5, 6})
 
 
 @contextmanager
@@ -110,7 +114,7 @@ def _follow_hard_link(group, name, full, where, seen):
 
 
 def check_dataset(ds, where):
-    """Refuse a dataset whose data lies in other files or was never written."""
+    """Refuse a dataset whose data lies in other files, needs a filter plugin or was never written."""
     if ds.is_virtual:
         raise WeightFileError(f"{where} is a virtual dataset (its data lies in other files); refused")
     plist = ds.id.get_create_plist()
@@ -118,6 +122,10 @@ def check_dataset(ds, where):
         name = plist.get_external(0)[0].decode("utf-8", "replace")
         raise WeightFileError(f"{where} keeps its data in the external file {name!r}; a weight file "
                               f"may not refer to other files")
+    plugins = sorted({plist.get_filter(i)[0] for i in range(plist.get_nfilters())} - BUILTIN_FILTERS)
+    if plugins:
+        raise WeightFileError(f"{where} needs HDF5 filter(s) {plugins}, which would load a plugin "
+                              f"library; refused (only HDF5's built-in filters are read)")
     if ds.size and ds.shape and not _written(ds):
         raise WeightFileError(f"{where} was created but never (fully) written; its values would be "
                               f"the fill value")

@@ -23,7 +23,7 @@ from tabconv_np.models import build
 from helpers import randomize
 from test_import_keras import _keras2_config, _layers, _write_keras2, _write_keras3_weights
 
-HOSTILE = ("external", "external-link", "soft-link", "virtual", "unwritten", "unwritten-chunk")
+HOSTILE = ("external", "external-link", "soft-link", "virtual", "unwritten", "unwritten-chunk", "plugin")
 
 
 def make_hostile(path, key, kind, tmp_path):
@@ -50,6 +50,8 @@ def make_hostile(path, key, kind, tmp_path):
             f[key] = h5py.SoftLink("/elsewhere")
         elif kind == "unwritten":
             f.create_dataset(key, v.shape, v.dtype)
+        elif kind == "plugin":              # blosc's filter number: reading would look for a plugin
+            f.create_dataset(key, data=v, chunks=v.shape, compression=32001, allow_unknown_filter=True)
         else:                               # a chunked dataset with one chunk never written
             ds = f.create_dataset(key, v.shape, v.dtype, chunks=(1,) + v.shape[1:])
             ds[1:] = v[1:]
@@ -90,7 +92,7 @@ def test_keras_import_refuses_files_reaching_outside(tmp_path, kind, layout):
         with zipfile.ZipFile(source, "w") as zf:
             zf.writestr("config.json", json.dumps(_keras2_config(layers)))
             zf.writestr("model.weights.h5", h5.read_bytes())
-    with pytest.raises(WeightFileError, match="refused|other files|never|soft link"):
+    with pytest.raises(WeightFileError, match="refused|other files|never|soft link|plugin"):
         import_model(source, spec={"input": [3, 10, 10], "layers": [{"type": "flatten"}]})
 
 
