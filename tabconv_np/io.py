@@ -14,9 +14,10 @@ Schema (version 1; also in docs/hdf5_schema.md)::
 
 A file round-trips bit-exactly in float32.  Loading validates everything
 before a kernel sees it and raises :class:`~tabconv_np.errors.WeightFileError`
-naming the file and the dataset: not HDF5, truncated, missing or extra
-dataset, wrong shape or dtype, NaN/Inf, unknown architecture.
-Nothing is unpickled: the config is JSON.
+naming the file and the dataset: not HDF5, truncated, damaged (checksums),
+links or data outside the file (:mod:`tabconv_np.h5safe`), missing or extra
+dataset, wrong shape or dtype, NaN/Inf, negative variance, unknown or
+invalid architecture.  Nothing is unpickled: the config is JSON.
 """
 import json
 import os
