@@ -405,3 +405,23 @@ def test_compression_bombs_refused_by_the_default_ratio(tmp_path):
     (tmp_path / "mnist_5k.csv.gz").write_bytes(gzip.compress(bytes(50 << 20)))
     with pytest.raises(DataError, match="gzip bytes decompress to more than"):
         load_mnist_subset(data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("command", [["ops"], ["eval", "--dataset", "sample", "--limit", "8"],
+                                     ["convert", "-o", "out.h5", "--calib", "8"],
+                                     ["import", "-o", "out.h5"]])
+@pytest.mark.parametrize("hostile", ["fifo", "external-link"])
+def test_cli_on_hostile_files_says_one_line_and_exits_2(lenet, tmp_path, monkeypatch, capsys,
+                                                        command, hostile):
+    from tabconv_np.cli import main
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "net.h5"
+    if hostile == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_bytes(lenet[1])
+        make_hostile(path, "params/conv1.weight", hostile, tmp_path)
+    assert main([command[0], str(path)] + command[1:]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "net.h5" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.h5").exists()
