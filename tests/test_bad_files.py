@@ -425,3 +425,11 @@ def test_cli_on_hostile_files_says_one_line_and_exits_2(lenet, tmp_path, monkeyp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "net.h5" in err and "Traceback" not in err, err
     assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize("shape", [(1, float("inf"), 2), (1, 2.5, 2), (1, 0, 2)])
+def test_import_input_shape_must_be_positive_ints(tmp_path, shape):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_onnx_model(None))
+    with pytest.raises(ConfigError, match="input shape must"):
+        import_model(path, input_shape=shape)

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import ConfigError, ShapeError, TabConvError, WeightFileError
 from ..layers import bad_values
 from ..models import parse_input
+from ..validate import as_int
 from .formats import detect_format
 from .keras import import_keras
 from .onnx_import import import_onnx
@@ -74,7 +75,7 @@ def import_model(source, arch=None, spec=None, input_shape=None, num_classes=Non
     if isinstance(input_shape, str):
         input_shape = parse_input(input_shape)
     if input_shape is not None:
-        input_shape = tuple(int(v) for v in input_shape)[-3:]
+        input_shape = tuple(as_int(v, "input shape", 1) for v in input_shape)[-3:]
     if arch is not None and spec is not None:
         raise ConfigError("give either --arch or --spec, not both")
     fmt = detect_format(source)
