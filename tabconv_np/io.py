@@ -29,7 +29,7 @@ from .errors import ConfigError, TabConvError, WeightFileError
 from .h5safe import open_h5, read
 from .outputs import check_output, write_atomic
 from .layers import bad_values
-from .network import FORMAT_VERSION, Network
+from .network import FORMAT_VERSION, Network, input_range
 
 
 def save(net, path, dtype=None, *, overwrite=False):
@@ -145,15 +145,23 @@ def _network(path, raw):
 
 
 def _check_preprocess(pre, channels):
-    """Refuse a ``preprocess`` entry that is not ``{"mean": [C finite], "std": [C finite > 0]}``."""
+    """Refuse a ``preprocess`` entry other than ``None`` or a dict of optional ``mean`` and
+    ``std`` (a finite number or 1 or ``channels`` of them, std > 0) and ``range``."""
     if pre is None:
         return
-    ok = isinstance(pre, dict) and set(pre) == {"mean", "std"} and all(
-        isinstance(pre[k], list) and len(pre[k]) == channels
-        and all(isinstance(v, (int, float)) and np.isfinite(v) for v in pre[k]) for k in pre)
-    if not ok or min(pre["std"]) <= 0:
-        raise ConfigError(f"'preprocess' must be {{'mean': [{channels} finite numbers], 'std': "
-                          f"[{channels} positive finite numbers]}}, got {pre!r:.120}")
+    def numbers(v):
+        v = v if isinstance(v, list) else [v]
+        return len(v) in (1, channels) and all(
+            type(x) in (int, float) and np.isfinite(x) for x in v), v
+    ok = isinstance(pre, dict) and set(pre) <= {"mean", "std", "range"}
+    for key in ("mean", "std") if ok else ():
+        if key in pre:
+            fine, vals = numbers(pre[key])
+            ok = ok and fine and (key == "mean" or min(vals) > 0)
+    if not ok:
+        raise ConfigError(f"'preprocess' must hold 'mean' and 'std' as 1 or {channels} finite "
+                          f"numbers (std > 0) and 'range', got {pre!r:.120}")
+    input_range(pre)
 
 
 def _read(path, group, key, param):

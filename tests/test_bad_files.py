@@ -299,8 +299,10 @@ def bn_file(tmp_path_factory):
 @pytest.mark.parametrize("old, new, message", [
     ('"input_shape": [1, 4, 4]', '"input_shape": [1, Infinity, 4]', "'input_shape' must be a list of 3 positive ints"),
     ('"input_shape": [1, 4, 4]', '"input_shape": [1, -4, 4]', "'input_shape' must be"),
-    ('"std": [0.25]', '"std": [0.0]', "'preprocess' must be"),
-    ('"std": [0.25]', '"std": [NaN]', "'preprocess' must be"),
+    ('"std": [0.25]', '"std": [0.0]', "'preprocess' must hold"),
+    ('"std": [0.25]', '"std": [NaN]', "'preprocess' must hold"),
+    ('"std": [0.25]', '"std": [0.25, 1, 2]', "'preprocess' must hold"),
+    ('"std": [0.25]', '"std": [0.25], "range": [1, 0]', "range must be two finite numbers lo < hi"),
     ('"eps": 1e-05', '"eps": -1e-05', "eps must be finite and > 0"),
     ('"body": ', '"body": ' + '{"type": "Sequential", "children": [["s", ' * 3000, "bad 'config'"),
 ])
