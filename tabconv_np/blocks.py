@@ -7,10 +7,11 @@ methods, never through a container's private layout.
 """
 import numpy as np
 
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, ShapeError, TabConvError
 from .layers import BatchNorm2d, Conv2d, ReLU
 from .module import Module
 from .structure import Chain, Dag, Residual
+from .validate import as_float, as_int
 
 INPUT = "input"
 
@@ -23,11 +24,18 @@ class Sequential(Module):
         for name, child in children:
             if not isinstance(child, Module):
                 raise ConfigError(f"Sequential: child {name!r} is a {type(child).__name__}, not a layer")
+            if str(name) in self.children or not str(name):
+                raise ConfigError(f"Sequential: two children are named {str(name)!r} (or a name is empty)")
             self.children[str(name)] = child
 
     @classmethod
     def from_config(cls, cfg, build):
-        return cls([(n, build(c)) for n, c in cfg.get("children", [])])
+        try:
+            return cls([(n, build(c)) for n, c in cfg.get("children", [])])
+        except TabConvError:
+            raise
+        except (TypeError, ValueError, AttributeError):
+            raise ConfigError("Sequential: 'children' must be a list of [name, layer config]") from None
 
     def config(self):
         return {"type": "Sequential", "children": [[n, c.config()] for n, c in self.children.items()]}
@@ -64,8 +72,10 @@ class BasicBlock(Module):
 
     def __init__(self, in_planes, planes, stride=1, eps=1e-5, batchnorm=True):
         super().__init__()
-        self.in_planes, self.planes, self.stride = int(in_planes), int(planes), int(stride)
-        self.eps, self.batchnorm = float(eps), bool(batchnorm)
+        self.in_planes = as_int(in_planes, "BasicBlock: in_planes", 1)
+        self.planes = as_int(planes, "BasicBlock: planes", 1)
+        self.stride = as_int(stride, "BasicBlock: stride", 1)
+        self.eps, self.batchnorm = as_float(eps, "BasicBlock: eps", positive=True), bool(batchnorm)
         c = self.children
         c["conv1"] = Conv2d(in_planes, planes, 3, stride, 1, bias=not batchnorm)
         if batchnorm:
@@ -89,8 +99,13 @@ class BasicBlock(Module):
         block = cls(cfg["in_planes"], cfg["planes"], cfg.get("stride", 1), cfg.get("eps", 1e-5),
                     cfg.get("batchnorm", True))
         # children may have been replaced (e.g. by table layers): rebuild those from their configs
+        seen = set()
         for n, c in cfg.get("children", []):
-            if n not in block.children or block.children[n].config() != c:
+            if n in seen or n not in block.children:
+                raise ConfigError(f"BasicBlock: child {n!r} is repeated or not one of "
+                                  f"{list(block.children)}")
+            seen.add(n)
+            if block.children[n].config() != c:
                 block.children[n] = build(c)
         return block
 
@@ -193,6 +208,8 @@ class Graph(Module):
     def from_config(cls, cfg, build):
         try:
             nodes = [(n, ins, build(c) if c is not None else None) for n, ins, c in cfg.get("nodes", [])]
+        except TabConvError:
+            raise
         except (TypeError, ValueError):
             raise ConfigError("Graph: 'nodes' must be a list of [name, inputs, layer config]") from None
         return cls(nodes, cfg.get("output"))

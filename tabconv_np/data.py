@@ -22,14 +22,16 @@ Every missing, truncated or malformed file raises
 """
 import gzip
 import io
+import math
 import os
 import pickle
 import zlib
 
 import numpy as np
 
-from . import safe_pickle
+from . import safe_pickle, validate
 from .errors import DataError, UnsafePickleError
+from .validate import regular_file
 
 __all__ = [
     "load_dataset", "read_idx", "load_fashion_mnist", "load_mnist_subset",
@@ -85,21 +87,48 @@ _IDX_DTYPES = {
 }
 
 
-def _read_bytes(path):
-    """The file's bytes, gunzipped when it is gzip (by magic, not by name)."""
+_IDX_HEAD = 20          # magic + up to 4 dimensions
+
+
+def _read_bytes(path, size=None):
+    """The file's bytes, gunzipped when it is gzip (by magic, not by name).
+
+    Decompresses at most ``size(head)`` bytes, where ``head`` is what came out
+    first (all when ``size`` is None), within
+    :func:`tabconv_np.validate.decompressed_limit`: a file whose header declares
+    less than it holds gets one byte more, for the caller to refuse, never the
+    whole of a gzip bomb.
+    """
+    regular_file(path, DataError)
     try:
         with open(path, "rb") as f:
             raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    return raw
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    cap = validate.decompressed_limit(len(raw))
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as z:
+            head = z.read(_IDX_HEAD)
+            want = cap if size is None else size(head)
+            if want <= cap:
+                out = head + z.read(max(want - len(head), 0) + 1)
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    if want > cap or (size is None and len(out) > cap):
+        raise DataError(f"{path}: {len(raw):,} gzip bytes {'declare' if want > cap else 'decompress to'} "
+                        f"more than {cap:,} (limits tabconv_np.validate.MAX_BYTES, MAX_COMPRESSION); "
+                        f"refused")
+    return out
+
+
+def _idx_size(head):
+    """Total bytes an IDX file with header ``head`` declares (its header if the header is bad)."""
+    if len(head) < 4 or head[2] not in _IDX_DTYPES or not 1 <= head[3] <= 4 or len(head) < 4 + 4 * head[3]:
+        return len(head)
+    dims = [int(d) for d in np.frombuffer(head, ">u4", head[3], 4)]
+    return 4 + 4 * int(head[3]) + math.prod(dims) * _IDX_DTYPES[head[2]].itemsize
 
 
 def read_idx(path):
@@ -108,7 +137,7 @@ def read_idx(path):
     Validates the magic (two zero bytes, a known dtype code, 1..4 dims) and that
     the payload holds exactly ``prod(dims)`` items; raises DataError otherwise.
     """
-    data = _read_bytes(path)
+    data = _read_bytes(path, _idx_size)
     if len(data) < 4:
         raise DataError(f"{path}: not an IDX file (only {len(data)} bytes)")
     if data[0] != 0 or data[1] != 0:
@@ -123,14 +152,14 @@ def read_idx(path):
         raise DataError(f"{path}: truncated IDX header")
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
     dt = _IDX_DTYPES[code]
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)
     need = head + count * dt.itemsize
     if len(data) < need:
         raise DataError(f"{path}: truncated IDX data: dims {dims} need {need} bytes, "
                         f"file has {len(data)}")
     if len(data) > need:
-        raise DataError(f"{path}: IDX file has {len(data) - need} trailing bytes after "
-                        f"dims {dims}")
+        raise DataError(f"{path}: IDX file holds more than the {need} bytes its dims {dims} "
+                        f"declare")
     arr = np.frombuffer(data, dt, count, head).reshape(dims)
     return arr.astype(dt.newbyteorder("="), copy=True)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .conv import im2col as _im2col
-from .validate import as_int, as_layout, as_padding, as_pair
+from .validate import as_int, as_layout, as_padding, as_pair, check_parameters
 
 
 def conv_output_size(input_size, kernel_size, stride=1, padding=0, dilation=1):
@@ -276,6 +276,7 @@ def attach_geometry(layer, who, in_channels, out_channels, kernel_size, stride=1
         g = ConvGeometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
     except ConfigError as e:
         raise ConfigError(f"{who}: {e}") from None
+    check_parameters(g.C_out * g.D, who)
     layer.geometry = g
     layer.in_channels, layer.out_channels, layer.groups = g.C_in, g.C_out, g.groups
     layer.kernel_size, layer.stride, layer.dilation = g.kernel_size, g.stride, g.dilation

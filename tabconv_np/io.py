@@ -4,7 +4,7 @@ Schema (version 1; also in docs/hdf5_schema.md)::
 
     /                       attributes:
         tabconv_np_format   int, 1
-        config              JSON string: Network.config() (architecture, input
+        config              JSON (fixed-length bytes, UTF-8): Network.config() (architecture, input
                             shape, preprocess, layout, meta)
     /params/<key>           one dataset per state_dict key, e.g.
                             /params/layer1.0.bn1.running_var; float16, float32
@@ -14,18 +14,22 @@ Schema (version 1; also in docs/hdf5_schema.md)::
 
 A file round-trips bit-exactly in float32.  Loading validates everything
 before a kernel sees it and raises :class:`~tabconv_np.errors.WeightFileError`
-naming the file and the dataset: not HDF5, truncated, missing or extra
-dataset, wrong shape or dtype, NaN/Inf, unknown architecture.
-Nothing is unpickled: the config is JSON.
+naming the file and the dataset: not HDF5, truncated, damaged (checksums),
+links or data outside the file (:mod:`tabconv_np.h5safe`), missing or extra
+dataset, wrong shape or dtype, NaN/Inf, negative variance, unknown or
+invalid architecture.  Nothing is unpickled: the config is JSON.
 """
 import json
 import os
+import warnings
 
 import numpy as np
 
 from .errors import ConfigError, TabConvError, WeightFileError
+from .h5safe import open_h5, read
 from .outputs import check_output, write_atomic
-from .network import FORMAT_VERSION, Network
+from .layers import bad_values
+from .network import FORMAT_VERSION, Network, input_range
 
 
 def save(net, path, dtype=None, *, overwrite=False):
@@ -60,7 +64,9 @@ def save(net, path, dtype=None, *, overwrite=False):
     def write(tmp):
         with h5py.File(tmp, "w", libver="latest") as f:
             f.attrs["tabconv_np_format"] = FORMAT_VERSION
-            f.attrs["config"] = json.dumps(net.config())
+            # fixed-length bytes live in the checksummed object header; a variable-length
+            # string would live in the global heap, which has no checksum
+            f.attrs["config"] = np.bytes_(json.dumps(net.config()).encode())
             g = f.create_group("params")
             for key, v in net.state_dict().items():
                 if dtype is not None and v.dtype.kind == "f":
@@ -73,6 +79,10 @@ def save(net, path, dtype=None, *, overwrite=False):
 def load(path):
     """Rebuild the network saved at ``path`` by :func:`save`.
 
+    The file is opened read-only and checked whole first (:func:`tabconv_np.h5safe.open_h5`:
+    no links, no data in other files, nothing unwritten).  A file written before
+    checksums were added loads with a warning: its damage cannot be detected.
+
     Raises
     ------
     WeightFileError
@@ -80,18 +90,9 @@ def load(path):
     """
     import h5py
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise WeightFileError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightFileError(f"{path}: not a readable HDF5 file (truncated or another format?): {e}") from None
-    with f:
-        try:
-            version = int(f.attrs.get("tabconv_np_format", -1))
-            raw = f.attrs.get("config")
-        except (OSError, ValueError, TypeError) as e:
-            raise WeightFileError(f"{path}: cannot read the root attributes: {e}") from None
+    with open_h5(path, path) as f:
+        version = int(f.attrs.get("tabconv_np_format", -1))
+        raw = f.attrs.get("config")
         if version == -1 or raw is None:
             raise WeightFileError(f"{path}: not a tabconv_np weight file (no 'tabconv_np_format' or "
                                   f"'config' attribute); to bring a model from PyTorch/ONNX/Keras "
@@ -99,13 +100,7 @@ def load(path):
         if version > FORMAT_VERSION:
             raise WeightFileError(f"{path}: format version {version} is newer than this "
                                   f"tabconv_np understands ({FORMAT_VERSION})")
-        try:
-            cfg = json.loads(raw)
-            net = Network.from_config(cfg)
-        except (ValueError, TypeError) as e:
-            raise WeightFileError(f"{path}: bad 'config' attribute: {e}") from None
-        except TabConvError as e:
-            raise WeightFileError(f"{path}: unknown or invalid architecture in 'config': {e}") from None
+        net = _network(path, raw)
         if "params" not in f or not isinstance(f["params"], h5py.Group):
             raise WeightFileError(f"{path}: no 'params' group")
         own, group = net.state_dict(), f["params"]
@@ -119,9 +114,54 @@ def load(path):
             raise WeightFileError(f"{path}: unexpected dataset(s) /params/{extra[0]}"
                                   f"{f' and {len(extra) - 1} more' if len(extra) > 1 else ''}"
                                   f" for architecture {net.meta.get('arch', 'custom')}")
+        unchecked = 0
         for key, param in own.items():
             param[...] = _read(path, group, key, param)
+            unchecked += group[key].ndim > 0 and group[key].size > 0 and not group[key].fletcher32
+        for key, why in bad_values(net.body):
+            raise WeightFileError(f"{path}: dataset /params/{key} {why}")
+        if unchecked:
+            warnings.warn(f"{path}: {unchecked} dataset(s) without checksums (a file from an earlier "
+                          f"tabconv_np): damage cannot be detected; re-save it to add them",
+                          stacklevel=2)
     return net
+
+
+def _network(path, raw):
+    """The zero-filled network described by the ``config`` attribute ``raw``."""
+    try:
+        cfg = json.loads(raw)
+        shape = cfg.get("input_shape") if isinstance(cfg, dict) else None
+        if not isinstance(shape, list) or len(shape) != 3 or \
+                not all(type(v) is int and v > 0 for v in shape):
+            raise ConfigError(f"'input_shape' must be a list of 3 positive ints (C, H, W), got "
+                              f"{shape!r:.80}")
+        _check_preprocess(cfg.get("preprocess"), shape[0])
+        return Network.from_config(cfg)
+    except TabConvError as e:
+        raise WeightFileError(f"{path}: unknown or invalid architecture in 'config': {e}") from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise WeightFileError(f"{path}: bad 'config' attribute: {type(e).__name__}: {e}") from None
+
+
+def _check_preprocess(pre, channels):
+    """Refuse a ``preprocess`` entry other than ``None`` or a dict of optional ``mean`` and
+    ``std`` (a finite number or 1 or ``channels`` of them, std > 0) and ``range``."""
+    if pre is None:
+        return
+    def numbers(v):
+        v = v if isinstance(v, list) else [v]
+        return len(v) in (1, channels) and all(
+            type(x) in (int, float) and np.isfinite(x) for x in v), v
+    ok = isinstance(pre, dict) and set(pre) <= {"mean", "std", "range"}
+    for key in ("mean", "std") if ok else ():
+        if key in pre:
+            fine, vals = numbers(pre[key])
+            ok = ok and fine and (key == "mean" or min(vals) > 0)
+    if not ok:
+        raise ConfigError(f"'preprocess' must hold 'mean' and 'std' as 1 or {channels} finite "
+                          f"numbers (std > 0) and 'range', got {pre!r:.120}")
+    input_range(pre)
 
 
 def _read(path, group, key, param):
@@ -138,10 +178,7 @@ def _read(path, group, key, param):
         raise WeightFileError(f"{where} has dtype {ds.dtype}, expected a float dtype")
     if param.dtype.kind in "iu" and kind not in "iu":
         raise WeightFileError(f"{where} has dtype {ds.dtype}, expected an integer dtype")
-    try:
-        v = ds[()]
-    except (OSError, ValueError) as e:
-        raise WeightFileError(f"{where} cannot be read (file truncated or corrupt?): {e}") from None
+    v = read(ds, where)
     if kind == "f" and not np.isfinite(v).all():
         raise WeightFileError(f"{where} contains NaN or Inf")
     if param.dtype.kind in "iu" and v.size and (v.min() < np.iinfo(param.dtype).min

@@ -16,7 +16,7 @@ from .conv.winograd import winograd_cost
 from .functional import WINOGRAD_TILES, conv2d
 from .geometry import attach_geometry, conv_output_size
 from .module import Module
-from .validate import as_pair, channel_axis
+from .validate import as_float, as_int, as_pair, channel_axis, check_parameters
 
 _SPATIAL = {"NCHW": (2, 3), "NHWC": (1, 2)}
 
@@ -81,8 +81,9 @@ class BatchNorm2d(Module):
 
     def __init__(self, num_features, eps=1e-5):
         super().__init__()
-        self.num_features, self.eps = int(num_features), float(eps)
-        n = self.num_features
+        n = as_int(num_features, "BatchNorm2d: num_features", 1)
+        check_parameters(4 * n, "BatchNorm2d")
+        self.num_features, self.eps = n, as_float(eps, "BatchNorm2d: eps", positive=True)
         self.params["weight"] = np.ones(n, np.float32)
         self.params["bias"] = np.zeros(n, np.float32)
         self.params["running_mean"] = np.zeros(n, np.float32)
@@ -108,6 +109,14 @@ class BatchNorm2d(Module):
         return {"bn_ops": 2 * int(np.prod(in_shape))}
 
 
+def bad_values(module):
+    """``(parameter name, what is wrong)`` for each loaded value outside its domain
+    (a batch norm's negative running variance), for the loaders to refuse."""
+    for name, m in module.modules():
+        if isinstance(m, BatchNorm2d) and (m.params["running_var"] < 0).any():
+            yield f"{name}.running_var" if name else "running_var", "has negative values (a variance)"
+
+
 class ReLU(Module):
     def forward(self, x, layout):
         return np.maximum(x, np.float32(0))
@@ -122,8 +131,8 @@ class Clip(Module):
 
     def __init__(self, min=0.0, max=6.0):  # noqa: A002 - the ONNX/torch names
         super().__init__()
-        self.min = float(min)
-        self.max = None if max is None else float(max)
+        self.min = as_float(min, "Clip: min")
+        self.max = None if max is None else as_float(max, "Clip: max")
         if self.max is not None and self.max < self.min:
             raise ConfigError(f"Clip: max {max} is below min {min}")
 
@@ -144,7 +153,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5):
         super().__init__()
-        self.p = float(p)
+        self.p = as_float(p, "Dropout: p", 0)
 
     def config(self):
         return {"type": "Dropout", "p": self.p}
@@ -266,7 +275,9 @@ class Linear(LinearShape, Module):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = as_int(in_features, "Linear: in_features", 1)
+        self.out_features = as_int(out_features, "Linear: out_features", 1)
+        check_parameters(self.in_features * self.out_features, "Linear")
         self.params["weight"] = np.zeros((self.out_features, self.in_features), np.float32)
         if bias:
             self.params["bias"] = np.zeros(self.out_features, np.float32)

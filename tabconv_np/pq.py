@@ -146,6 +146,8 @@ class ProductQuantizer:
         if cb.ndim != 3:
             raise ShapeError(f"prototypes: expected a (C, K, Ds) array, got shape {cb.shape}")
         C, K, Ds = cb.shape
+        if not np.isfinite(cb).all():
+            raise ShapeError("prototypes: contain NaN or Inf")
         if subspace_length(D, C) != Ds:
             raise ShapeError(f"prototypes: Ds = {Ds} does not match D = {D} split into C = {C} "
                              f"subspaces (ceil(D/C) = {subspace_length(D, C)})")

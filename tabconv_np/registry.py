@@ -6,6 +6,7 @@ type that is not listed here cannot be loaded.  A new engine's layer types
 are added to :data:`LAYER_TYPES`.
 """
 from .blocks import BasicBlock, Graph, Sequential
+from . import validate
 from .errors import ConfigError
 from .layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
                      Linear, MaxPool2d, ReLU)
@@ -21,17 +22,68 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
 )}
 
 
+#: How deeply containers may nest in a config; deeper is a ConfigError, never a RecursionError.
+MAX_NESTING = 32
+
+
 def from_config(cfg):
     """Rebuild a module (parameters zero-filled) from ``Module.config()`` output.
+
+    Each layer checks its own sizes before allocating (at most
+    :data:`tabconv_np.validate.MAX_PARAMETERS` elements), and the running total
+    over the tree is checked after each layer, so an absurd config is refused
+    having reserved at most about twice the limit.
 
     Raises
     ------
     ConfigError
-        ``cfg`` is not a dict with a known ``"type"``, or its arguments do not fit.
+        ``cfg`` is not a dict with a known ``"type"``, its arguments do not fit,
+        containers nest more than :data:`MAX_NESTING` deep, the parameters
+        exceed the limit, or two layers give a parameter the same dotted name.
     """
+    counted, depth = {}, [0]
+
+    def build(c):
+        if depth[0] >= MAX_NESTING:
+            raise ConfigError(f"containers nested more than {MAX_NESTING} deep (tabconv_np.registry."
+                              f"MAX_NESTING)")
+        depth[0] += 1
+        try:
+            module = _build(c, build)
+        finally:
+            depth[0] -= 1
+        for _, m in module.modules():
+            counted.setdefault(id(m), (m, sum(v.size for v in m.params.values())))
+        validate.check_parameters(sum(n for _, n in counted.values()), f"up to layer {c['type']}")
+        return module
+
+    module = build(cfg)
+    check_names(module)
+    return module
+
+
+def _build(cfg, build):
     if not isinstance(cfg, dict) or "type" not in cfg:
         raise ConfigError(f"a module config must be a dict with a 'type', got {cfg!r:.200}")
     kind = cfg["type"]
     if not isinstance(kind, str) or kind not in LAYER_TYPES:
         raise ConfigError(f"unknown layer type {kind!r:.100} (known: {', '.join(sorted(LAYER_TYPES))})")
-    return LAYER_TYPES[kind].from_config(cfg, from_config)
+    try:
+        return LAYER_TYPES[kind].from_config(cfg, build)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"layer type {kind}: bad or missing config entry: {type(e).__name__}: "
+                          f"{e}") from None
+
+
+def check_names(module):
+    """Refuse two layers giving a parameter the same dotted name (``a.b`` + ``weight`` and
+    ``a`` > ``b`` + ``weight``): one would silently share the other's values."""
+    owner = {}
+    for name, m in module.modules():
+        for p in m.params:
+            key = f"{name}.{p}" if name else p
+            if key in owner:
+                raise ConfigError(f"parameter name {key!r} is given by two layers, {owner[key][0]!r} "
+                                  f"({type(owner[key][1]).__name__}) and {name!r} ({type(m).__name__}); "
+                                  f"rename one")
+            owner[key] = (name, m)

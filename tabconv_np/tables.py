@@ -49,7 +49,7 @@ from .kernels._jit import pick
 from .layers import LinearShape
 from .module import Module
 from .pq import check_codes, code_dtype, encode_rows, subspace_length
-from .validate import as_n_codebooks, as_n_prototypes
+from .validate import as_int, as_n_codebooks, as_n_prototypes, check_parameters
 
 __all__ = ["TableConv2d", "TableLinear", "warmup", "table_from_weights", "fit_tables"]
 
@@ -158,11 +158,12 @@ class _TableMixin:
 
     def _init_tables(self, D, M, n_codebooks, n_prototypes, bias):
         who = type(self).__name__
-        self.D, self.M = int(D), int(M)
+        self.D, self.M = as_int(D, f"{who}: in_features", 1), as_int(M, f"{who}: out_features", 1)
         self.n_codebooks = as_n_codebooks(n_codebooks, D, f"{who}: n_codebooks")
         self.n_prototypes = as_n_prototypes(n_prototypes, f"{who}: n_prototypes")
         self.Ds = subspace_length(D, self.n_codebooks)
         C, K = self.n_codebooks, self.n_prototypes
+        check_parameters(C * K * (self.Ds + self.M) + self.M, who)
         self.params["prototypes"] = np.zeros((C, K, self.Ds), np.float32)
         self.params["table"] = np.zeros((C, K, self.M), np.float32)
         if bias:
@@ -185,6 +186,8 @@ class _TableMixin:
         if np.shape(wmat) != (self.D, self.M):
             raise ShapeError(f"{type(self).__name__}: weight matrix of shape {np.shape(wmat)}, "
                              f"expected {(self.D, self.M)}")
+        if not np.isfinite(P).all():
+            raise ShapeError(f"{type(self).__name__}: the prototypes contain NaN or Inf")
         self.params["prototypes"][...] = P
         self.params["table"][...] = table_from_weights(P, wmat)
         if "bias" in self.params:
@@ -198,7 +201,10 @@ class _TableMixin:
         if rows.ndim != 2 or rows.shape[1] != self.D:
             raise ShapeError(f"{type(self).__name__}.encode: expected rows (N, {self.D}), "
                              f"got {rows.shape}")
-        return encode_rows(np.ascontiguousarray(rows, dtype=np.float32), self.params["prototypes"])
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if not np.isfinite(rows).all():
+            raise ShapeError(f"{type(self).__name__}.encode: the rows contain NaN or Inf")
+        return encode_rows(rows, self.params["prototypes"])
 
     def lookup(self, codes):
         """``y[n, m] = sum_c table[c, codes[n, c], m] + bias[m]`` as float32 ``(N, M)``.
@@ -225,7 +231,16 @@ class _TableMixin:
         return out
 
     def _rows_forward(self, rows):
-        return self.lookup_trusted(self.encode(rows))
+        """Outputs of float rows; a row holding NaN or Inf gives a NaN output row, as the
+        exact layer's output is NaN or infinite there (never a code chosen for garbage)."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        P = self.params["prototypes"]
+        if np.isfinite(rows).all():
+            return self.lookup_trusted(encode_rows(rows, P))
+        bad = ~np.isfinite(rows).all(1)
+        out = self.lookup_trusted(encode_rows(np.where(bad[:, None], np.float32(0), rows), P))
+        out[bad] = np.nan
+        return out
 
     def table_cost(self, n_rows):
         """Cost of ``n_rows`` encoded rows (one image's worth in ``cost``), offline table building apart."""
@@ -324,8 +339,8 @@ class TableLinear(_TableMixin, LinearShape, Module):
 
     def __init__(self, in_features, out_features, n_codebooks=8, n_prototypes=256, bias=True):
         Module.__init__(self)
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self._init_tables(self.in_features, self.out_features, n_codebooks, n_prototypes, bias)
+        self._init_tables(in_features, out_features, n_codebooks, n_prototypes, bias)
+        self.in_features, self.out_features = self.D, self.M
 
     @classmethod
     def from_config(cls, cfg, build):

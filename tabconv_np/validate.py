@@ -8,6 +8,8 @@ from the package but the errors.
 """
 import numbers
 import operator
+import os
+import stat
 
 import numpy as np
 
@@ -15,6 +17,25 @@ from .errors import ConfigError
 
 #: Layouts every layer and kernel accepts.
 LAYOUTS = ("NCHW", "NHWC")
+
+#: The most parameters (array elements, all layers together) a config or a file may
+#: declare; checked before anything is allocated.  2**28 elements is 1 GiB of float32.
+#: Raise it for larger networks: ``tabconv_np.validate.MAX_PARAMETERS = 2**30``.
+MAX_PARAMETERS = 2 ** 28
+
+#: The most bytes one compressed member (a zip entry, a gzip file) may declare or
+#: decompress to; checked before it is read.  Override like :data:`MAX_PARAMETERS`.
+MAX_BYTES = 2 ** 32
+
+#: How many times its compressed size (plus 1 MiB) a zip member or gzip file may declare
+#: or decompress to.  Deflate reaches about 1000 on zeros; weights compress by less than
+#: 2, images by less than 10.
+MAX_COMPRESSION = 100
+
+
+def decompressed_limit(compressed):
+    """Bytes ``compressed`` bytes may expand to: :data:`MAX_BYTES` and :data:`MAX_COMPRESSION`."""
+    return min(MAX_BYTES, MAX_COMPRESSION * compressed + (1 << 20))
 
 #: Bounds on ``n_prototypes`` (``K``, prototypes per PQ subspace) everywhere:
 #: in a table layer, in a quantizer and in a conversion request.
@@ -32,6 +53,45 @@ def as_int(v, name, minimum=None, maximum=None):
     if maximum is not None and v > maximum:
         raise ConfigError(f"{name} must be <= {maximum}, got {v}")
     return v
+
+
+def as_float(v, name, minimum=None, positive=False):
+    """``v`` as a finite Python float, ``>= minimum`` (or ``> 0`` when ``positive``)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise ConfigError(f"{name} must be a number, got {v!r:.80} ({type(v).__name__})")
+    v = float(v)
+    if not np.isfinite(v) or (minimum is not None and v < minimum) or (positive and v <= 0):
+        need = "> 0" if positive else f">= {minimum}" if minimum is not None else "finite"
+        raise ConfigError(f"{name} must be finite and {need}, got {v}")
+    return v
+
+
+def check_parameters(count, what):
+    """Refuse ``count`` parameter elements above :data:`MAX_PARAMETERS`, naming ``what``."""
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"{what}: {count:,} parameters exceed the limit of {MAX_PARAMETERS:,} "
+                          f"(tabconv_np.validate.MAX_PARAMETERS; raise it if the network is real)")
+    return count
+
+
+def regular_file(path, error):
+    """``path`` (str) if it names a regular file, else ``error`` naming it.
+
+    Judged by ``os.stat`` before anything opens the file, so a FIFO, a device or
+    a directory is refused instead of blocking a read.
+    """
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+            "a device or socket"
+        raise error(f"{path}: {kind}, not a regular file; give the path of a file")
+    return path
 
 
 def as_pair(v, name, minimum=1):

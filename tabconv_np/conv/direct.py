@@ -80,6 +80,31 @@ def phase_split(x, stride, padding, dilation, kernel_hw, out_hw):
         xp.reshape(N, C, Hq, sh, Wq, sw).transpose(0, 1, 3, 5, 2, 4))
 
 
+def _skip_unread(x, stride, padding, dilation, kernel_hw, out_hw):
+    """The same convolution with each stride at most the kernel's extent ``(k-1)*d + 1``.
+
+    A longer stride skips rows (columns) the kernel never reads, yet
+    :func:`phase_split` would allocate all ``stride`` phases of them: here only
+    the rows read are kept (padding materialised on that axis), so the copy
+    is never larger than the padded input.
+
+    Returns
+    -------
+    (x, stride, padding) as tuples, for :func:`phase_split`
+    """
+    stride, padding = list(stride), list(padding)
+    for a in (0, 1):
+        extent = (kernel_hw[a] - 1) * dilation[a] + 1
+        if stride[a] <= extent:
+            continue
+        pads = [(0, 0)] * 4
+        pads[2 + a] = (padding[2 * a], padding[2 * a + 1])
+        read = (np.arange(out_hw[a])[:, None] * stride[a] + np.arange(extent)).reshape(-1)
+        x = np.take(np.pad(x, pads), read, axis=2 + a)
+        stride[a], padding[2 * a], padding[2 * a + 1] = extent, 0, 0
+    return x, tuple(stride), tuple(padding)
+
+
 def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, layout, out_hw):
     """Direct convolution (no validation).
 
@@ -107,7 +132,8 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, layout, ou
     if bias is None:
         bias = np.zeros(C_out, np.float32)
     out = np.empty((N, C_out, Ho, Wo), np.float32)
-    xs = phase_split(x, tuple(stride), tuple(padding), dilation, (kh, kw), out_hw)
+    x, stride, padding = _skip_unread(x, stride, padding, dilation, (kh, kw), out_hw)
+    xs = phase_split(x, stride, padding, dilation, (kh, kw), out_hw)
     work = N * C_out * Ho * Wo * Cg * kh * kw
     direct_phases.pick(work)(xs, weight, bias, dilation[0], dilation[1], groups, Ho, Wo, out)
     if layout == "NHWC":

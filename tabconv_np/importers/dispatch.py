@@ -11,7 +11,9 @@ import os
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, TabConvError, WeightFileError
+from ..layers import bad_values
 from ..models import parse_input
+from ..validate import as_int
 from .formats import detect_format
 from .keras import import_keras
 from .onnx_import import import_onnx
@@ -73,7 +75,7 @@ def import_model(source, arch=None, spec=None, input_shape=None, num_classes=Non
     if isinstance(input_shape, str):
         input_shape = parse_input(input_shape)
     if input_shape is not None:
-        input_shape = tuple(int(v) for v in input_shape)[-3:]
+        input_shape = tuple(as_int(v, "input shape", 1) for v in input_shape)[-3:]
     if arch is not None and spec is not None:
         raise ConfigError("give either --arch or --spec, not both")
     fmt = detect_format(source)
@@ -85,6 +87,8 @@ def import_model(source, arch=None, spec=None, input_shape=None, num_classes=Non
         for k, v in net.state_dict().items():
             if v.dtype.kind == "f" and not np.isfinite(v).all():
                 raise WeightFileError(f"{source}: tensor {k!r} contains NaN or Inf (corrupt file?)")
+        for k, why in bad_values(net.body):
+            raise WeightFileError(f"{source}: tensor {k!r} {why}")
     except TabConvError:
         raise
     except Exception as e:  # anything else a corrupt file provokes

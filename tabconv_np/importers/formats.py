@@ -13,8 +13,11 @@ HDF5 signature              Keras 2 ``.h5`` / Keras 3 ``.weights.h5``
 protobuf (``ir_version``)   ONNX
 =========================  =====================================================
 """
+import io
 import os
+import zipfile
 
+from .. import validate
 from ..errors import WeightFileError
 
 FORMATS = ("torch-zip", "torch-legacy", "keras-zip", "hdf5", "onnx")
@@ -30,8 +33,10 @@ def read_source(path, size=-1):
     Raises
     ------
     WeightFileError
-        ``"{path}: cannot read: ..."`` when the file cannot be opened or read.
+        ``"{path}: cannot read: ..."`` when the file cannot be opened or read;
+        a FIFO, device or directory is refused before it is opened.
     """
+    validate.regular_file(path, WeightFileError)
     try:
         with open(path, "rb") as f:
             return f.read(size)
@@ -52,12 +57,8 @@ def detect_format(path):
     if not head:
         raise WeightFileError(f"{path}: empty file")
     if head[:4] == b"PK\x03\x04":
-        import zipfile
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except Exception as e:
-            raise WeightFileError(f"{path}: a zip archive that cannot be read (truncated?): {e}") from None
+        with open_zip(path, path) as zf:
+            names = zf.namelist()
         if any(n.endswith("data.pkl") and n.count("/") <= 1 for n in names):
             return "torch-zip"
         if "config.json" in names and "model.weights.h5" in names:
@@ -74,3 +75,61 @@ def detect_format(path):
         return "onnx"
     raise WeightFileError(f"{path}: unrecognised file: not a torch.save file (zip or pickle), not "
                           f"ONNX, not HDF5 (Keras)")
+
+
+def open_zip(source, where):
+    """A ``zipfile.ZipFile`` of ``source`` (bytes or a path) whose members are all plain
+    names with believable sizes.
+
+    Refused: names with path components that leave the archive (absolute, ``..``,
+    a drive or a backslash), members declaring more bytes than
+    :func:`tabconv_np.validate.decompressed_limit` allows (a stored member: more than
+    it stores), or compressed bytes beyond the archive's end.  Nothing is
+    decompressed here.
+
+    Raises
+    ------
+    WeightFileError
+        Naming ``where``, the member and what is wrong.
+    """
+    size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+        infos = zf.infolist()
+    except Exception as e:  # BadZipFile, LargeZipFile, OSError, ValueError, EOFError, ...
+        raise WeightFileError(f"{where}: a zip archive that cannot be read (truncated?): {e}") from None
+    for info in infos:
+        name, parts = info.filename, info.filename.split("/")
+        if name.startswith("/") or "\\" in name or ".." in parts or ":" in parts[0]:
+            raise WeightFileError(f"{where}: zip member {name!r} has a path leaving the archive "
+                                  f"(absolute, '..', drive or backslash); refused")
+        stored = info.compress_type == zipfile.ZIP_STORED
+        if info.compress_size > size or info.file_size > (
+                info.compress_size if stored else validate.decompressed_limit(info.compress_size)):
+            raise WeightFileError(f"{where}: zip member {name!r} declares {info.file_size:,} bytes from "
+                                  f"{info.compress_size:,} compressed (archive {size:,} bytes; limits "
+                                  f"tabconv_np.validate.MAX_BYTES, MAX_COMPRESSION); refused")
+    return zf
+
+
+def read_member(zf, name, where, expected=None):
+    """The bytes of member ``name`` of ``zf`` (from :func:`open_zip`); when ``expected`` is
+    given, the member's declared size must equal it before anything is read.
+
+    Raises
+    ------
+    WeightFileError
+        Missing member, wrong declared size, CRC or decompression error.
+    """
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise WeightFileError(f"{where}: zip member {name} is missing") from None
+    if expected is not None and info.file_size != expected:
+        raise WeightFileError(f"{where}: zip member {name} holds {info.file_size:,} bytes, "
+                              f"expected {expected:,}")
+    try:
+        return zf.read(info)
+    except Exception as e:  # BadZipFile (CRC), zlib.error, EOFError, NotImplementedError, ...
+        raise WeightFileError(f"{where}: zip member {name} cannot be read (damaged?): "
+                              f"{type(e).__name__}: {e}") from None

@@ -33,13 +33,14 @@ import json
 import os
 import re
 import warnings
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
 
 from ..errors import ConfigError, TabConvError, WeightFileError
-from .formats import read_source
+from ..h5safe import open_h5, read
+from ..validate import check_parameters
+from .formats import open_zip, read_member, read_source
 from .spec import build_from_spec, load_spec
 
 KERAS_EPS = 1e-3
@@ -65,9 +66,13 @@ def _dataset(ds, where):
     import h5py
     if not isinstance(ds, h5py.Dataset):
         raise WeightFileError(f"{where} is not a dataset")
-    if ds.dtype.kind != "f" or ds.ndim > 4 or ds.size > 1 << 30:
+    if ds.dtype.kind != "f" or ds.ndim > 4:
         raise WeightFileError(f"{where} has dtype {ds.dtype} and shape {ds.shape}, expected float weights")
-    return np.asarray(ds[()], np.float32)
+    try:
+        check_parameters(ds.size, where)
+    except ConfigError as e:
+        raise WeightFileError(str(e)) from None
+    return np.asarray(read(ds, where), np.float32)
 
 
 def _named_weights(group, where):
@@ -135,14 +140,6 @@ def _torch_params(kind, weights, where, bn_center=True, bn_scale=True):
             raise ConfigError(f"{where}: unsupported weight {name!r} (only Conv2D, Dense and "
                               f"BatchNormalization weights can be imported)")
     return out
-
-
-def _open_h5(source, where):
-    import h5py
-    try:
-        return h5py.File(source, "r")
-    except Exception as e:
-        raise WeightFileError(f"{where}: not a readable HDF5 file (truncated or corrupt?): {e}") from None
 
 
 # --- configs ----------------------------------------------------------------------------------
@@ -400,8 +397,7 @@ def import_keras(path, spec=None, input_shape=None, meta=None):
     try:
         if head[:4] == b"PK\x03\x04":
             return _import_keras3_zip(path, spec, input_shape, meta)
-        f = _open_h5(path, path)
-        with f:
+        with open_h5(path, path) as f:
             return _import_h5(f, path, spec, input_shape, meta)
     except TabConvError:
         raise
@@ -454,17 +450,14 @@ def _with_spec(spec, state, input_shape, meta):
 
 
 def _import_keras3_zip(path, spec, input_shape, meta):
-    try:
-        zf = zipfile.ZipFile(path)
-        names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise WeightFileError(f"{path}: not a readable zip archive (truncated?): {e}") from None
+    zf = open_zip(read_source(path), path)
+    names = zf.namelist()
     if "config.json" not in names or "model.weights.h5" not in names:
         raise WeightFileError(f"{path}: a zip archive, but neither a torch.save file nor a .keras model "
                               f"(no config.json and model.weights.h5)")
-    cfg = json.loads(zf.read("config.json").decode("utf-8"))
-    f = _open_h5(io.BytesIO(zf.read("model.weights.h5")), f"{path}:model.weights.h5")
-    with f:
+    cfg = json.loads(read_member(zf, "config.json", path).decode("utf-8"))
+    weights = io.BytesIO(read_member(zf, "model.weights.h5", path))
+    with open_h5(weights, f"{path}:model.weights.h5") as f:
         if _keras3_root(f) is None:
             raise WeightFileError(f"{path}: model.weights.h5 has no layers/ group")
         if spec is not None:

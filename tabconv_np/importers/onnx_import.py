@@ -394,6 +394,39 @@ class _Importer:
         return self.value(node, node.input[0])
 
 
+def _tensors(graph):
+    """``(where, TensorProto)`` for every tensor in ``graph`` and its subgraphs: initializers,
+    sparse initializers, tensor attributes of any node (``Constant`` included)."""
+    stack = [("graph", graph)]
+    while stack:
+        where, g = stack.pop()
+        for t in g.initializer:
+            yield f"{where}: initializer {t.name!r}", t
+        for sp in g.sparse_initializer:
+            yield f"{where}: sparse initializer {sp.values.name!r}", sp.values
+            yield f"{where}: sparse initializer {sp.values.name!r} (indices)", sp.indices
+        for node in g.node:
+            for a in node.attribute:
+                at = f"{where}: node {node.name!r} ({node.op_type}) attribute {a.name!r}"
+                sparse = list(a.sparse_tensors) + ([a.sparse_tensor] if a.HasField("sparse_tensor") else [])
+                for t in ([a.t] if a.HasField("t") else []) + list(a.tensors) + \
+                        [x for sp in sparse for x in (sp.values, sp.indices)]:
+                    yield at, t
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    stack.append((f"{at} subgraph", sub))
+
+
+def _refuse_external_data(graph, path):
+    """Refuse any tensor whose data lives in another file (read relative to the current
+    directory by onnx, so a model could pull in any file)."""
+    for where, t in _tensors(graph):
+        if t.data_location == 1 or len(t.external_data):   # TensorProto.EXTERNAL
+            raise WeightFileError(f"{path}: {where} keeps its data in an external file; refused. "
+                                  f"Re-save the model in one file: m = onnx.load(path) (next to its "
+                                  f"data files), then onnx.save(m, 'one.onnx', "
+                                  f"save_as_external_data=False)")
+
+
 def import_onnx(path, input_shape=None, meta=None):
     """A :class:`~tabconv_np.network.Network` from the ONNX file at ``path``.
 
@@ -425,9 +458,7 @@ def import_onnx(path, input_shape=None, meta=None):
                               f"{type(e).__name__}: {e}") from None
     if not model.HasField("graph") or not model.graph.node:
         raise WeightFileError(f"{path}: not an ONNX model (no graph)")
-    if any(t.data_location == 1 for t in model.graph.initializer):  # EXTERNAL
-        raise WeightFileError(f"{path}: the weights are stored in external data files; save the model "
-                              f"with onnx.save(model, path, save_as_external_data=False)")
+    _refuse_external_data(model.graph, path)
     try:
         imp = _Importer(model, path, input_shape, nh, onnx)
         body = imp.run()

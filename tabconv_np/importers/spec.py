@@ -85,7 +85,7 @@ from ..layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Flatten, Gl
                       Linear, MaxPool2d, ReLU)
 from ..network import Network
 from ..structure import Residual
-from ..validate import as_pair
+from ..validate import as_pair, regular_file
 from .statedict import clean_state
 
 _ALIASES = {
@@ -336,13 +336,13 @@ def load_spec(spec):
     text = spec
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and not spec.lstrip().startswith("{")):
         try:
-            with open(spec, encoding="utf-8") as f:
+            with open(regular_file(spec, ConfigError), encoding="utf-8") as f:
                 text = f.read()
-        except OSError as e:
+        except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read the spec file {os.fspath(spec)}: {e}") from None
     try:
         spec = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ConfigError(f"the spec is not valid JSON: {e}") from None
     if not isinstance(spec, dict):
         raise ConfigError("the spec must be a JSON object with 'input' and 'layers'")

@@ -42,13 +42,12 @@ import io
 import os
 import re
 import struct
-import zipfile
 
 import numpy as np
 
 from .. import safe_pickle
 from ..errors import TabConvError, WeightFileError
-from .formats import read_source
+from .formats import open_zip, read_member, read_source
 
 #: First pickle of a legacy file, and the second.
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
@@ -274,11 +273,8 @@ def _materialise(obj, byteorder, where, depth=0):
 
 # --- the two formats -------------------------------------------------------------------------
 def _read_zip(data, where):
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        names = zf.namelist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as e:
-        raise WeightFileError(f"{where}: not a readable zip archive (truncated?): {e}") from None
+    zf = open_zip(data, where)
+    names = zf.namelist()
     pkls = [n for n in names if n.endswith("data.pkl") and n.count("/") <= 1]
     if len(pkls) != 1:
         raise WeightFileError(f"{where}: a zip archive without a single '<name>/data.pkl': not a "
@@ -295,13 +291,7 @@ def _read_zip(data, where):
         storages = {}
         obj = _load_pickle(io.BytesIO(zf.read(pkls[0])), where, storages)
         for key, ref in storages.items():
-            name = f"{prefix}data/{key}"
-            if name not in names:
-                raise WeightFileError(f"{where}: storage record {name} is missing")
-            ref.data = zf.read(name)
-            if len(ref.data) != ref.numel * ref.dtype.itemsize:
-                raise WeightFileError(f"{where}: storage {name} holds {len(ref.data)} bytes, expected "
-                                      f"{ref.numel} x {ref.dtype.itemsize}")
+            ref.data = read_member(zf, f"{prefix}data/{key}", where, ref.numel * ref.dtype.itemsize)
     except TabConvError:
         raise
     except Exception as e:  # zip CRC errors, truncated pickles, unpickling errors, memory
