@@ -105,7 +105,9 @@ class Network:
 
     def __init__(self, body, input_shape, preprocess=None, layout="NCHW", meta=None):
         self.body = body
-        self.input_shape = tuple(int(v) for v in input_shape)
+        if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (1, 3):
+            raise ConfigError(f"network: input_shape must be (C, H, W) (or (features,)), got {input_shape!r:.80}")
+        self.input_shape = tuple(as_int(v, "network: input_shape", 1) for v in input_shape)
         self.preprocess = preprocess
         channel_axis(layout)
         self.layout = layout

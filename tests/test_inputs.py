@@ -92,3 +92,12 @@ def test_shipped_resnet_counts_one_parameter_number():
     n = tabconv_np.count_ops(net).total["params"]
     assert net.num_params() == n == 11_177_034
     assert repr(net).splitlines()[0].endswith("11,177,034 parameters (BN running statistics not counted))")
+
+
+def test_network_input_shape_is_checked_not_truncated():
+    from tabconv_np.errors import ConfigError
+    from tabconv_np.layers import ReLU
+    from tabconv_np.network import Network
+    for bad in ((1, float("inf"), 3), (1, 2.5, 3), (1, 0, 3), (1, 28), "1x28x28"):
+        with pytest.raises(ConfigError, match="input_shape"):
+            Network(ReLU(), bad)
