@@ -158,6 +158,7 @@ if ARGS is not None and ARGS.worker:
     # own process.
     assert os.environ.get("NUMBA_NUM_THREADS"), "worker started without NUMBA_NUM_THREADS"
 
+import tabconv_np  # noqa: E402,F401  (before numpy: it sets OpenBLAS's thread timeout)
 import numpy as np  # noqa: E402
 
 from tabconv_np.outputs import write_atomic  # noqa: E402

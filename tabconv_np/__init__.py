@@ -14,6 +14,17 @@ them all up front).  Main entry points::
     tabconv_np.set_num_threads(n)
 """
 import importlib
+import os
+
+# OpenBLAS's idle threads busy-wait 2**28 cycles (about 0.1 s) after every BLAS
+# call; a parallel Numba kernel that runs next shares its cores with them and
+# waits for its slowest thread (a hash-tree ResNet-34 at batch 32 on 2 threads:
+# 24 ms, 15 ms with the BLAS limited to 1 thread).  2**20 cycles (about 0.3 ms)
+# keeps them awake across the back-to-back products of an exact network and
+# lets them sleep during Numba work.  OpenBLAS reads this once, when numpy first
+# loads it: effective when tabconv_np is imported before numpy (the CLI does);
+# a value the user set wins.  See tabconv_np/threads.py.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 __version__ = "0.1.0"
 

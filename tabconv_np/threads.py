@@ -9,9 +9,12 @@ between 10 and 196 ms with the default BLAS threads, and was 3.3 ms with one.
 numpy loaded).  The BLAS is never called from inside a Numba parallel region,
 so the two pools take turns rather than compete.
 
-Related: ``GOMP_SPINCOUNT`` (set to 1000 at import unless the user set it;
-see :mod:`tabconv_np.kernels._jit`) keeps Numba's idle OpenMP workers from
-spinning on the cores the BLAS needs next.
+Related, both set at import unless the user set them: ``GOMP_SPINCOUNT=1000``
+(:mod:`tabconv_np.kernels._jit`) keeps Numba's idle OpenMP workers from
+spinning on the cores the BLAS needs next, and ``OPENBLAS_THREAD_TIMEOUT=20``
+(``tabconv_np/__init__.py``) keeps OpenBLAS's idle threads from spinning on
+the cores Numba needs next; the second only when tabconv_np is imported
+before numpy.
 """
 import numba
 
