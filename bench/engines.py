@@ -21,6 +21,8 @@ preprocessed float32 images through
   is still NCHW and converted once at the edge);
 * ``plan``: ``tabconv_np.prepare(net)`` (BN folded, NHWC, weights
   pre-arranged, taps that read only padding dropped, epilogues fused);
+* ``plan_tuned``: ``tabconv_np.prepare(net, batch=B)`` for the timed batch
+  size B (each 3x3 stride-1 conv's method, im2col or Winograd, chosen by timing);
 * ``torch``: the network's torch twin (``weights/models_torch.py``) under
   ``torch.inference_mode()``, when torch is installed;
 * ``onnxruntime``: that twin exported to ONNX (opset 17, cached in
@@ -31,7 +33,7 @@ Timing is ``tree_network.time_round_robin``: warm-up calls, samples of at
 least ``--min-sample`` seconds, ``--repeats`` round-robin rounds with the
 first contender rotating; medians are reported with their ratio to
 onnxruntime (x/ORT > 1: slower than onnxruntime) and, per batch and thread
-count, the geometric mean of the plan's ratio over the models.  Batches larger
+count, the geometric mean of the plans' ratios over the models.  Batches larger
 than ``--max-batch-224`` are skipped for ``resnet18-224`` (a batch of 256 at
 224x224 is minutes per round on one core).
 """
@@ -49,7 +51,7 @@ from tree_network import (MODELS, ROOT, _ints, blas_info, cpu_model, export_onnx
                           fmt_ms, make_cache_dir, time_round_robin, write_text_atomic)
 
 #: The contenders, in table order.
-CONTENDERS = ("nchw", "nhwc", "plan", "torch", "onnxruntime")
+CONTENDERS = ("nchw", "nhwc", "plan", "plan_tuned", "torch", "onnxruntime")
 #: Model short names -> shipped weight file, or None for the random ImageNet-shaped ResNet-18.
 ENGINE_MODELS = {"resnet18": MODELS["resnet18"], "resnet34": MODELS["resnet34"], "nin": MODELS["nin"],
                  "resnet18-224": None}
@@ -148,6 +150,7 @@ def worker_main(spec_path):
         rng = np.random.default_rng(1)
         for b in m["batches"]:
             x = rng.standard_normal((b,) + net.input_shape).astype(np.float32)
+            fns_all["plan_tuned"] = tabconv_np.prepare(net, batch=b)
             ref = net(x)
             diff = {k: float(np.abs(np.asarray(f(x)) - ref).max()) for k, f in fns_all.items()}
             t = time_round_robin({k: (lambda f=f: f(x)) for k, f in fns_all.items()}, spec["repeats"],
@@ -189,23 +192,25 @@ def markdown(report, args):
     geo = {}
     for name, per_t in report["models"].items():
         L += [f"## {name}", "", "| batch | threads | " + " | ".join(f"{c} ms" for c in CONTENDERS)
-              + " | nchw/ORT | nhwc/ORT | plan/ORT | plan/torch |", "|---:|---:|" + "---:|" * (len(CONTENDERS) + 4)]
+              + " | nchw/ORT | nhwc/ORT | plan/ORT | tuned/ORT | tuned/torch |",
+              "|---:|---:|" + "---:|" * (len(CONTENDERS) + 5)]
         for t in args.thread_list:
             for b, r in per_t[str(t)].items():
                 med = r["median_s"]
                 o, tt = med.get("onnxruntime"), med.get("torch")
-                ratio = [f"{med[c] / o:.2f}" if o else "–" for c in ("nchw", "nhwc", "plan")]
+                ratio = [f"{med[c] / o:.2f}" if o else "–" for c in ("nchw", "nhwc", "plan", "plan_tuned")]
                 L.append(f"| {b} | {t} | " + " | ".join(fmt_ms(med.get(c)) for c in CONTENDERS)
-                         + " | " + " | ".join(ratio) + (f" | {med['plan'] / tt:.2f} |" if tt else " | – |"))
+                         + " | " + " | ".join(ratio) + (f" | {med['plan_tuned'] / tt:.2f} |" if tt else " | – |"))
                 if o:
-                    geo.setdefault((int(b), t), []).append(med["plan"] / o)
+                    geo.setdefault((int(b), t), []).append((med["plan"] / o, med["plan_tuned"] / o))
         worst = max(max(r["max_abs_diff_to_nchw"].values()) for pt in per_t.values() for r in pt.values())
         L += ["", f"Largest difference of any contender's outputs to the nchw network's: {worst:.1e}.", ""]
     if geo:
-        L += ["## Geometric mean of plan / onnxruntime over the models", "", "| batch | threads | models | plan/ORT |",
-              "|---:|---:|---:|---:|"]
+        L += ["## Geometric mean over the models of plan / onnxruntime", "",
+              "| batch | threads | models | plan/ORT | tuned plan/ORT | worst tuned plan/ORT |", "|---:|---:|---:|---:|---:|---:|"]
         for (b, t), v in sorted(geo.items()):
-            L.append(f"| {b} | {t} | {len(v)} | {float(np.exp(np.mean(np.log(v)))):.2f} |")
+            g = np.exp(np.mean(np.log(np.array(v)), axis=0))
+            L.append(f"| {b} | {t} | {len(v)} | {g[0]:.2f} | {g[1]:.2f} | {max(w[1] for w in v):.2f} |")
     return "\n".join(L) + "\n"
 
 
