@@ -86,22 +86,11 @@ def parse_args(argv=None):
 
 def load_model(name):
     """The exact network of ``name`` (parameters loaded or seeded)."""
-    import numpy as np
     import tabconv_np
-    from tabconv_np.models import build
+    from tabconv_np.models import build, randomize
     if ENGINE_MODELS[name]:
         return tabconv_np.load(os.path.join(ROOT, "weights", ENGINE_MODELS[name]))
-    net = build("resnet18-paper", 3, 1000, input_size=224)
-    rng = np.random.default_rng(0)
-    state = {}
-    for k, v in net.state_dict().items():
-        if k.endswith("running_var"):
-            state[k] = rng.uniform(0.5, 2.0, v.shape)
-        elif k.endswith("weight") and v.ndim > 1:
-            state[k] = rng.normal(0, np.sqrt(2.0 / np.prod(v.shape[1:])), v.shape)
-        else:
-            state[k] = rng.normal(0, 0.1, v.shape)
-    return net.load_state_dict(state)
+    return randomize(build("resnet18-paper", 3, 1000, input_size=224), seed=0)
 
 
 def worker_main(spec_path):

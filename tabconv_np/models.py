@@ -13,6 +13,8 @@ layer2.0.downsample.0/1, fc``), so a torch ``state_dict`` loads one to one.
 * LeNet: conv5x5(6, pad 2) relu maxpool2 conv5x5(16) relu maxpool2 flatten
   fc(120) relu fc(84) relu fc(classes).
 """
+import numpy as np
+
 from .errors import ConfigError
 from .blocks import BasicBlock, Sequential
 from .layers import BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU
@@ -104,3 +106,21 @@ def parse_input(text):
     if len(shape) not in (3, 4) or min(shape) < 1:
         raise ConfigError(f"input shape must look like 1x28x28 (C x H x W), got {text!r}")
     return shape
+
+
+def randomize(net, seed=0):
+    """Fill ``net``'s parameters with seeded He-scaled random values (BN variances in [0.5, 2]).
+
+    For timing and testing architectures without trained weights (benches, tests); returns ``net``.
+    """
+    rng = np.random.default_rng(seed)
+    state = {}
+    for k, v in net.state_dict().items():
+        if k.endswith("running_var"):
+            state[k] = rng.uniform(0.5, 2.0, v.shape)
+        elif k.endswith("weight") and v.ndim > 1:
+            state[k] = rng.normal(0, np.sqrt(2.0 / np.prod(v.shape[1:])), v.shape)
+        else:
+            state[k] = rng.normal(0, 0.1, v.shape)
+    return net.load_state_dict(state)
+
