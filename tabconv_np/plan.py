@@ -46,6 +46,7 @@ from .kernels import tree_kernels as _tree
 from .layers import Clip, Conv2d, ReLU
 from .network import normalize
 from .structure import Chain, Residual, structure_of
+from .threads import get_num_threads
 from .tree_tables import DEPTH, LOOKUPS_PER_WORK, TreeConv2d
 
 _F32 = np.float32
@@ -223,14 +224,14 @@ class PreparedTree(_Prepared):
             xp = np.zeros((N, H + pt + pb, W + pl + pr, C), _F32)
             xp[:, pt:pt + H, pl:pl + W] = x
             x = xp
-        codes = np.empty((N * Ho * Wo, len(self.off)), np.uint8)
-        _tree.encode_padded.pick(codes.size * DEPTH)(x.reshape(-1), self.off, self.thr, x[0].size,
-                                                     self.s_row, self.s_col, Ho, Wo, codes)
-        y = np.empty((N * Ho * Wo, M), _F32)
-        _tree.lookup.pick(y.size * codes.shape[1] // LOOKUPS_PER_WORK)(codes, self.table, self.step,
-                                                                      self.bias, y)
-        if residual is not None or self.act != _Prepared.act:
-            self._epilogue(y, self.zero, residual)
+        R, C = N * Ho * Wo, len(self.off)
+        y = np.empty((R, M), _F32)
+        res = _NO_RESIDUAL if residual is None else residual.reshape(R, M)
+        work = R * C * DEPTH + R * M * C // LOOKUPS_PER_WORK
+        blk = max(1, min(_tree.BLOCK, R // (4 * get_num_threads())))     # >= 4 tasks a thread
+        _tree.encode_lookup.pick(work)(x.reshape(-1), self.off, self.thr, x[0].size, self.s_row, self.s_col,
+                                       Ho, Wo, self.table, self.step, self.bias, res, residual is not None,
+                                       *self.act, blk, y)
         return y.reshape(N, Ho, Wo, M)
 
 

@@ -332,4 +332,9 @@ def warmup():
         getattr(_k.encode_rows, entry)(x.reshape(2, -1)[:, :18].copy(), p["split_cols"],
                                        p["thresholds"], codes[:2])
         getattr(_k.lookup, entry)(codes, p["table"], p["step"], p["bias"], np.empty((50, 3), np.float32))
+        for res in (np.zeros((50, 3), np.float32), np.zeros((1, 1), np.float32)):   # plans: with a residual or not
+            getattr(_k.encode_lookup, entry)(x.reshape(-1), np.zeros((2, DEPTH), np.int64), p["thresholds"],
+                                             50, 5, 1, 5, 5, p["table"], p["step"], p["bias"], res,
+                                             res.shape[0] > 1, np.float32(0), np.float32(np.inf), 8,
+                                             np.empty((50, 3), np.float32))
     return True

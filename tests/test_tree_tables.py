@@ -294,3 +294,25 @@ def test_tree_learning_warmup_compiles_both_entries():
     from tabconv_np.hashtree import warmup
     assert warmup()
     assert all(fn.signatures for fn in TF.fit)
+
+
+def test_fused_encode_lookup_equals_the_three_passes_serial_and_parallel():
+    """kernels.tree_kernels.encode_lookup (the prepared plans' one region per layer) against
+    encode_padded + lookup + the epilogue clamp(y + res), bitwise, every block size."""
+    conv, x = _conv_and_input(3, cin=6, cout=40, hw=15, n=4)
+    layer, _ = _tree_layer(conv, x)
+    p = layer.params
+    args, _ = layer.encoder_args(x, "NCHW")
+    R = 4 * 225
+    codes = np.empty((R, 6), np.uint8)
+    K.encode_padded.serial(*args, codes)
+    y = np.empty((R, 40), np.float32)
+    K.lookup.serial(codes, p["table"], p["step"], p["bias"], y)
+    res = np.random.default_rng(1).standard_normal((R, 40)).astype(np.float32)
+    want = np.clip(y + res, np.float32(0), np.float32(6))
+    for fn in (K.encode_lookup.serial, K.encode_lookup.parallel):
+        for blk in (1, 7, 32):
+            got = np.empty((R, 40), np.float32)
+            fn(*args, p["table"], p["step"], p["bias"], res, True,
+               np.float32(0), np.float32(6), blk, got)
+            np.testing.assert_array_equal(got, want)

@@ -60,6 +60,38 @@ def _encode_rows(X, cols, thr, out):
             out[n, c] = _walk_row(X, n, c, cols, thr)
 
 
+def _encode_window_py(xf, base, off, thr, out_row):
+    """Codes of one window: codebook ``c`` reads ``xf[base + off[c, t]]`` at level ``t``."""
+    for c in range(out_row.shape[0]):
+        thc = thr[c]
+        offc = off[c]
+        node = 0
+        for t in range(DEPTH):
+            node = 2 * node + (1 if xf[base + offc[t]] > thc[(1 << t) - 1 + node] else 0)
+        out_row[c] = node
+
+
+_encode_window = numba.njit(inline="always", cache=CACHE)(_encode_window_py)
+
+
+def _accumulate_py(code_row, T, acc, acc16):
+    """``acc[m] = sum_c T[c, code_row[c], m]`` (int32), in uint16 blocks of ACC_BLOCK codebooks."""
+    C = code_row.shape[0]
+    M = T.shape[2]
+    acc[:] = 0
+    for c0 in range(0, C, ACC_BLOCK):
+        acc16[:] = 0
+        for c in range(c0, min(C, c0 + ACC_BLOCK)):
+            row = T[c, code_row[c]]
+            for m in range(M):
+                acc16[m] += row[m]
+        for m in range(M):
+            acc[m] += acc16[m]
+
+
+_accumulate = numba.njit(inline="always", cache=CACHE)(_accumulate_py)
+
+
 def _encode_padded(xf, off, thr, s_img, s_row, s_col, Ho, Wo, out):
     """Codes of every output position of a convolution, read from its zero-padded input.
 
@@ -73,20 +105,11 @@ def _encode_padded(xf, off, thr, s_img, s_row, s_col, Ho, Wo, out):
     The input is padded by the caller, so no value needs a bounds check: the
     window of ``(n, ho, wo)`` starts at ``n*s_img + ho*s_row + wo*s_col``.
     """
-    C = out.shape[1]
     for r in prange(out.shape[0]):
         n = r // (Ho * Wo)
         ho = (r // Wo) % Ho
         wo = r - (n * Ho + ho) * Wo
-        base = n * s_img + ho * s_row + wo * s_col
-        o = out[r]
-        for c in range(C):
-            thc = thr[c]
-            offc = off[c]
-            node = 0
-            for t in range(DEPTH):
-                node = 2 * node + (1 if xf[base + offc[t]] > thc[(1 << t) - 1 + node] else 0)
-            o[c] = node
+        _encode_window(xf, n * s_img + ho * s_row + wo * s_col, off, thr, out[r])
 
 
 def _lookup(codes, T, scale, bias, out):
@@ -94,23 +117,54 @@ def _lookup(codes, T, scale, bias, out):
 
     codes (N, C) uint8 < 16; T (C, 16, M) uint8; scale, bias (M,) float32; out (N, M) float32.
     """
-    N, C = codes.shape
     M = T.shape[2]
-    for n in prange(N):
-        acc = np.zeros(M, np.int32)
+    for n in prange(codes.shape[0]):
+        acc = np.empty(M, np.int32)
         acc16 = np.empty(M, np.uint16)
-        for c0 in range(0, C, ACC_BLOCK):
-            acc16[:] = 0
-            for c in range(c0, min(C, c0 + ACC_BLOCK)):
-                row = T[c, codes[n, c]]
-                for m in range(M):
-                    acc16[m] += row[m]
-            for m in range(M):
-                acc[m] += acc16[m]
+        _accumulate(codes[n], T, acc, acc16)
         for m in range(M):
             out[n, m] = np.float32(acc[m]) * scale[m] + bias[m]
 
 
+#: Most output rows per task of :func:`_encode_lookup`: a block's codes (rows x C bytes) stay in L1.
+BLOCK = 32
+
+
+def _encode_lookup(xf, off, thr, s_img, s_row, s_col, Ho, Wo, T, scale, bias, res, has_res, lo, hi,
+                   blk, out):
+    """:func:`_encode_padded`, :func:`_lookup` and the epilogue ``clamp(y + res, lo, hi)`` in one
+    parallel region, ``blk`` output rows per task (one wake-up of the threads per layer instead of
+    three).  Arguments as in those kernels; res (rows, M) read when ``has_res``.  The same
+    operations in the same order: equal to the three passes (up to the sign of a zero).
+    """
+    R, M = out.shape
+    C = off.shape[0]
+    for b in prange((R + blk - 1) // blk):
+        r0 = b * blk
+        r1 = min(R, r0 + blk)
+        codes = np.empty((blk, C), np.uint8)
+        acc = np.empty(M, np.int32)
+        acc16 = np.empty(M, np.uint16)
+        for r in range(r0, r1):
+            n = r // (Ho * Wo)
+            ho = (r // Wo) % Ho
+            wo = r - (n * Ho + ho) * Wo
+            _encode_window(xf, n * s_img + ho * s_row + wo * s_col, off, thr, codes[r - r0])
+        for r in range(r0, r1):
+            _accumulate(codes[r - r0], T, acc, acc16)
+            o = out[r]
+            for m in range(M):
+                v = np.float32(acc[m]) * scale[m] + bias[m]
+                if has_res:
+                    v += res[r, m]
+                if v < lo:
+                    v = lo
+                if v > hi:
+                    v = hi
+                o[m] = v
+
+
 encode_rows = kernel(_encode_rows)
 encode_padded = kernel(_encode_padded)
+encode_lookup = kernel(_encode_lookup)
 lookup = kernel(_lookup)
