@@ -12,9 +12,25 @@ NaN stays NaN, as in the exact layers.  No validation here (see
 :mod:`tabconv_np.plan`); each element is computed by one thread, so serial and
 parallel entries agree bitwise.  Reference: ``reference.epilogue_naive``.
 """
+import numba
+import numpy as np
 from numba import prange
 
-from ._jit import kernel
+from ._jit import CACHE, kernel
+
+
+def _finish_py(v, r, lo, hi):
+    """``clamp(v + r, lo, hi)`` by two comparisons, so that a NaN stays NaN."""
+    v += r
+    if v < lo:
+        v = lo
+    if v > hi:
+        v = hi
+    return v
+
+
+#: The epilogue of one element, inlined into every kernel that ends with it.
+finish = numba.njit(inline="always", cache=CACHE)(_finish_py)
 
 
 def _bias_residual_clamp(y, bias, res, has_res, lo, hi):
@@ -33,14 +49,7 @@ def _bias_residual_clamp(y, bias, res, has_res, lo, hi):
     for r in prange(R):
         yr = y[r]
         for m in range(M):
-            v = yr[m] + bias[m]
-            if has_res:
-                v += res[r, m]
-            if v < lo:
-                v = lo
-            if v > hi:
-                v = hi
-            yr[m] = v
+            yr[m] = finish(yr[m] + bias[m], res[r, m] if has_res else np.float32(0), lo, hi)
     return y
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import CACHE, kernel
+from .epilogue_kernels import finish
 
 #: Codebooks accumulated in uint16 before widening (``255 * 257 = 65535``).
 ACC_BLOCK = 257
@@ -154,14 +155,8 @@ def _encode_lookup(xf, off, thr, s_img, s_row, s_col, Ho, Wo, T, scale, bias, re
             _accumulate(codes[r - r0], T, acc, acc16)
             o = out[r]
             for m in range(M):
-                v = np.float32(acc[m]) * scale[m] + bias[m]
-                if has_res:
-                    v += res[r, m]
-                if v < lo:
-                    v = lo
-                if v > hi:
-                    v = hi
-                o[m] = v
+                o[m] = finish(np.float32(acc[m]) * scale[m] + bias[m], res[r, m] if has_res else np.float32(0),
+                              lo, hi)
 
 
 encode_rows = kernel(_encode_rows)
