@@ -8,10 +8,20 @@ each output element is computed by one thread in a fixed order, so serial and
 parallel entries agree bitwise.  Reference: the float64 ``tensordot`` form in
 ``reference.winograd_naive``.
 """
+import numba
 import numpy as np
 from numba import prange
 
-from ._jit import kernel
+from ._jit import CACHE, kernel
+
+
+def _axpy_py(dst, b, src):
+    """``dst += b * src`` over a channel vector."""
+    for c in range(dst.shape[0]):
+        dst[c] += b * src[c]
+
+
+_axpy = numba.njit(inline="always", cache=CACHE)(_axpy_py)
 
 
 def _input_transform(xp, BT, m, th, tw, V):
@@ -34,20 +44,14 @@ def _input_transform(xp, BT, m, th, tw, V):
                 b = BT[i, k]
                 if b != 0:
                     for l in range(a):
-                        src = xp[n, p * m + k, q * m + l]
-                        dst = tmp[i, l]
-                        for c in range(C):
-                            dst[c] += b * src[c]
+                        _axpy(tmp[i, l], b, xp[n, p * m + k, q * m + l])
         for i in range(a):
             for j in range(a):
                 dst = V[i * a + j, t]
                 dst[:] = 0
                 for l in range(a):
-                    b = BT[j, l]
-                    if b != 0:
-                        src = tmp[i, l]
-                        for c in range(C):
-                            dst[c] += b * src[c]
+                    if BT[j, l] != 0:
+                        _axpy(dst, BT[j, l], tmp[i, l])
 
 
 def _output_transform(M, AT, th, tw, Ho, Wo, bias, out):
@@ -68,10 +72,7 @@ def _output_transform(M, AT, th, tw, Ho, Wo, bias, out):
                 b = AT[r, i]
                 if b != 0:
                     for j in range(a):
-                        src = M[i * a + j, t]
-                        dst = tmp[r, j]
-                        for c in range(Co):
-                            dst[c] += b * src[c]
+                        _axpy(tmp[r, j], b, M[i * a + j, t])
         for r in range(m):
             h = p * m + r
             if h >= Ho:
@@ -83,11 +84,8 @@ def _output_transform(M, AT, th, tw, Ho, Wo, bias, out):
                 dst = out[n, h, w]
                 dst[:] = bias
                 for j in range(a):
-                    b = AT[s, j]
-                    if b != 0:
-                        src = tmp[r, j]
-                        for c in range(Co):
-                            dst[c] += b * src[c]
+                    if AT[s, j] != 0:
+                        _axpy(dst, AT[s, j], tmp[r, j])
 
 
 input_transform = kernel(_input_transform)
