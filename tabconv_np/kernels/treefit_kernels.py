@@ -249,6 +249,22 @@ def _split_py(S, d, rows, s, n, prefix, at, c1, c2, L, R):
 _split = _helper(_split_py)
 
 
+def _bucket_sums_py(S, node, counts, sums):
+    """``counts[k]``, ``sums[k]``: rows in bucket ``node[r] == k`` and their column sums
+    (float64, rows in row order from 0)."""
+    counts[:] = 0
+    sums[:, :] = 0.0
+    for r in range(S.shape[0]):
+        k = node[r]
+        counts[k] += 1
+        sk = sums[k]
+        for e in range(S.shape[1]):
+            sk[e] += np.float64(S[r, e])
+
+
+_bucket_sums = _helper(_bucket_sums_py, "always")
+
+
 def _sort_slots_py(ds, cand):
     """Columns sorted at most in a subspace of ``ds`` columns: ``cand`` candidates a level."""
     return min(ds, min(cand, ds) * DEPTH)
@@ -292,15 +308,8 @@ def _fit_subspace_py(X, lo, ds, cand, cols, thr, P, Sbuf, obuf, pbuf, at, node, 
     for t in range(DEPTH):
         nb = 1 << t
         # the columns' squared errors over the buckets (rows in row order)
-        counts[:] = 0
-        sums[:, :] = 0.0
+        _bucket_sums(S, node[:N], counts, sums)
         dev[:, :] = 0.0
-        for r in range(N):
-            k = node[r]
-            counts[k] += 1
-            sk = sums[k]
-            for e in range(ds):
-                sk[e] += np.float64(S[r, e])
         for k in range(nb):
             if counts[k] > 0:
                 for e in range(ds):
@@ -365,14 +374,7 @@ def _fit_subspace_py(X, lo, ds, cand, cols, thr, P, Sbuf, obuf, pbuf, at, node, 
             k = node[r]
             node[r] = 2 * k + (1 if S[r, best_d] > best_ths[k] else 0)
     thr[N_LEAVES - 1] = 0.0
-    counts[:] = 0
-    sums[:, :] = 0.0
-    for r in range(N):                                      # prototypes: the leaves' means
-        k = node[r]
-        counts[k] += 1
-        sk = sums[k]
-        for e in range(ds):
-            sk[e] += np.float64(S[r, e])
+    _bucket_sums(S, node[:N], counts, sums)                 # prototypes: the leaves' means
     for k in range(N_LEAVES):
         for e in range(P.shape[1]):
             if e < ds and counts[k] > 0:
