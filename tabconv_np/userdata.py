@@ -21,11 +21,14 @@ network's input range (see :mod:`tabconv_np.network`).
 (``net.meta["dataset"]``), and refuses to guess when it records none.
 """
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
 from .data import DATASETS, load_dataset, read_idx
 from .errors import DataError, ShapeError
+from .validate import regular_file
 
 #: File name endings read as images from a folder.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -82,7 +85,8 @@ def _from_npz(path):
                                 f"the archive holds {keys}")
             lkey = next((k for k in ("labels", "y") if k in keys), None)
             return z[key], (z[lkey] if lkey else None)
-    except ValueError as e:          # object arrays need pickles, which are never loaded
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        # object arrays need pickles, which are never loaded; a damaged archive is not a zip
         raise DataError(f"{path}: unreadable .npz ({e}); store plain numeric arrays") from None
 
 
@@ -167,11 +171,11 @@ def load_user_images(path, input_shape, limit=None):
     if os.path.isdir(path):
         x, y = _from_folder(path, input_shape[0])
     elif path.endswith(".npz"):
-        x, y = _from_npz(path)
+        x, y = _from_npz(regular_file(path, DataError))
     elif path.endswith(".npy"):
         try:
-            x, y = np.load(path, allow_pickle=False), None
-        except ValueError as e:
+            x, y = np.load(regular_file(path, DataError), allow_pickle=False), None
+        except (ValueError, OSError) as e:
             raise DataError(f"{path}: unreadable .npy ({e}); store a plain numeric array") from None
     else:
         x = read_idx(path)

@@ -123,3 +123,15 @@ def test_cli_eval_and_convert_on_user_data(tmp_path, arrays, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["calibration_data"] == str(tmp_path / "nolabels.npy")
     assert "--data " in captured.err and "--prototypes 4" in captured.err       # settings printed first
+
+
+def test_damaged_archives_and_fifos_are_refused(tmp_path):
+    import os
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04" + b"garbage" * 10)
+    with pytest.raises(DataError, match="unreadable .npz"):
+        load_user_images(str(bad), (1, 28, 28))
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        load_user_images(str(fifo), (1, 28, 28))
