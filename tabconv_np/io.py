@@ -29,7 +29,7 @@ from .errors import ConfigError, TabConvError, WeightFileError
 from .h5safe import open_h5, read
 from .outputs import check_output, write_atomic
 from .layers import bad_values
-from .network import FORMAT_VERSION, Network, input_range
+from .network import FORMAT_VERSION, Network, check_input_shape
 
 
 def save(net, path, dtype=None, *, overwrite=False):
@@ -131,37 +131,13 @@ def _network(path, raw):
     """The zero-filled network described by the ``config`` attribute ``raw``."""
     try:
         cfg = json.loads(raw)
-        shape = cfg.get("input_shape") if isinstance(cfg, dict) else None
-        if not isinstance(shape, list) or len(shape) != 3 or \
-                not all(type(v) is int and v > 0 for v in shape):
-            raise ConfigError(f"'input_shape' must be a list of 3 positive ints (C, H, W), got "
-                              f"{shape!r:.80}")
-        _check_preprocess(cfg.get("preprocess"), shape[0])
+        if not isinstance(cfg, dict):
+            check_input_shape(None)           # the error of a config without a shape
         return Network.from_config(cfg)
     except TabConvError as e:
         raise WeightFileError(f"{path}: unknown or invalid architecture in 'config': {e}") from None
     except (ValueError, TypeError, RecursionError) as e:
         raise WeightFileError(f"{path}: bad 'config' attribute: {type(e).__name__}: {e}") from None
-
-
-def _check_preprocess(pre, channels):
-    """Refuse a ``preprocess`` entry other than ``None`` or a dict of optional ``mean`` and
-    ``std`` (a finite number or 1 or ``channels`` of them, std > 0) and ``range``."""
-    if pre is None:
-        return
-    def numbers(v):
-        v = v if isinstance(v, list) else [v]
-        return len(v) in (1, channels) and all(
-            type(x) in (int, float) and np.isfinite(x) for x in v), v
-    ok = isinstance(pre, dict) and set(pre) <= {"mean", "std", "range"}
-    for key in ("mean", "std") if ok else ():
-        if key in pre:
-            fine, vals = numbers(pre[key])
-            ok = ok and fine and (key == "mean" or min(vals) > 0)
-    if not ok:
-        raise ConfigError(f"'preprocess' must hold 'mean' and 'std' as 1 or {channels} finite "
-                          f"numbers (std > 0) and 'range', got {pre!r:.120}")
-    input_range(pre)
 
 
 def _read(path, group, key, param):

@@ -18,6 +18,7 @@ The input contract, one for :meth:`Network.predict` and :meth:`Network.__call__`
   already normalised (as a PyTorch module takes them).
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -48,6 +49,36 @@ def input_range(preprocess):
     if not ok:
         raise ConfigError(f"preprocess: range must be two finite numbers lo < hi, got {r!r}")
     return lo, hi
+
+
+def check_input_shape(shape):
+    """``shape`` as a tuple of 3 positive ints (C, H, W); ConfigError otherwise (floats, Infinity,
+    another length), never truncated."""
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) and v > 0 for v in shape):
+        raise ConfigError(f"'input_shape' must be a list of 3 positive ints (C, H, W), got {shape!r:.80}")
+    return tuple(int(v) for v in shape)
+
+
+def check_preprocess(pre, channels):
+    """Refuse a ``preprocess`` other than ``None`` or a dict of optional ``mean`` and ``std``
+    (a finite number or 1 or ``channels`` of them, std > 0) and ``range`` (:func:`input_range`)."""
+    if pre is None:
+        return
+    def numbers_of(v):
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        return len(v) in (1, channels) and all(
+            isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
+            for x in v), v
+    ok = isinstance(pre, dict) and set(pre) <= {"mean", "std", "range"}
+    for key in ("mean", "std") if ok else ():
+        if key in pre:
+            fine, vals = numbers_of(pre[key])
+            ok = ok and fine and (key == "mean" or min(vals) > 0)
+    if not ok:
+        raise ConfigError(f"'preprocess' must hold 'mean' and 'std' as 1 or {channels} finite "
+                          f"numbers (std > 0) and 'range', got {pre!r:.120}")
+    input_range(pre)
 
 
 def normalize(images, preprocess, channels, layout="NCHW"):
@@ -105,9 +136,8 @@ class Network:
 
     def __init__(self, body, input_shape, preprocess=None, layout="NCHW", meta=None):
         self.body = body
-        if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (1, 3):
-            raise ConfigError(f"network: input_shape must be (C, H, W) (or (features,)), got {input_shape!r:.80}")
-        self.input_shape = tuple(as_int(v, "network: input_shape", 1) for v in input_shape)
+        self.input_shape = check_input_shape(input_shape)
+        check_preprocess(preprocess, self.input_shape[0])
         self.preprocess = preprocess
         channel_axis(layout)
         self.layout = layout
@@ -257,7 +287,7 @@ class Network:
     def from_config(cls, cfg):
         """Network (parameters zero-filled) from :meth:`config` output."""
         try:
-            return cls(from_config(cfg["body"]), cfg["input_shape"], cfg.get("preprocess"),
+            return cls(from_config(cfg["body"]), cfg.get("input_shape"), cfg.get("preprocess"),
                        cfg.get("layout", "NCHW"), cfg.get("meta"))
         except KeyError as e:
             raise ConfigError(f"network config lacks the key {e}") from None
