@@ -68,16 +68,11 @@ def live_taps(size, out_size, k, stride, pad, dilation):
 
 
 class _Prepared:
-    """What prepared steps share: the epilogue's clamp, settable once the plan knows what follows."""
+    """What prepared steps share: the epilogue's clamp, set by the plan once it knows what follows
+    (a residual block's activation is given to the last step of its main branch)."""
 
     #: ``(lo, hi)`` float32 clamp bounds of the epilogue.
     act = (_F32(-np.inf), _F32(np.inf))
-
-    def with_act(self, act):
-        """A copy with the epilogue's clamp set to ``act`` (arrays shared)."""
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__, act=(_F32(act[0]), _F32(act[1])))
-        return new
 
     def _epilogue(self, y, bias, residual):
         """``y = clamp(y + bias + residual)`` in place; y (R, M)."""
@@ -128,19 +123,22 @@ class PreparedConv(_Prepared):
         self.stride = (sh, sw)
         self.pointwise = (self.kernel == (1, 1) and self.args[5:7] == (0, 0)
                           and (Ho - 1) * sh < H and (Wo - 1) * sw < W)
-        self.method, self.padding = method, tuple(padding)
+        self.method = method
         if method != "im2col":
             if method not in WINOGRAD_TILES or not winograd_applies(self.kernel, stride, dilation):
                 raise ConfigError(f"PreparedConv: method {method!r} does not apply to kernel "
                                   f"{self.kernel}, stride {stride}, dilation {dilation}")
-            self.U = filter_transform(np.asarray(weight, _F32), WINOGRAD_TILES[method])
+            # on the live taps, with the top/left padding shifted by the dropped ones (>= 0 here)
+            self.U = filter_transform(np.asarray(w, _F32), WINOGRAD_TILES[method])
+            self.padding = (self.args[5], 0, self.args[6], 0)
 
     @classmethod
-    def from_layer(cls, conv, in_shape, act=(-np.inf, np.inf), tune_batch=None):
+    def from_layer(cls, conv, in_shape, act=(-np.inf, np.inf), tune_batch=None, scratch=None):
         """:class:`PreparedConv` of a :class:`~tabconv_np.layers.Conv2d` (groups 1).
 
         ``tune_batch``: an int times im2col and both Winograd forms (where they
         apply) on a random batch of that size and keeps the fastest; None: im2col.
+        ``scratch``: the cache-flushing array the timing writes (made here if None).
         """
         args = (conv.params["weight"], conv.params.get("bias"), conv.stride,
                 conv.geometry.padding, conv.dilation, in_shape, act)
@@ -149,7 +147,9 @@ class PreparedConv(_Prepared):
             return best
         C, H, W = in_shape
         x = np.random.default_rng(0).standard_normal((tune_batch, H, W, C)).astype(_F32)
-        timed = [(_seconds(p, x), p) for p in [best] + [cls(*args, method=m) for m in WINOGRAD_TILES]]
+        if scratch is None:
+            scratch = np.empty(EVICT_BYTES // 4, _F32)
+        timed = [(_seconds(p, x, scratch), p) for p in [best] + [cls(*args, method=m) for m in WINOGRAD_TILES]]
         return min(timed, key=lambda tp: tp[0])[1]
 
     def __call__(self, x, residual=None):
@@ -158,15 +158,16 @@ class PreparedConv(_Prepared):
         N = x.shape[0]
         C_out, Ho, Wo = self.out_shape
         P = Ho * Wo
+        if self.method != "im2col" and N:
+            out = conv2d_winograd(x, None, None, (1, 1), self.padding, (1, 1), 1, "NHWC", (Ho, Wo),
+                                  m=WINOGRAD_TILES[self.method], U=self.U)
+            self._epilogue(out.reshape(N * P, C_out), self.bias, residual)
+            return out
         out = np.empty((N, Ho, Wo, C_out), _F32)
         y = out.reshape(N * P, C_out)
         if N == 0:
             return out
-        if self.method != "im2col":
-            out = conv2d_winograd(x, None, None, (1, 1), self.padding, (1, 1), 1, "NHWC", (Ho, Wo),
-                                  m=WINOGRAD_TILES[self.method], U=self.U)
-            y = out.reshape(N * P, C_out)
-        elif self.pointwise:
+        if self.pointwise:
             sh, sw = self.stride
             if (sh, sw) != (1, 1) or (Ho, Wo) != x.shape[1:3]:
                 x = np.ascontiguousarray(x[:, :Ho * sh:sh, :Wo * sw:sw])
@@ -242,10 +243,10 @@ class PreparedTree(_Prepared):
 EVICT_BYTES = 64 << 20
 
 
-def _seconds(step, x, repeats=3):
-    """Best of ``repeats`` timed calls of ``step(x)``, each after the caches were flushed."""
+def _seconds(step, x, scratch, repeats=3):
+    """Best of ``repeats`` timed calls of ``step(x)``, each after the caches were flushed by
+    writing ``scratch`` (an array of :data:`EVICT_BYTES`)."""
     step(x)
-    scratch = np.empty(EVICT_BYTES // 4, _F32)
     best = np.inf
     for _ in range(repeats):
         scratch.fill(1.0)
@@ -275,11 +276,12 @@ class _Build:
 
     def __init__(self, tune_batch):
         self.found, self.tune_batch = [], tune_batch
+        self.scratch = None if tune_batch is None else np.empty(EVICT_BYTES // 4, _F32)
 
     def prepare(self, m, shape, act):
         """The prepared step of leaf ``m`` (absorbing clamp ``act``), or None if it has none."""
         if isinstance(m, Conv2d) and m.groups == 1:
-            step = PreparedConv.from_layer(m, shape, act, self.tune_batch)
+            step = PreparedConv.from_layer(m, shape, act, self.tune_batch, self.scratch)
         elif isinstance(m, TreeConv2d):
             step = PreparedTree(m, shape, act)
         else:
@@ -298,39 +300,38 @@ def _flat(modules):
     return out
 
 
-def _chain_steps(modules, shape, found):
+def _chain_steps(modules, shape, build):
     """Steps of a chain of modules on input ``shape``: a conv absorbs the activation after it.
-    Prepared steps are made by ``found`` (a :class:`_Build`)."""
+    Prepared steps are made by ``build`` (a :class:`_Build`)."""
     modules = _flat(modules)
     steps, i = [], 0
     while i < len(modules):
         m = modules[i]
         act = _act_of(modules[i + 1]) if i + 1 < len(modules) else None
-        step = found.prepare(m, shape, act or (-np.inf, np.inf))
+        step = build.prepare(m, shape, act or (-np.inf, np.inf))
         if step is not None:
             shape, i = step.out_shape, i + (2 if act else 1)
         else:
-            step, shape = _compile(m, shape, found)
+            step, shape = _compile(m, shape, build)
             i += 1
         steps.append(step)
     return steps, shape
 
 
-def _compile(module, shape, found):
+def _compile(module, shape, build):
     """``(step, out_shape)``: ``step(x)`` computes ``module`` on NHWC batches of ``shape`` (C, H, W);
-    the prepared steps are made by ``found`` (a :class:`_Build`)."""
+    the prepared steps are made by ``build`` (a :class:`_Build`)."""
     node = structure_of(module)
     if isinstance(node, Chain):
-        steps, out = _chain_steps([m for _, m in node.items], shape, found)
+        steps, out = _chain_steps([m for _, m in node.items], shape, build)
         return (lambda x: _run(steps, x)), out
     if isinstance(node, Residual):
-        main, out = _chain_steps([m for _, m in node.main], shape, found)
-        short, _ = _chain_steps([m for _, m in node.shortcut], shape, found)
+        main, out = _chain_steps([m for _, m in node.main], shape, build)
+        short, _ = _chain_steps([m for _, m in node.shortcut], shape, build)
         act = _ACTS[node.act]
         last = main[-1]
         if isinstance(last, _Prepared) and last.act == _Prepared.act:
-            head, last = main[:-1], last.with_act(act)
-            found.found[found.found.index(main[-1])] = last
+            head, last.act = main[:-1], (_F32(act[0]), _F32(act[1]))
             return (lambda x: last(_run(head, x), residual=_run(short, x))), out
 
         def block(x):

@@ -160,3 +160,16 @@ def test_an_attached_plan_runs_the_network_until_parameters_change():
     net.load_state_dict(state)                           # drops the plan: the new bias is seen
     assert net.plan is None
     _close(net(x), want + net.state_dict()["fc.bias"] / 2)
+
+
+def test_winograd_on_a_kernel_trimmed_to_3x3():
+    """A 5x5 convolution, padding 2, on a 2x2 map keeps its middle 3x3 taps: Winograd applies to those."""
+    from tabconv_np.reference import conv_epilogue_naive
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    x = rng.standard_normal((2, 2, 2, 3)).astype(np.float32)
+    for method in ("winograd", "winograd4"):
+        conv = PreparedConv(w, None, (1, 1), (2, 2, 2, 2), (1, 1), (3, 2, 2), method=method)
+        assert conv.kernel == (3, 3)
+        want = conv_epilogue_naive(x, w, None, 1, 2, 1, None, -np.inf, np.inf)
+        np.testing.assert_allclose(conv(x), want, rtol=1e-4, atol=1e-4)
