@@ -13,7 +13,7 @@ import numpy as np
 from .errors import ConfigError, ShapeError
 from .conv.strassen import strassen_cost
 from .conv.winograd import winograd_cost
-from .functional import WINOGRAD_TILES, conv2d
+from .functional import WINOGRAD_TILES, conv2d, winograd_applies
 from .geometry import attach_geometry, conv_output_size
 from .module import Module
 from .validate import as_float, as_int, as_pair, channel_axis, check_parameters
@@ -59,20 +59,22 @@ class Conv2d(Module):
         return self.geometry.out_shape(in_shape, "Conv2d")
 
     def cost(self, in_shape):
-        """Per-image counts; Winograd and Strassen report multiplications and additions apart."""
+        """Per-image counts; Winograd (where it applies) and Strassen report multiplications and
+        additions apart; a method that does not apply counts as im2col."""
         C_out, Ho, Wo = self.out_shape(in_shape)
         n_out = C_out * Ho * Wo
         ws = self.geometry.workspace_bytes(in_shape)
-        out = {"macs": n_out * self.geometry.D, "bias_adds": n_out if "bias" in self.params else 0,
+        out = {"bias_adds": n_out if "bias" in self.params else 0,
                "im2col_bytes": ws["im2col"], "mec_bytes": ws["mec"]}
-        if self.method in WINOGRAD_TILES:
-            del out["macs"]
+        if self.method in WINOGRAD_TILES and winograd_applies(self.kernel_size, self.stride, self.dilation,
+                                                              self.groups):
             out.update(winograd_cost(self.in_channels, C_out, Ho, Wo, WINOGRAD_TILES[self.method]))
         elif self.method == "strassen":
-            Kg, Cog = self.geometry.D, C_out // self.groups
-            mults, adds = strassen_cost(Ho * Wo, Kg, Cog)
-            del out["macs"]
+            # per image: Strassen recurses on the rows of the whole batch it is given
+            mults, adds = strassen_cost(Ho * Wo, self.geometry.D, C_out // self.groups)
             out.update(mults=self.groups * mults, adds=self.groups * adds)
+        else:
+            out["macs"] = n_out * self.geometry.D
         return out
 
 

@@ -1,6 +1,5 @@
 """``tabconv ops``: operations per layer of a network file or a bundled architecture."""
 from ..errors import ConfigError
-from ..functional import WINOGRAD_TILES, winograd_applies
 from ..layers import Conv2d
 from ..io import load
 from ..models import ARCHS, build, parse_input
@@ -20,7 +19,7 @@ def add_parser(sub):
                    help="classes of a bundled architecture (--arch only; default: 10)")
     o.add_argument("--method", choices=("im2col", "winograd", "winograd4", "strassen"),
                    help="count each convolution as this method computes it, where the method applies "
-                   "(Winograd: 3x3, stride 1; Strassen: groups 1); multiplications and additions are "
+                   "(Winograd: 3x3, stride 1, groups 1; Strassen: every conv); multiplications and additions are "
                    "then counted apart (the 'multiplies' convention in the totals)")
     o.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
     o.set_defaults(func=run)
@@ -38,8 +37,7 @@ def run(args):
         net = build(args.arch, in_channels=c, num_classes=args.classes, input_size=size)
     if args.method:
         for _, m in net.body.modules():
-            if isinstance(m, Conv2d) and m.groups == 1 and (
-                    args.method not in WINOGRAD_TILES or winograd_applies(m.kernel_size, m.stride, m.dilation)):
-                m.method = args.method
+            if isinstance(m, Conv2d):
+                m.method = args.method         # Conv2d.cost counts it where it applies
     counts = count_ops(net, shape)
     print(counts.to_json(indent=1) if args.json else counts.table())
