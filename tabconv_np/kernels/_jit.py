@@ -69,8 +69,11 @@ def free_cores():
 # Never more kernel threads than the cores this process may use: Numba counts
 # the machine's cores, which oversubscribes a process pinned to fewer (taskset,
 # containers).  tabconv_np.set_num_threads changes it, with the BLAS's.
-if free_cores() < numba.get_num_threads():
-    numba.set_num_threads(free_cores())
+# The check is against the configured count, as cheap as it gets; set_num_threads starts
+# Numba's threading layer, which a pinned process then pays for once at import.
+_CORES = free_cores()
+if _CORES < numba.config.NUMBA_NUM_THREADS:
+    numba.set_num_threads(_CORES)
 
 CACHE = os.environ.get("TABCONV_NO_CACHE", "") in ("", "0")
 
