@@ -21,6 +21,8 @@ reference                      fast function
 :func:`tree_lookup_naive`      the 8-bit ``lookup`` kernel (``TreeLinear.lookup``)
 :func:`tree_conv_naive`        :class:`tabconv_np.tree_tables.TreeConv2d` (encoding from the tensor)
 :func:`fit_trees_naive`        :func:`tabconv_np.hashtree.fit_trees` (learning the trees)
+:func:`conv_epilogue_naive`    :class:`tabconv_np.plan.PreparedConv` (conv + bias, residual, clamp)
+:func:`matmul_naive`           :func:`tabconv_np.conv.strassen.strassen`
 =============================  =================================================
 
 The convolution is really a cross-correlation, as in every deep-learning

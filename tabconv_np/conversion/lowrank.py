@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..geometry import to_rows
 from ..layers import Conv2d, Linear
 from ..validate import as_choice
-from .calibration import BATCH, apply
+from .calibration import apply
 from .method import Method, register_method
 
 #: Ridge (relative to the mean squared activation) of the output refit.
@@ -120,8 +120,8 @@ class LowRank(Method):
         if not settings.refine:
             return None
         first, second = new.children["0"], new.children["1"]
-        x = data.xa
-        Z = to_rows(apply(first, x, data.layout), data.layout).astype(np.float64)
+        z = apply(first, data.xa, data.layout)                   # the first factor's output, once
+        Z = to_rows(z, data.layout).astype(np.float64)
         Y = data.target_rows(True)[0].astype(np.float64)   # already net of a residual shortcut
         Z1 = np.hstack([Z, np.ones((len(Z), 1))])
         G = Z1.T @ Z1
@@ -129,7 +129,7 @@ class LowRank(Method):
         coef = np.linalg.solve(G, Z1.T @ Y)                      # (r + 1, C_out)
         second.params["weight"][...] = coef[:-1].T.reshape(second.params["weight"].shape)
         second.params["bias"][...] = coef[-1]
-        return np.concatenate([new.forward(x[i:i + BATCH], data.layout) for i in range(0, len(x), BATCH)])
+        return apply(second, z, data.layout)
 
     def skeleton(self, layer, ls, settings):
         return factor_layer(layer, ls["r"])

@@ -10,7 +10,7 @@ three passes over memory::
 The clamp is written as two comparisons (``if v < lo``, ``if v > hi``) so a
 NaN stays NaN, as in the exact layers.  No validation here (see
 :mod:`tabconv_np.plan`); each element is computed by one thread, so serial and
-parallel entries agree bitwise.  Reference: ``reference.epilogue_naive``.
+parallel entries agree bitwise.  Reference: ``reference.conv_epilogue_naive``.
 """
 import numba
 import numpy as np

@@ -5,8 +5,8 @@ The elementwise stage between them is a batched BLAS product (see
 per task, and vectorise over channels: every transform entry multiplies a
 contiguous channel vector, and zero entries are skipped.  No validation here;
 each output element is computed by one thread in a fixed order, so serial and
-parallel entries agree bitwise.  Reference: the float64 ``tensordot`` form in
-``reference.winograd_naive``.
+parallel entries agree bitwise.  Reference: the naive convolution
+``reference.conv2d_naive`` (pairs ``conv2d[winograd]``, ``conv2d[winograd4]``).
 """
 import numba
 import numpy as np
