@@ -177,10 +177,12 @@ class Network:
         if images.dtype == np.uint8 or images.size == 0:
             return
         lo, hi = self.input_range
-        finite = images if images.dtype.kind in "biu" else images[np.isfinite(images)]
-        if finite.size == 0:
-            return
-        mn, mx = float(finite.min()), float(finite.max())
+        mn, mx = float(images.min()), float(images.max())     # no copy of the images
+        if not (math.isfinite(mn) and math.isfinite(mx)):      # NaN or Inf: the finite values
+            finite = images[np.isfinite(images)]
+            if finite.size == 0:
+                return
+            mn, mx = float(finite.min()), float(finite.max())
         slack = RANGE_SLACK * (hi - lo)
         if mn < lo - slack or mx > hi + slack:
             hint = ("images already normalised go to net(x), not predict" if mn < lo - slack

@@ -98,17 +98,21 @@ def open_zip(source, where):
         infos = zf.infolist()
     except Exception as e:  # BadZipFile, LargeZipFile, OSError, ValueError, EOFError, ...
         raise WeightFileError(f"{where}: a zip archive that cannot be read (truncated?): {e}") from None
-    for info in infos:
-        name, parts = info.filename, info.filename.split("/")
-        if name.startswith("/") or "\\" in name or ".." in parts or ":" in parts[0]:
-            raise WeightFileError(f"{where}: zip member {name!r} has a path leaving the archive "
-                                  f"(absolute, '..', drive or backslash); refused")
-        stored = info.compress_type == zipfile.ZIP_STORED
-        if info.compress_size > size or info.file_size > (
-                info.compress_size if stored else validate.decompressed_limit(info.compress_size)):
-            raise WeightFileError(f"{where}: zip member {name!r} declares {info.file_size:,} bytes from "
-                                  f"{info.compress_size:,} compressed (archive {size:,} bytes; limits "
-                                  f"tabconv_np.validate.MAX_BYTES, MAX_COMPRESSION); refused")
+    try:
+        for info in infos:
+            name, parts = info.filename, info.filename.split("/")
+            if name.startswith("/") or "\\" in name or ".." in parts or ":" in parts[0]:
+                raise WeightFileError(f"{where}: zip member {name!r} has a path leaving the archive "
+                                      f"(absolute, '..', drive or backslash); refused")
+            stored = info.compress_type == zipfile.ZIP_STORED
+            if info.compress_size > size or info.file_size > (
+                    info.compress_size if stored else validate.decompressed_limit(info.compress_size)):
+                raise WeightFileError(f"{where}: zip member {name!r} declares {info.file_size:,} bytes from "
+                                      f"{info.compress_size:,} compressed (archive {size:,} bytes; limits "
+                                      f"tabconv_np.validate.MAX_BYTES, MAX_COMPRESSION); refused")
+    except WeightFileError:
+        zf.close()                       # a refused archive is not left open
+        raise
     return zf
 
 
