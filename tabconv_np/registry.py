@@ -12,6 +12,10 @@ from .layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Flatten, Glo
                      Linear, MaxPool2d, ReLU)
 from .tables import TableConv2d, TableLinear
 from .tree_tables import TreeConv2d, TreeLinear
+from .activations import HardSigmoid, HardSwish, LeakyReLU, PReLU, Sigmoid, Softmax, Tanh
+from .joins import Binary, Concat, Scale
+from .layers import LRN, GlobalMaxPool2d
+from .reshapes import ChannelSlice, Pad, Reshape, Transpose
 
 #: The layer types :func:`from_config` builds, by config ``"type"``.
 LAYER_TYPES = {cls.__name__: cls for cls in (
@@ -19,6 +23,8 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
     Sequential, BasicBlock, Graph,
     TableConv2d, TableLinear,
     TreeConv2d, TreeLinear,
+    LeakyReLU, PReLU, Sigmoid, Tanh, HardSigmoid, HardSwish, Softmax, LRN, GlobalMaxPool2d,
+    Concat, Binary, Scale, Reshape, Transpose, ChannelSlice, Pad,
 )}
 
 

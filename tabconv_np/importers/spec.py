@@ -206,6 +206,23 @@ class Builder:
         self.last = name
         return name
 
+    def join(self, raw, module, inputs):
+        """Append a join (a layer with ``multi_input``: Concat, Binary) fed by nodes ``inputs``."""
+        inputs = list(inputs)
+        for v in inputs:
+            if v not in self.shapes:
+                raise ConfigError(f"layer {raw!r}: unknown input {v!r}")
+        try:
+            out = tuple(module.out_shape([self.shapes[v] for v in inputs]))
+        except TabConvError as e:
+            raise ShapeError(f"layer {raw!r} ({type(module).__name__}) cannot take inputs of shapes "
+                             f"{[self.shapes[v] for v in inputs]}: {e}") from None
+        name = self.unique(raw)
+        self.nodes.append(_Node(name, str(raw), inputs, module))
+        self.shapes[name] = out
+        self.last = name
+        return name
+
     def add(self, raw, inputs):
         inputs = list(inputs)
         for v in inputs:
@@ -222,43 +239,53 @@ class Builder:
 
     # -- assembling ------------------------------------------------------------------------
     def body(self, output=None):
-        output = self.last if output is None else output
-        if output == INPUT or not self.nodes:
+        """The assembled body; ``output`` a node name (default the last node) or a list of
+        them (a network with several outputs: always a :class:`Graph`)."""
+        outputs = [self.last if output is None else output] if not isinstance(output, list) else output
+        if INPUT in outputs or not self.nodes:
             raise ConfigError("the model has no layers")
-        nodes = _fold_blocks(list(self.nodes), output, self)
-        # drop nodes that do not lead to the output
-        need, keep = {output}, []
+        if len(set(outputs)) != len(outputs):
+            raise ConfigError(f"the model returns one value twice among its outputs {outputs}")
+        nodes, outputs = _fold_blocks(list(self.nodes), outputs, self)
+        # drop nodes that do not lead to an output
+        need, keep = set(outputs), []
         for n in reversed(nodes):
             if n.name in need:
                 keep.append(n)
                 need.update(n.inputs)
         nodes = keep[::-1]
-        chain = all(n.module is not None and n.inputs == [nodes[i - 1].name if i else INPUT]
-                    for i, n in enumerate(nodes)) and nodes[-1].name == output
+        chain = len(outputs) == 1 and nodes[-1].name == outputs[0] and all(
+            n.module is not None and n.inputs == [nodes[i - 1].name if i else INPUT]
+            for i, n in enumerate(nodes))
         if chain:
             return Sequential([(n.name, n.module) for n in nodes])
-        return Graph([(n.name, n.inputs, n.module) for n in nodes], output)
+        return Graph([(n.name, n.inputs, n.module) for n in nodes],
+                     outputs[0] if len(outputs) == 1 else outputs)
 
 
-def _fold_blocks(nodes, output, builder):
-    """Replace every ``relu(main(x) + shortcut(x))`` that is a ResNet BasicBlock by one."""
+def _fold_blocks(nodes, outputs, builder):
+    """Replace every ``relu(main(x) + shortcut(x))`` that is a ResNet BasicBlock by one;
+    returns the nodes and the (renamed) outputs."""
+    outputs = list(outputs)
     while True:
         uses = {}
         for n in nodes:
             for v in n.inputs:
                 uses[v] = uses.get(v, 0) + 1
-        uses[output] = uses.get(output, 0) + 1
+        for output in outputs:
+            uses[output] = uses.get(output, 0) + 1
         byname = {n.name: n for n in nodes}
 
         def trace(v):
             path = []
-            while v != INPUT and uses.get(v) == 1 and byname[v].module is not None:
+            while v != INPUT and uses.get(v) == 1 and byname[v].module is not None \
+                    and len(byname[v].inputs) == 1:
                 path.insert(0, byname[v])
                 v = byname[v].inputs[0]
             return v, path
 
         for a in nodes:
-            if a.module is not None or len(a.inputs) != 2 or uses.get(a.name) != 1 or a.name == output:
+            if a.module is not None or len(a.inputs) != 2 or uses.get(a.name) != 1 or a.name in outputs:
                 continue
             relu = next(n for n in nodes if a.name in n.inputs)
             if type(relu.module) is not ReLU:
@@ -284,12 +311,11 @@ def _fold_blocks(nodes, output, builder):
                 elif id(n) not in gone:
                     n.inputs = [name if v == relu.name else v for v in n.inputs]
                     out.append(n)
-            if output == relu.name:
-                output = name
+            outputs = [name if o == relu.name else o for o in outputs]
             nodes = out
             break
         else:
-            return nodes
+            return nodes, outputs
 
 
 def _common_scope(raws):
