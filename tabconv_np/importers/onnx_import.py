@@ -181,6 +181,7 @@ class _Importer:
                 self.uses[v] = self.uses.get(v, 0) + 1
         for v in self.out_names:
             self.uses[v] = self.uses.get(v, 0) + 1
+        self.left = dict(self.uses)     # readers still to come, by value name
         self.dropped_softmax = False
         self.index, self.node = 0, None
 
@@ -253,8 +254,28 @@ class _Importer:
         return a - 1
 
     # -- constants -------------------------------------------------------------------------
+    def _quant(self, node):
+        """(De)QuantizeLinear on constants, per tensor or per axis (the reference evaluator knows
+        only opset 19+ forms)."""
+        x, scale = self.consts[node.input[0]], self.consts[node.input[1]].astype(np.float32)
+        zp = self.consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+        if scale.ndim == 1 and scale.size > 1:
+            shape = [1] * x.ndim
+            shape[int(self.attrs(node).get("axis", 1))] = scale.size
+            scale, zpf = scale.reshape(shape), zp.reshape(shape)
+        else:
+            zpf = zp
+        if node.op_type == "DequantizeLinear":
+            return (x.astype(np.float32) - zpf.astype(np.float32)) * scale
+        info = np.iinfo(zp.dtype)
+        q = np.rint(x.astype(np.float32) / scale) + zpf.astype(np.float32)
+        return np.clip(q, info.min, info.max).astype(zp.dtype)
+
     def fold(self, node):
         """Run ``node`` on its constant inputs with onnx.reference; its outputs become constants."""
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.output) == 1:
+            self.consts[node.output[0]] = self._quant(node)
+            return
         from onnx.reference import ReferenceEvaluator
         h = self.onnx.helper
         names = [v for v in node.input if v]
@@ -297,6 +318,8 @@ class _Importer:
             result = handler(node, _raw_name(node, i))
             if result is not None and node.output:
                 self.values[node.output[0]] = result
+            for v in node.input:
+                self.left[v] = self.left.get(v, 0) - 1
         outs = []
         for name in self.out_names:
             if name not in self.values or self.values[name] == INPUT:
@@ -671,8 +694,8 @@ class _Importer:
         else reads it, else a Scale layer."""
         src_value = node.input[0] if node.input[0] in self.values else node.input[1]
         prev = next((n for n in self.b.nodes if n.name == x), None)
-        if prev is not None and self.uses.get(src_value, 0) == 1 and \
-                list(self.values.values()).count(x) == 1:
+        others = [v for v, b in self.values.items() if b == x and v != src_value]
+        if prev is not None and self.left.get(src_value, 0) == 1 and not any(self.left.get(v) for v in others):
             new = _affine(prev.module, scale, shift) if prev.module is not None else None
             if new is not None:
                 prev.module = new
