@@ -14,7 +14,7 @@ from .errors import ConfigError, ShapeError
 from .conv.strassen import strassen_cost
 from .conv.winograd import winograd_cost
 from .functional import WINOGRAD_TILES, conv2d, winograd_applies
-from .geometry import attach_geometry, conv_output_size
+from .geometry import attach_geometry
 from .module import Module
 from .validate import as_float, as_int, as_pair, channel_axis, check_parameters
 

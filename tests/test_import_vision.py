@@ -322,6 +322,10 @@ def test_two_heads_in_graph_order(tmp_path):
     assert score.shape == tuple(ts.shape) == (3, 2, 3, 3) and box.shape == tuple(tb.shape) == (3, 4, 3, 3)
     assert _rel(score, ts.numpy()) <= TOL and _rel(box, tb.numpy()) <= TOL
     np.testing.assert_allclose(score.sum(axis=1), 1, rtol=1e-5)
+    images = np.random.default_rng(6).random((2, 3, 48, 48), dtype=np.float32)
+    np.testing.assert_array_equal(net.predict(images), net(images)[0])      # eval's default: the first
+    np.testing.assert_array_equal(net.predict(images, output=1), net(images)[1])
+    assert [a.shape for a in net(x[:0])] == [(0, 2, 3, 3), (0, 4, 3, 3)]
     tabconv_np.save(net, tmp_path / "o.h5")
     back = tabconv_np.load(tmp_path / "o.h5")
     for a, b in zip(back(x), net(x)):
