@@ -16,6 +16,7 @@ from .activations import HardSigmoid, HardSwish, LeakyReLU, PReLU, Sigmoid, Soft
 from .joins import Binary, Concat, Scale
 from .layers import LRN, GlobalMaxPool2d
 from .reshapes import ChannelSlice, Pad, Reshape, Transpose
+from .upsampling import ConvTranspose2d, Resize
 
 #: The layer types :func:`from_config` builds, by config ``"type"``.
 LAYER_TYPES = {cls.__name__: cls for cls in (
@@ -24,7 +25,7 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
     TableConv2d, TableLinear,
     TreeConv2d, TreeLinear,
     LeakyReLU, PReLU, Sigmoid, Tanh, HardSigmoid, HardSwish, Softmax, LRN, GlobalMaxPool2d,
-    Concat, Binary, Scale, Reshape, Transpose, ChannelSlice, Pad,
+    Concat, Binary, Scale, Reshape, Transpose, ChannelSlice, Pad, Resize, ConvTranspose2d,
 )}
 
 

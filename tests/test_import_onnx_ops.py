@@ -18,6 +18,7 @@ from tabconv_np.joins import Binary, Concat, Scale  # noqa: E402
 from tabconv_np.layers import LRN, AvgPool2d, Conv2d, GlobalMaxPool2d, MaxPool2d  # noqa: E402
 from tabconv_np.registry import from_config  # noqa: E402
 from tabconv_np.reshapes import ChannelSlice, Pad, Reshape, Transpose  # noqa: E402
+from tabconv_np.upsampling import ConvTranspose2d, Resize  # noqa: E402
 from test_import_onnx import _G, _save  # noqa: E402
 
 RNG = np.random.default_rng(7)
@@ -146,7 +147,12 @@ def _layers():
     sc = Scale(4)
     sc.params["weight"][...] = RNG.normal(size=4)
     sc.params["bias"][...] = RNG.normal(size=4)
-    return [LeakyReLU(0.1), prelu, Sigmoid(), Tanh(), HardSigmoid(), HardSwish(), Softmax(0),
+    deconv = ConvTranspose2d(4, 6, 3, 2, (1, 0, 0, 1), 1, 1, 2)
+    deconv.params["weight"][...] = RNG.normal(size=deconv.params["weight"].shape)
+    deconv.params["bias"][...] = RNG.normal(size=6)
+    return [deconv, Resize((7, 9), "linear", "half_pixel"), Resize((9, 4), "nearest", "align_corners",
+                                                                   "round_prefer_ceil"),
+            LeakyReLU(0.1), prelu, Sigmoid(), Tanh(), HardSigmoid(), HardSwish(), Softmax(0),
             LRN(3, 0.1), GlobalMaxPool2d(), sc, Reshape((2, 2, 5, 6)), Transpose((0, 2, 1)),
             ChannelSlice(1, 4, 2), Pad((1, 0, 2, 1), "edge"), MaxPool2d(3, 2, (0, 1, 1, 1), True),
             AvgPool2d(2, 2, (1, 0, 0, 1), True, False)]

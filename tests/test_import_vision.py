@@ -5,7 +5,7 @@ at 224x224 (batch 1) and at the model's own input size (batch 2), random inputs 
 Small channel counts keep each model fast; every architectural feature of the family is
 there (bottlenecks, Fire modules, inverted residuals with ReLU6, HardSwish and squeeze-excite,
 dense concatenation, channel shuffle, Inception branches with LRN and asymmetric pads,
-MTCNN's PReLU, ceil-mode pooling and two heads).
+MTCNN's PReLU, ceil-mode pooling and two heads, a detector neck's Resize and ConvTranspose).
 """
 import warnings
 
@@ -232,6 +232,29 @@ class ONet(nn.Module):
         return F.softmax(self.score(x), dim=1), self.box(x)
 
 
+# --- a small detector neck ------------------------------------------------------------------
+class Neck(nn.Module):
+    """A feature pyramid: nearest and bilinear upsampling (both corner modes), a transposed-conv
+    upsampling path, and a score head (sigmoid) and a box head: two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = conv_bn(3, 8, 3, 2), conv_bn(8, 12, 3, 2), conv_bn(12, 16, 3, 2)
+        self.l1, self.l2, self.l3 = nn.Conv2d(8, 8, 1), nn.Conv2d(12, 8, 1), nn.Conv2d(16, 8, 1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.deconv = nn.ConvTranspose2d(8, 8, 4, 2, 1, bias=False)
+        self.score, self.box = nn.Conv2d(8, 3, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        f1 = self.c1(x)
+        f2 = self.c2(f1)
+        f3 = self.c3(f2)
+        p2 = self.l2(f2) + self.up(self.l3(f3))
+        p1 = self.l1(f1) + F.interpolate(p2, size=f1.shape[-2:], mode="bilinear", align_corners=False) \
+            + self.deconv(p2) + F.interpolate(p2, scale_factor=2.0, mode="bilinear", align_corners=True)
+        return torch.sigmoid(self.score(p1)), self.box(F.relu(p1))
+
+
 FAMILIES = {
     "resnet50": (resnet50ish, 64),
     "squeezenet": (squeezenet, 96),
@@ -241,6 +264,7 @@ FAMILIES = {
     "shufflenet": (shufflenet, 64),
     "inception": (inception, 96),
     "mtcnn": (ONet, 48),
+    "neck": (Neck, 128),
 }
 
 
@@ -259,7 +283,7 @@ def _randomize(model, seed):
 
 def _export(model, size, path):
     x = torch.randn(1, 3, size, size)
-    names = ["y0", "y1"] if isinstance(model, ONet) else ["y0"]
+    names = ["y0", "y1"] if isinstance(model, (ONet, Neck)) else ["y0"]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -33,6 +33,9 @@ Flatten, Reshape, Squeeze, Unsqueeze   the batch axis kept first; ``(N, -1)`` is
 Transpose                              the batch axis kept first (a channel shuffle)
 Split, Slice                           along the channels
 Pad                                    spatial pads, constant/reflect/edge
+Resize, Upsample                       nearest (any ``nearest_mode``) and linear, every
+                                       coordinate mode but cubic's; spatial scales only
+ConvTranspose                          strides, pads, ``output_padding``, dilations, groups
 Dropout, Identity, Cast                pass-through (Cast to float only)
 =====================================  ===================================================
 
@@ -58,6 +61,7 @@ from ..layers import (LRN, AvgPool2d, BatchNorm2d, Clip, Conv2d, Flatten, Global
                       GlobalMaxPool2d, Linear, MaxPool2d, ReLU)
 from ..network import Network
 from ..reshapes import ChannelSlice, Pad, Reshape, Transpose
+from ..upsampling import ConvTranspose2d, Resize
 from .formats import read_source
 from .spec import Builder, same_padding, simple_padding
 
@@ -66,7 +70,8 @@ SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "LeakyRelu", "PRelu",
              "HardSigmoid", "HardSwish", "Softmax", "LRN", "MaxPool", "AveragePool",
              "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
              "Sum", "Concat", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Split",
-             "Slice", "Pad", "Dropout", "Identity", "Cast", "Constant", "Shape")
+             "Slice", "Pad", "Resize", "Upsample", "ConvTranspose", "Dropout", "Identity", "Cast",
+             "Constant", "Shape")
 
 #: Element-wise activations without attributes beyond these: ONNX op -> layer factory.
 _ACTIVATIONS = {
@@ -630,6 +635,76 @@ class _Importer:
         if mode not in Pad.MODES:
             self.fail(node, f"pad mode {mode!r} is not supported")
         return self._layer(node, raw, Pad((pads[2], pads[6], pads[3], pads[7]), mode, value), x)
+
+    def op_ConvTranspose(self, node, raw):
+        a = self.attrs(node)
+        x = self.value(node, node.input[0])
+        shape = self.shape(x)
+        w = self.const(node, node.input[1], "weight")
+        bias = self.const(node, node.input[2], "bias", optional=True) if len(node.input) > 2 else None
+        if w.ndim != 4 or len(shape) != 3:
+            self.fail(node, f"only 2-d transposed convolutions of images are supported (weight {w.shape})")
+        group = int(a.get("group", 1))
+        if w.shape[0] != shape[0]:
+            raise ShapeError(f"{self.where}: node {node.name!r}: weight {node.input[1]!r} has shape "
+                             f"{w.shape}, expected {shape[0]} input channels first")
+        if "output_shape" in a or a.get("auto_pad", "NOTSET") != "NOTSET":
+            self.fail(node, "output_shape and auto_pad are not supported; export with explicit pads")
+        p = list(a.get("pads", [0, 0, 0, 0]))
+        m = ConvTranspose2d(shape[0], w.shape[1] * group, w.shape[2:], tuple(a.get("strides", [1, 1])),
+                            (p[0], p[2], p[1], p[3]), tuple(a.get("output_padding", [0, 0])),
+                            tuple(a.get("dilations", [1, 1])), group, bias=bias is not None)
+        m.params["weight"][...] = w
+        if bias is not None:
+            m.params["bias"][...] = bias.reshape(-1)
+        return self._layer(node, raw, m, x)
+
+    def op_Resize(self, node, raw):
+        a = self.attrs(node)
+        x = self.value(node, node.input[0])
+        shape = self.shape(x)
+        if len(shape) != 3:
+            self.fail(node, f"needs an image input, got shape {shape}")
+        full = (1,) + tuple(shape)
+        if node.op_type == "Upsample" or self.opset < 11:
+            scales = self.const(node, node.input[1], "scales") if len(node.input) > 1 \
+                else np.asarray(a["scales"], np.float32)
+            sizes, coord = None, "asymmetric"
+        else:
+            scales = self.const(node, node.input[2], "scales", optional=True) if len(node.input) > 2 else None
+            sizes = self.const(node, node.input[3], "sizes", optional=True) if len(node.input) > 3 else None
+            coord = a.get("coordinate_transformation_mode", "half_pixel")
+            if scales is not None and scales.size == 0:
+                scales = None
+            if a.get("axes") is not None or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+                self.fail(node, "axes and keep_aspect_ratio_policy are not supported")
+        if sizes is not None and sizes.size:
+            sizes = [int(v) for v in sizes.reshape(-1)]
+            if len(sizes) != 4 or sizes[1] != shape[0] or sizes[0] not in (1, full[0]):
+                self.fail(node, f"only spatial resizes are supported, sizes {sizes}")
+            out, sc = tuple(sizes[2:]), None
+        elif scales is not None:
+            scales = [float(v) for v in scales.reshape(-1)]
+            if len(scales) != 4 or scales[:2] != [1.0, 1.0]:
+                self.fail(node, f"only spatial resizes are supported, scales {scales}")
+            out = tuple(int(math.floor(n * s)) for n, s in zip(shape[1:], scales[2:]))
+            sc = tuple(scales[2:])
+        else:
+            self.fail(node, "needs scales or sizes")
+        mode = a.get("mode", "nearest")
+        if mode not in ("nearest", "linear", "bilinear"):
+            self.fail(node, f"mode {mode!r} is not supported (nearest, linear)")
+        if coord == "tf_crop_and_resize" or a.get("antialias", 0) or a.get("exclude_outside", 0):
+            self.fail(node, f"coordinate mode {coord!r}, antialias and exclude_outside are not supported")
+        nearest = a.get("nearest_mode", "round_prefer_floor") if node.op_type == "Resize" and \
+            self.opset >= 11 else "floor"
+        try:
+            m = Resize(out, "linear" if mode != "nearest" else "nearest", coord, nearest, sc)
+        except ConfigError as e:
+            self.fail(node, str(e))
+        return self._layer(node, raw, m, x)
+
+    op_Upsample = op_Resize
 
     def _linear(self, node, raw, w, bias, x):
         shape = self.shape(x)
