@@ -354,3 +354,36 @@ def test_two_heads_in_graph_order(tmp_path):
     back = tabconv_np.load(tmp_path / "o.h5")
     for a, b in zip(back(x), net(x)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_imported_bottleneck_resnet_converts_and_evaluates_from_the_cli(tmp_path, capsys):
+    """``tabconv import`` of a ResNet-50-style ONNX graph, ``tabconv convert`` of the graph body
+    (PQ tables, calibrated on Fashion-MNIST sample images), ``tabconv eval`` and ``tabconv ops``
+    of the result; the table network stays close to the exact one on calibration images."""
+    from tabconv_np.cli import main
+    from tabconv_np.data import load_dataset
+    model = _randomize(nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                     Bottleneck(8, 4, 1), Bottleneck(16, 4, 2), nn.AdaptiveAvgPool2d(1),
+                                     nn.Flatten(), nn.Linear(16, 10)), 8)
+    src = str(tmp_path / "r.onnx")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, torch.randn(1, 1, 28, 28), src, dynamo=False, input_names=["x"],
+                              dynamic_axes={"x": {0: "N"}}, opset_version=17)
+    except Exception as e:
+        pytest.skip(f"torch.onnx.export(dynamo=False) unavailable: {e}")
+    exact, tables = str(tmp_path / "r.h5"), str(tmp_path / "t.h5")
+    assert main(["import", src, "-o", exact]) == 0
+    assert isinstance(tabconv_np.load(exact).body, Graph)
+    assert main(["convert", exact, "-o", tables, "--dataset", "sample", "--calib", "200",
+                 "--prototypes", "16", "--iters", "4", "--json"]) == 0
+    assert main(["eval", tables, "--dataset", "sample", "--limit", "100"]) == 0
+    assert main(["ops", tables, "--json"]) == 0
+    capsys.readouterr()
+    net, conv = tabconv_np.load(exact), tabconv_np.load(tables)
+    kinds = {type(m).__name__ for _, m in conv.body.modules()}
+    assert "TableConv2d" in kinds and "Conv2d" not in kinds
+    images = load_dataset("sample", "train")[0][:50]
+    y, ye = conv.predict(images), net.predict(images)
+    assert np.linalg.norm(y - ye) / np.linalg.norm(ye) < 0.5
