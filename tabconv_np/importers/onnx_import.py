@@ -9,35 +9,9 @@ wrapped around float weights.  ``Shape`` of a computed tensor is a constant too
 (the batch size is taken as 1, so reshape targets computed from it keep the
 batch axis first).
 
-Supported operators on computed tensors (NCHW, float) -- :data:`SUPPORTED`:
-
-=====================================  ===================================================
-Conv                                   any strides, pads (asymmetric too), dilations,
-                                       groups (depthwise, grouped); ``auto_pad`` too
-BatchNormalization                     inference form, ``epsilon`` honoured
-Relu, Clip, LeakyRelu, PRelu,          element-wise activations (``Clip(0, none)`` is ReLU)
-Sigmoid, Tanh, HardSigmoid, HardSwish
-Softmax                                a layer; as the output of a single-output graph it is
-                                       dropped (a warning says so): logits, same argmax
-LRN                                    across channels
-MaxPool, AveragePool                   asymmetric pads, ``ceil_mode``, ``count_include_pad``
-GlobalAveragePool, GlobalMaxPool       keep a 1x1 map, as in ONNX
-Gemm, MatMul                           constant right operand (``transB``, alpha, beta, C)
-Add, Sub, Mul, Div                     of two computed tensors (broadcasting); with a scalar
-                                       or per-channel constant: folded into the conv, linear,
-                                       BN or scale before it when that has no other reader,
-                                       else a ``Scale`` layer
-Sum                                    of computed tensors of one shape
-Concat                                 of computed tensors, any axis but the batch
-Flatten, Reshape, Squeeze, Unsqueeze   the batch axis kept first; ``(N, -1)`` is a Flatten
-Transpose                              the batch axis kept first (a channel shuffle)
-Split, Slice                           along the channels
-Pad                                    spatial pads, constant/reflect/edge
-Resize, Upsample                       nearest (any ``nearest_mode``) and linear, every
-                                       coordinate mode but cubic's; spatial scales only
-ConvTranspose                          strides, pads, ``output_padding``, dilations, groups
-Dropout, Identity, Cast                pass-through (Cast to float only)
-=====================================  ===================================================
+The operators supported on computed tensors (NCHW, float) are listed, with
+what of each is supported, in :data:`OPERATORS` (the README's list is
+generated from it by :func:`operators_markdown`).
 
 Graphs with several outputs become a :class:`~tabconv_np.blocks.Graph` with several
 outputs (``net(x)`` returns a tuple in the graph's order).  Residual graphs:
@@ -65,13 +39,48 @@ from ..upsampling import ConvTranspose2d, Resize
 from .formats import read_source
 from .spec import Builder, same_padding, simple_padding
 
-#: Ops whose inputs may be computed (all ops are folded when their inputs are constants).
-SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh",
-             "HardSigmoid", "HardSwish", "Softmax", "LRN", "MaxPool", "AveragePool",
-             "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
-             "Sum", "Concat", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Split",
-             "Slice", "Pad", "Resize", "Upsample", "ConvTranspose", "Dropout", "Identity", "Cast",
-             "Constant", "Shape")
+#: ``(ONNX ops, what is supported)``: the ops whose inputs may be computed tensors (every op is
+#: evaluated at import when its inputs are all constants).
+OPERATORS = (
+    (("Conv",), "any strides, pads (asymmetric too), dilations, groups (depthwise, grouped); "
+                "`auto_pad` too"),
+    (("ConvTranspose",), "strides, pads, `output_padding`, dilations, groups"),
+    (("BatchNormalization",), "inference form, `epsilon` honoured"),
+    (("Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish"),
+     "element-wise (`Clip(0, none)` is a ReLU, other bounds a `Clip` layer)"),
+    (("Softmax",), "over any axis but the batch; as the only output of a graph it is dropped with a "
+                   "warning (the network returns logits, same predictions)"),
+    (("LRN",), "across channels"),
+    (("MaxPool", "AveragePool"), "asymmetric pads, `ceil_mode`, `count_include_pad`"),
+    (("GlobalAveragePool", "GlobalMaxPool"), "keep a 1x1 map, as in ONNX"),
+    (("Gemm", "MatMul"), "constant right operand (`transB`, alpha, beta, C)"),
+    (("Add", "Sub", "Mul", "Div"), "of two computed tensors (broadcasting, e.g. a squeeze-excite "
+                                   "gate); with a scalar or per-channel constant: folded into the "
+                                   "conv, linear, batch norm or scale before it when nothing else "
+                                   "reads that, else a `Scale` layer"),
+    (("Sum",), "of computed tensors of one shape"),
+    (("Concat",), "any axis but the batch"),
+    (("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"),
+     "the batch axis kept first (a channel shuffle, a flatten in any order)"),
+    (("Split", "Slice"), "along the channels"),
+    (("Pad",), "spatial pads; constant, reflect or edge"),
+    (("Resize", "Upsample"), "nearest (every `nearest_mode`) and linear, with every coordinate mode "
+                             "but `tf_crop_and_resize`; spatial scales or sizes"),
+    (("Shape",), "of a computed tensor: a constant (batch size 1)"),
+    (("Dropout", "Identity", "Cast"), "pass-through (Cast to float)"),
+    (("Constant",), "tensor and number values"),
+)
+
+#: Every op name of :data:`OPERATORS`.
+SUPPORTED = tuple(op for ops, _ in OPERATORS for op in ops)
+
+
+def operators_markdown():
+    """The README's table of supported ONNX operators, from :data:`OPERATORS`."""
+    rows = ["| ONNX operators | supported |", "|---|---|"]
+    rows += [f"| {', '.join(ops)} | {note} |" for ops, note in OPERATORS]
+    return "\n".join(rows)
+
 
 #: Element-wise activations without attributes beyond these: ONNX op -> layer factory.
 _ACTIVATIONS = {
