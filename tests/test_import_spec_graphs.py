@@ -1,0 +1,80 @@
+"""Spec entries for graph-shaped models (concat, mul, prelu, ceil-mode and padded pooling,
+depthwise conv, the new activations, several outputs), imported from a torch state_dict and
+checked against torch itself within 1e-4 relative."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tabconv_np.blocks import Graph  # noqa: E402
+from tabconv_np.errors import ConfigError  # noqa: E402
+from tabconv_np.importers.spec import build_from_spec  # noqa: E402
+
+nn, F = torch.nn, torch.nn.functional
+
+
+class Net(nn.Module):
+    """A Fire module (concat), a depthwise conv with PReLU, a squeeze-excite gate (mul), LRN,
+    a zero pad, ceil-mode max pooling, and two heads (softmax scores, boxes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2)
+        self.prelu = nn.PReLU(8)
+        self.sq, self.e1, self.e3 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 6, 1), nn.Conv2d(4, 6, 3, padding=1)
+        self.dw = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.fc1, self.fc2 = nn.Conv2d(12, 3, 1), nn.Conv2d(3, 12, 1)
+        self.score, self.box = nn.Linear(12, 5), nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.prelu(self.stem(x)), 3, 2, ceil_mode=True)
+        s = F.relu(self.sq(x))
+        x = torch.cat([F.relu(self.e1(s)), F.relu(self.e3(s))], 1)
+        x = F.hardswish(self.dw(F.pad(x, (0, 1, 0, 1))))
+        g = F.hardsigmoid(self.fc2(F.leaky_relu(self.fc1(F.adaptive_max_pool2d(x, 1)), 0.1)))
+        x = F.local_response_norm(x * g, 3)
+        scores = F.softmax(self.score(torch.tanh(F.adaptive_avg_pool2d(x, 1).flatten(1))), 1)
+        return scores, torch.sigmoid(self.box(x))
+
+
+SPEC = {"input": [3, 29, 31], "outputs": ["scores", "boxes"], "layers": [
+    {"type": "conv", "key": "stem", "stride": 2}, {"type": "prelu", "key": "prelu"},
+    {"type": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": True, "name": "pool"},
+    {"type": "conv", "key": "sq"}, {"type": "relu", "name": "s"},
+    {"type": "conv", "key": "e1", "inputs": ["s"]}, {"type": "relu", "name": "a"},
+    {"type": "conv", "key": "e3", "padding": 1, "inputs": ["s"]}, {"type": "relu", "name": "b"},
+    {"type": "concat", "inputs": ["a", "b"]},
+    {"type": "zeropad", "padding": [0, 1, 0, 1]},
+    {"type": "conv", "key": "dw", "padding": 1, "groups": 12}, {"type": "hardswish", "name": "x"},
+    {"type": "globalmaxpool"}, {"type": "conv", "key": "fc1"}, {"type": "leakyrelu", "alpha": 0.1},
+    {"type": "conv", "key": "fc2"}, {"type": "hardsigmoid", "name": "g"},
+    {"type": "mul", "inputs": ["x", "g"]}, {"type": "lrn", "size": 3, "name": "y"},
+    {"type": "gap"}, {"type": "flatten"}, {"type": "tanh"}, {"type": "linear", "key": "score"},
+    {"type": "softmax", "name": "scores"},
+    {"type": "conv", "key": "box", "inputs": ["y"]}, {"type": "sigmoid", "name": "boxes"}]}
+
+
+def test_graph_spec_matches_torch():
+    torch.manual_seed(0)
+    model = Net().eval()
+    with torch.no_grad():
+        model.prelu.weight.uniform_(0, 0.5)
+    net = build_from_spec(SPEC, model.state_dict())
+    assert isinstance(net.body, Graph) and net.body.outputs and len(net.body.outputs) == 2
+    x = np.random.default_rng(0).normal(size=(2, 3, 29, 31)).astype(np.float32)
+    with torch.no_grad():
+        refs = [t.numpy() for t in model(torch.from_numpy(x))]
+    for got, ref in zip(net(x), refs):
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_graph_spec_refusals():
+    state = Net().state_dict()
+    bad = dict(SPEC, layers=SPEC["layers"][:9] + [{"type": "concat", "inputs": ["a"]}])
+    with pytest.raises(ConfigError, match="'concat' needs 'inputs'"):
+        build_from_spec(bad, state)
+    with pytest.raises(ConfigError, match="'outputs' must be a list"):
+        build_from_spec(dict(SPEC, outputs="scores"), state)
+    with pytest.raises(ConfigError, match="needs a 'key'"):
+        build_from_spec(dict(SPEC, layers=[{"type": "prelu"}]), state)
