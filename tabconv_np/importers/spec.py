@@ -34,7 +34,8 @@ Layers (``type`` is case-insensitive; aliases in brackets)
 ``conv`` [conv2d]
     ``key``; ``stride`` (1), ``padding`` (0; an int, ``[ph, pw]``,
     ``[top, bottom, left, right]``, ``"valid"`` or ``"same"`` -- TensorFlow's
-    rule, extra pixel bottom/right), ``dilation`` (1), ``groups`` (1).
+    rule, extra pixel bottom/right), ``dilation`` (1), ``groups`` (1; ``"depthwise"``: one
+    group per input channel).
     Reads ``<key>.weight`` (C_out, C_in/groups, kh, kw) and ``<key>.bias`` if present.
 ``bn`` [batchnorm, batchnorm2d]
     ``key``; ``eps`` (1e-5, or 1e-3 for Keras sources).  Reads
@@ -425,6 +426,8 @@ def make_conv(st, key, in_shape, stride=1, padding=0, dilation=1, groups=1, wher
     w = st.get(key, "weight", 4)
     b = st.get(key, "bias", 1, required=False)
     stride, dilation = _pair(stride, "stride", where), _pair(dilation, "dilation", where)
+    if groups == "depthwise" and len(in_shape) == 3:
+        groups = in_shape[0]
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ConfigError(f"{where}: groups must be a positive int, got {groups!r}")
     if len(in_shape) != 3:
