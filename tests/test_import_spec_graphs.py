@@ -1,6 +1,10 @@
 """Spec entries for graph-shaped models (concat, mul, prelu, ceil-mode and padded pooling,
 depthwise conv, the new activations, several outputs), imported from a torch state_dict and
 checked against torch itself within 1e-4 relative."""
+import json
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -15,7 +19,8 @@ nn, F = torch.nn, torch.nn.functional
 
 class Net(nn.Module):
     """A Fire module (concat), a depthwise conv with PReLU, a squeeze-excite gate (mul), LRN,
-    a zero pad, ceil-mode max pooling, and two heads (softmax scores, boxes)."""
+    a zero pad, ceil-mode max pooling, and two heads (softmax scores, boxes): the module of
+    docs/import_spec.md's worked example."""
 
     def __init__(self):
         super().__init__()
@@ -37,21 +42,15 @@ class Net(nn.Module):
         return scores, torch.sigmoid(self.box(x))
 
 
-SPEC = {"input": [3, 29, 31], "outputs": ["scores", "boxes"], "layers": [
-    {"type": "conv", "key": "stem", "stride": 2}, {"type": "prelu", "key": "prelu"},
-    {"type": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": True, "name": "pool"},
-    {"type": "conv", "key": "sq"}, {"type": "relu", "name": "s"},
-    {"type": "conv", "key": "e1", "inputs": ["s"]}, {"type": "relu", "name": "a"},
-    {"type": "conv", "key": "e3", "padding": 1, "inputs": ["s"]}, {"type": "relu", "name": "b"},
-    {"type": "concat", "inputs": ["a", "b"]},
-    {"type": "zeropad", "padding": [0, 1, 0, 1]},
-    {"type": "conv", "key": "dw", "padding": 1, "groups": 12}, {"type": "hardswish", "name": "x"},
-    {"type": "globalmaxpool"}, {"type": "conv", "key": "fc1"}, {"type": "leakyrelu", "alpha": 0.1},
-    {"type": "conv", "key": "fc2"}, {"type": "hardsigmoid", "name": "g"},
-    {"type": "mul", "inputs": ["x", "g"]}, {"type": "lrn", "size": 3, "name": "y"},
-    {"type": "gap"}, {"type": "flatten"}, {"type": "tanh"}, {"type": "linear", "key": "score"},
-    {"type": "softmax", "name": "scores"},
-    {"type": "conv", "key": "box", "inputs": ["y"]}, {"type": "sigmoid", "name": "boxes"}]}
+def _doc_spec():
+    """The worked example of docs/import_spec.md ("Names and graphs"): its JSON block with "outputs"."""
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "import_spec.md"), encoding="utf-8").read()
+    blocks = [b for b in re.findall(r"```json\n(.*?)```", text, re.S) if '"outputs"' in b]
+    assert len(blocks) == 1
+    return json.loads(blocks[0])
+
+
+SPEC = _doc_spec()
 
 
 def test_graph_spec_matches_torch():

@@ -14,11 +14,12 @@ Files:
 * Keras 3 ``model.save("m.keras")``: a zip of ``config.json`` and
   ``model.weights.h5`` (as above).
 
-Layers: InputLayer, Conv2D, Dense, BatchNormalization, MaxPooling2D,
-AveragePooling2D, GlobalAveragePooling2D, Flatten, ReLU / Activation("relu")
-(and ReLU6), Dropout; ``activation="relu"`` inside Conv2D / Dense too; a final
-``softmax`` is dropped with a warning (the network returns logits, same
-argmax).  Sequential models and chain-shaped functional models.
+Layers: :data:`KERAS_LAYERS`, activations :data:`ACTIVATIONS` (inside a layer
+or as an ``Activation``); a final ``softmax`` is dropped with a warning (the
+network returns logits, same argmax).  Sequential and functional models: the
+functional graph becomes a graph spec (``inputs`` per layer, ``outputs`` for
+several), so residual ``Add``, ``Multiply`` gates and ``Concatenate`` import.
+``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``.
 
 Conversions: conv kernels HWIO -> OIHW, Dense kernels (in, out) -> (out, in);
 a Dense after a Flatten of a channels-last ``H x W x C`` map gets its input
@@ -347,6 +348,13 @@ KERAS_LAYERS = ("InputLayer", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "D
                 "BatchNormalization", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
                 "GlobalMaxPooling2D", "Flatten", "Activation", "ReLU", "LeakyReLU", "PReLU",
                 "ZeroPadding2D", "Dropout", "Add", "Multiply", "Concatenate")
+
+
+def layers_markdown():
+    """The README's list of supported Keras layer types and activations, from :data:`KERAS_LAYERS`
+    and :data:`ACTIVATIONS`."""
+    return (f"Layer types: {', '.join(KERAS_LAYERS)}.  Activations (`activation=` of a layer, or "
+            f"an `Activation` layer): {', '.join(ACTIVATIONS)}, linear.")
 
 
 def spec_from_config(layers, where, key_of=None, graph=None):
