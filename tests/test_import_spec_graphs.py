@@ -77,3 +77,13 @@ def test_graph_spec_refusals():
         build_from_spec(dict(SPEC, outputs="scores"), state)
     with pytest.raises(ConfigError, match="needs a 'key'"):
         build_from_spec(dict(SPEC, layers=[{"type": "prelu"}]), state)
+
+
+def test_no_spec_error_lists_every_tensor_by_layer():
+    from tabconv_np.importers.statedict import network_from_state_dict
+    state = Net().state_dict()
+    with pytest.raises(ConfigError) as err:
+        network_from_state_dict(state)
+    msg = str(err.value)
+    assert "--spec" in msg and "  e3: weight (6, 4, 3, 3), bias (6,)" in msg and "  prelu: weight (8,)" in msg
+    assert all(k.rpartition(".")[0] in msg for k in state) and msg.count("\n") == len({k.rpartition(".")[0] for k in state})

@@ -350,6 +350,8 @@ def test_two_heads_in_graph_order(tmp_path):
     np.testing.assert_array_equal(net.predict(images), net(images)[0])      # eval's default: the first
     np.testing.assert_array_equal(net.predict(images, output=1), net(images)[1])
     assert [a.shape for a in net(x[:0])] == [(0, 2, 3, 3), (0, 4, 3, 3)]
+    for a, b in zip(tabconv_np.prepare(net)(x), net(x)):        # a prepared plan gives both too
+        assert _rel(a, b) <= 1e-5
     tabconv_np.save(net, tmp_path / "o.h5")
     back = tabconv_np.load(tmp_path / "o.h5")
     for a, b in zip(back(x), net(x)):
