@@ -9,7 +9,7 @@ from .progress import Progress
 __all__ = ["evaluate"]
 
 
-def evaluate(net, images, labels, batch=64, progress=None):
+def evaluate(net, images, labels, batch=64, progress=None, output=0):
     """Top-1 accuracy of ``net`` on ``images`` / ``labels``.
 
     Parameters
@@ -27,6 +27,8 @@ def evaluate(net, images, labels, batch=64, progress=None):
     progress : None, bool
         Progress on stderr (:class:`~tabconv_np.progress.Progress`): None, a bar on
         a terminal and heartbeat lines otherwise; False, silent.
+    output : int
+        Which output of a network with several holds the logits (default the first).
 
     Returns
     -------
@@ -60,7 +62,7 @@ def evaluate(net, images, labels, batch=64, progress=None):
         for i in range(0, n, batch):
             xb = images[i:i + batch]
             t0 = time.perf_counter()
-            logits = np.asarray(net.predict(xb))
+            logits = np.asarray(net.predict(xb, output=output) if output else net.predict(xb))
             seconds += time.perf_counter() - t0
             correct += int((logits.argmax(axis=1) == labels[i:i + batch]).sum())
             bar.update(len(xb))

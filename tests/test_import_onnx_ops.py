@@ -196,3 +196,21 @@ def test_joins_in_both_layouts():
         warnings.simplefilter("error")
         counts = tabconv_np.count_ops(tabconv_np.Network(graph, (3, 4, 5)))
     assert counts.total["adds"] == 3 * 4 * 5
+
+
+def test_cli_eval_picks_an_output(tmp_path, capsys):
+    """A two-output graph (boxes first, class scores second) evaluates on the second with
+    ``tabconv eval --output 1``; an output it does not have is refused."""
+    from tabconv_np.cli import main
+    g = _G((1, 28, 28))
+    t = g.node("Relu", [g.conv("x", 1, 6, 3, strides=[2, 2])])
+    f = g.node("Flatten", [g.node("GlobalAveragePool", [t])])
+    boxes = g.node("Gemm", [f, g.rand("bw", (4, 6))], transB=1)
+    scores = g.node("Gemm", [f, g.rand("sw", (10, 6))], transB=1)
+    src = _save(_multi(g, [boxes, scores]), tmp_path / "two.onnx")
+    out = str(tmp_path / "two.h5")
+    assert main(["import", src, "-o", out]) == 0
+    assert main(["eval", out, "--dataset", "sample", "--limit", "50", "--output", "1", "--json"]) == 0
+    assert '"images": 50' in capsys.readouterr().out
+    assert main(["eval", out, "--dataset", "sample", "--limit", "50", "--output", "2"]) == 2
+    assert "output must be <= 1" in capsys.readouterr().err
