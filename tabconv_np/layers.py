@@ -170,8 +170,8 @@ class Dropout(Module):
 class _Pool2d(Module):
     """Shared windowing of MaxPool2d and AvgPool2d.
 
-    ``padding``: an int, ``(ph, pw)`` or ``(top, bottom, left, right)`` (each at
-    most half the kernel); ``ceil_mode``: the output size rounds up (ONNX and
+    ``padding``: an int, ``(ph, pw)`` or ``(top, bottom, left, right)`` (each
+    below the kernel size, as ONNX requires); ``ceil_mode``: the output size rounds up (ONNX and
     PyTorch's rule: a last window that would start in the bottom/right padding
     is dropped), the extra windows reading past the input as padding.
     """
@@ -189,9 +189,9 @@ class _Pool2d(Module):
         self.pads = (t, b, l, r)
         self.padding = (t, l) if (t, l) == (b, r) else self.pads
         self.ceil_mode = bool(ceil_mode)
-        if any(2 * p > k for p, k in zip(self.pads, np.repeat(self.kernel_size, 2))):
-            raise ConfigError(f"{name}: padding {self.padding} must be at most half "
-                              f"the kernel {self.kernel_size}")
+        if any(p >= k for p, k in zip(self.pads, np.repeat(self.kernel_size, 2))):
+            raise ConfigError(f"{name}: padding {self.padding} must be below the kernel "
+                              f"{self.kernel_size} (every window holds an input pixel)")
 
     def config(self):
         cfg = {"type": type(self).__name__, "kernel_size": list(self.kernel_size),
