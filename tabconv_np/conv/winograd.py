@@ -95,33 +95,60 @@ def conv2d_winograd(x, weight, bias, stride, padding, dilation, groups, layout, 
     -------
     float32 array (N, C_out, Ho, Wo) or (N, Ho, Wo, C_out)
     """
-    BT, _, AT = (np.ascontiguousarray(t, np.float32) for t in TRANSFORMS[m])
-    a = m + 2
     xh = x if layout == "NHWC" else x.transpose(0, 2, 3, 1)
-    N, H, W, C = xh.shape
     if U is None:
         U = filter_transform(weight, m)
-    C_out = U.shape[3]
+    V = input_tiles(xh, m, padding, out_hw)
+    M = tile_products(V, U, groups)
+    b = np.zeros(U.shape[3], np.float32) if bias is None else bias
+    out = output_tiles(M, m, len(xh), out_hw, b)
+    return out if layout == "NHWC" else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def input_tiles(xh, m, padding, out_hw):
+    """``V = B^T d B`` of every input tile: (a*a, N*th*tw, C) float32, ``a = m + 2``.
+
+    xh : float32 (N, H, W, C); padding : (top, bottom, left, right); out_hw : (Ho, Wo).
+    Tiles ``th = ceil(Ho/m)`` by ``tw = ceil(Wo/m)`` per image, read from the input
+    zero-padded to ``(th*m + 2) x (tw*m + 2)``.
+    """
+    BT = np.ascontiguousarray(TRANSFORMS[m][0], np.float32)
+    N, H, W, C = xh.shape
     Ho, Wo = out_hw
     pt, _, pl, _ = padding
     th, tw = -(-Ho // m), -(-Wo // m)
-    P = N * th * tw
-    # the padded input the tiles read: (th*m + 2) x (tw*m + 2), zeros outside x
     xp = np.zeros((N, th * m + 2, tw * m + 2, C), np.float32)
     h1, w1 = min(H, th * m + 2 - pt), min(W, tw * m + 2 - pl)
     xp[:, pt:pt + h1, pl:pl + w1] = xh[:, :h1, :w1]
-    V = np.empty((a * a, P, C), np.float32)
-    _k.input_transform.pick(V.size * a)(xp, BT, m, th, tw, V)
+    V = np.empty(((m + 2) ** 2, N * th * tw, C), np.float32)
+    _k.input_transform.pick(V.size * (m + 2))(xp, BT, m, th, tw, V)
+    return V
+
+
+def tile_products(V, U, groups=1):
+    """The elementwise stage ``M[i, j] = V[i, j] @ U[i, j]``: (a*a, tiles, C_out) float32.
+
+    V : (a*a, tiles, C) from :func:`input_tiles`; U : (a, a, C, C_out) from
+    :func:`filter_transform` (``(a, a, 1, C_out)`` when depthwise, ``groups > 1``:
+    a product per channel, no sum).
+    """
+    a2, _, C = V.shape
+    C_out = U.shape[3]
     if groups == 1:
-        M = np.matmul(V, U.reshape(a * a, C, C_out))         # (a*a, tiles, C_out)
-    else:                                                    # depthwise: no sum over channels
-        if C_out != C:
-            V = np.repeat(V, C_out // C, axis=2)             # output o reads channel o // (C_out/C)
-        M = V * U.reshape(a * a, 1, C_out)
-    out = np.empty((N, Ho, Wo, C_out), np.float32)
-    b = np.zeros(C_out, np.float32) if bias is None else bias
-    _k.output_transform.pick(M.size * m)(M, AT, th, tw, Ho, Wo, b, out)
-    return out if layout == "NHWC" else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        return np.matmul(V, U.reshape(a2, C, C_out))       # (a*a) batched BLAS products
+    if C_out != C:
+        V = np.repeat(V, C_out // C, axis=2)               # output o reads channel o // (C_out/C)
+    return V * U.reshape(a2, 1, C_out)
+
+
+def output_tiles(M, m, N, out_hw, bias):
+    """``Y = A^T M A + bias`` of every output tile, cropped to ``out_hw``: (N, Ho, Wo, C_out) float32."""
+    AT = np.ascontiguousarray(TRANSFORMS[m][2], np.float32)
+    Ho, Wo = out_hw
+    th, tw = -(-Ho // m), -(-Wo // m)
+    out = np.empty((N, Ho, Wo, M.shape[2]), np.float32)
+    _k.output_transform.pick(M.size * m)(M, AT, th, tw, Ho, Wo, bias, out)
+    return out
 
 
 def _transform_ops(T):
