@@ -67,8 +67,9 @@ class Conv2d(Module):
         out = {"bias_adds": n_out if "bias" in self.params else 0,
                "im2col_bytes": ws["im2col"], "mec_bytes": ws["mec"]}
         if self.method in WINOGRAD_TILES and winograd_applies(self.kernel_size, self.stride, self.dilation,
-                                                              self.groups):
-            out.update(winograd_cost(self.in_channels, C_out, Ho, Wo, WINOGRAD_TILES[self.method]))
+                                                              self.groups, self.in_channels):
+            out.update(winograd_cost(self.in_channels, C_out, Ho, Wo, WINOGRAD_TILES[self.method],
+                                     self.groups))
         elif self.method == "strassen":
             # per image: Strassen recurses on the rows of the whole batch it is given
             mults, adds = strassen_cost(Ho * Wo, self.geometry.D, C_out // self.groups)
