@@ -87,3 +87,26 @@ def test_no_spec_error_lists_every_tensor_by_layer():
     msg = str(err.value)
     assert "--spec" in msg and "  e3: weight (6, 4, 3, 3), bias (6,)" in msg and "  prelu: weight (8,)" in msg
     assert all(k.rpartition(".")[0] in msg for k in state) and msg.count("\n") == len({k.rpartition(".")[0] for k in state})
+
+
+@pytest.mark.parametrize("order", ["hwc", "whc", "cwh"])
+def test_flatten_orders(order):
+    """A Linear after a map flattened in any axis order (``x.permute(...).flatten(1)``)."""
+    torch.manual_seed(1)
+    conv, fc = nn.Conv2d(2, 3, 3), nn.Linear(3 * 4 * 5, 6)
+    perm = [0] + [1 + "chw".index(a) for a in order]
+
+    def forward(x):
+        return fc(conv(x).permute(*perm).flatten(1))
+
+    state = {k: v.detach().numpy() for k, v in
+             {"conv.weight": conv.weight, "conv.bias": conv.bias, "fc.weight": fc.weight, "fc.bias": fc.bias}.items()}
+    spec = {"input": [2, 6, 7], "layers": [{"type": "conv", "key": "conv"}, {"type": "flatten", "order": order},
+                                           {"type": "linear", "key": "fc"}]}
+    net = build_from_spec(spec, state)
+    x = np.random.default_rng(2).normal(size=(2, 2, 6, 7)).astype(np.float32)
+    with torch.no_grad():
+        ref = forward(torch.from_numpy(x)).numpy()
+    assert np.abs(net(x) - ref).max() <= 1e-4 * np.abs(ref).max()
+    with pytest.raises(ConfigError, match="permutation of 'chw'"):
+        build_from_spec(dict(spec, layers=[spec["layers"][0], {"type": "flatten", "order": "hw"}]), state)

@@ -63,7 +63,9 @@ Layers (``type`` is case-insensitive; aliases in brackets)
     ``padding`` (an int, ``[ph, pw]`` or ``[top, bottom, left, right]``),
     ``mode`` (constant, reflect, edge), ``value`` (0).
 ``flatten``
-    ``order``: ``"chw"`` (default) or ``"hwc"`` (default when ``channels_last``).
+    ``order``: ``"chw"`` (default), ``"hwc"`` (default when ``channels_last``) or any
+    permutation of ``"chw"``: the order the source model flattened in, which the
+    ``linear`` after it is permuted from.
 ``dropout``, ``identity``
     No-ops at inference.
 ``basicblock``
@@ -468,14 +470,21 @@ def make_bn(st, key, channels, eps):
     return bn
 
 
-def make_linear(st, key, in_features, hwc_from=None):
-    """A Linear from ``<key>.weight`` (out, in); ``hwc_from`` = (C, H, W): permute HWC -> CHW rows."""
+def make_linear(st, key, in_features, order_from=None):
+    """A Linear from ``<key>.weight`` (out, in).
+
+    ``order_from`` = ``((C, H, W), order)``: the input is a map flattened in ``order`` (a
+    permutation of ``"chw"``, e.g. ``"hwc"`` for Keras); the rows are permuted to the C, H, W
+    order tabconv_np's Flatten gives.
+    """
     w = st.get(key, "weight", 2)
     b = st.get(key, "bias", 1, required=False)
     _expect(key, "weight", w.shape[1:], (in_features,))
-    if hwc_from is not None:
-        c, h, wd = hwc_from
-        w = w.reshape(-1, h, wd, c).transpose(0, 3, 1, 2).reshape(w.shape[0], -1)
+    if order_from is not None and order_from[1] != "chw":
+        dims = dict(zip("chw", order_from[0]))
+        order = order_from[1]
+        w = w.reshape((-1,) + tuple(dims[a] for a in order))
+        w = w.transpose((0,) + tuple(1 + order.index(a) for a in "chw")).reshape(w.shape[0], -1)
     lin = Linear(w.shape[1], w.shape[0], bias=b is not None)
     lin.params["weight"][...] = w
     if b is not None:
@@ -625,9 +634,7 @@ def _spec_layer(kind, e, key, st, b, inp, raw, where, channels_last, default_eps
             inp = b.layer(f"flatten_{raw}", Flatten(), inp)
             b.flat_src[inp] = (in_shape, "hwc" if channels_last else "chw")
             in_shape = b.shape(inp)
-        src = _flatten_source(b, inp)
-        hwc = src[0] if src and src[1] == "hwc" and src[0][1] * src[0][2] > 1 else None
-        m = make_linear(st, key, in_shape[0], hwc)
+        m = make_linear(st, key, in_shape[0], _flatten_source(b, inp))
     elif kind == "relu":
         m = ReLU()
     elif kind in ("relu6", "clip"):
@@ -671,8 +678,9 @@ def _spec_layer(kind, e, key, st, b, inp, raw, where, channels_last, default_eps
         m = Pad(p, e.get("mode", "constant"), float(e.get("value", 0.0)))
     elif kind == "flatten":
         order = e.get("order", "hwc" if channels_last else "chw")
-        if order not in ("chw", "hwc"):
-            raise ConfigError(f"{where}: flatten 'order' must be 'chw' or 'hwc', got {order!r}")
+        if not isinstance(order, str) or sorted(order) != ["c", "h", "w"]:
+            raise ConfigError(f"{where}: flatten 'order' must be a permutation of 'chw' ('chw', "
+                              f"'hwc', 'whc', ...), got {order!r}")
         node = b.layer(raw, Flatten(), inp)
         if len(in_shape) == 3:
             b.flat_src[node] = (in_shape, order)
