@@ -214,3 +214,17 @@ def test_cli_eval_picks_an_output(tmp_path, capsys):
     assert '"images": 50' in capsys.readouterr().out
     assert main(["eval", out, "--dataset", "sample", "--limit", "50", "--output", "2"]) == 2
     assert "output must be <= 1" in capsys.readouterr().err
+
+
+def test_zero_pad_before_a_conv_becomes_its_padding(tmp_path):
+    g = _G((2, 6, 7))
+    p = g.node("Pad", ["x", g.const("pads", np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64))])
+    a = g.conv(p, 2, 3, 3, pads=[0, 1, 0, 1])                       # absorbs the pad: (1, 2, 1, 2)
+    q = g.node("Pad", [a, g.const("pads2", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))])
+    m = g.node("MaxPool", [q], kernel_shape=[2, 2])                 # -inf padding: the Pad stays
+    r = g.node("Pad", [a, g.const("pads3", np.array([0, 0, 0, 1, 0, 0, 0, 1], np.int64))])
+    c1, c2 = g.conv(r, 3, 2, 1), g.conv(r, 3, 2, 2)                 # read twice: the Pad stays
+    net = _check(_multi(g, [m, c1, c2]), tmp_path)
+    kinds = {n: m for n, m in net.body.modules() if type(m).__name__ in ("Pad", "Conv2d")}
+    assert sum(type(v).__name__ == "Pad" for v in kinds.values()) == 2
+    assert any(getattr(v, "padding", None) == (1, 2, 1, 2) for v in kinds.values())

@@ -372,6 +372,8 @@ class _Importer:
         stride = tuple(a.get("strides", [1, 1]))
         dil = tuple(a.get("dilations", [1, 1]))
         pads = self._pads(node, a, in_shape, (kh, kw), stride, dil)
+        x, pads = self._absorb_pad(node.input[0], x, pads)
+        in_shape = self.shape(x)
         if bias is not None and bias.shape != (c_out,):
             raise ShapeError(f"{self.where}: node {node.name!r}: bias {node.input[2]!r} has shape "
                              f"{bias.shape}, expected {(c_out,)}")
@@ -381,6 +383,21 @@ class _Importer:
         if bias is not None:
             conv.params["bias"][...] = bias
         return self._layer(node, raw, conv, x)
+
+    def _only_reader(self, value, node_name):
+        """Whether the ONNX value ``value`` (computed by builder node ``node_name``) is read by the
+        node being converted and by nothing else, now or later."""
+        others = [v for v, b in self.values.items() if b == node_name and v != value]
+        return self.left.get(value, 0) == 1 and not any(self.left.get(v) for v in others)
+
+    def _absorb_pad(self, value, x, pads):
+        """A zero ``Pad`` feeding a conv (TensorFlow-style 'same' padding) becomes the conv's own
+        padding: ``(input before the pad, pads added up)``; else ``(x, pads)`` unchanged."""
+        prev = next((n for n in self.b.nodes if n.name == x), None)
+        if prev is None or not isinstance(prev.module, Pad) or prev.module.mode != "constant" \
+                or prev.module.value != 0 or not self._only_reader(value, x):
+            return x, pads
+        return prev.inputs[0], tuple(p + q for p, q in zip(pads, prev.module.pads))
 
     def _pads(self, node, a, in_shape, kernel, stride, dil=(1, 1)):
         auto = a.get("auto_pad", "NOTSET")
@@ -778,8 +795,7 @@ class _Importer:
         else reads it, else a Scale layer."""
         src_value = node.input[0] if node.input[0] in self.values else node.input[1]
         prev = next((n for n in self.b.nodes if n.name == x), None)
-        others = [v for v, b in self.values.items() if b == x and v != src_value]
-        if prev is not None and self.left.get(src_value, 0) == 1 and not any(self.left.get(v) for v in others):
+        if prev is not None and self._only_reader(src_value, x):
             new = _affine(prev.module, scale, shift) if prev.module is not None else None
             if new is not None:
                 prev.module = new
