@@ -63,7 +63,8 @@ OPERATORS = (
     (("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"),
      "the batch axis kept first (a channel shuffle, a flatten in any order)"),
     (("Split", "Slice"), "along the channels"),
-    (("Pad",), "spatial pads; constant, reflect or edge"),
+    (("Pad",), "spatial pads; constant, reflect or edge (a zero pad read only by a conv becomes its "
+               "padding)"),
     (("Resize", "Upsample"), "nearest (every `nearest_mode`) and linear, with every coordinate mode "
                              "but `tf_crop_and_resize`; spatial scales or sizes"),
     (("Shape",), "of a computed tensor: a constant (batch size 1)"),
