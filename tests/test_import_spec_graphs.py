@@ -110,3 +110,70 @@ def test_flatten_orders(order):
     assert np.abs(net(x) - ref).max() <= 1e-4 * np.abs(ref).max()
     with pytest.raises(ConfigError, match="permutation of 'chw'"):
         build_from_spec(dict(spec, layers=[spec["layers"][0], {"type": "flatten", "order": "hw"}]), state)
+
+
+def _bottleneck(p, stride, down, inp):
+    """Spec entries of test_import_vision.Bottleneck at state-dict prefix ``p``."""
+    e = [{"type": "conv", "key": f"{p}.body.0.0", "inputs": [inp]}, {"type": "bn", "key": f"{p}.body.0.1"},
+         {"type": "relu"}, {"type": "conv", "key": f"{p}.body.1.0", "stride": stride, "padding": 1},
+         {"type": "bn", "key": f"{p}.body.1.1"}, {"type": "relu"}, {"type": "conv", "key": f"{p}.body.2.0"},
+         {"type": "bn", "key": f"{p}.body.2.1", "name": f"{p}_main"}]
+    if down:
+        e += [{"type": "conv", "key": f"{p}.down.0", "stride": stride, "inputs": [inp]},
+              {"type": "bn", "key": f"{p}.down.1", "name": f"{p}_short"}]
+    return e + [{"type": "add", "inputs": [f"{p}_main", f"{p}_short" if down else inp]},
+                {"type": "relu", "name": f"{p}_out"}]
+
+
+def _fire(p, inp):
+    return [{"type": "conv", "key": f"{p}.sq", "inputs": [inp]}, {"type": "relu", "name": f"{p}_s"},
+            {"type": "conv", "key": f"{p}.e1", "inputs": [f"{p}_s"]}, {"type": "relu", "name": f"{p}_a"},
+            {"type": "conv", "key": f"{p}.e3", "padding": 1, "inputs": [f"{p}_s"]}, {"type": "relu", "name": f"{p}_b"},
+            {"type": "concat", "inputs": [f"{p}_a", f"{p}_b"], "name": f"{p}_out"}]
+
+
+def _inverted(p, stride, res, inp):
+    e = [{"type": "conv", "key": f"{p}.body.0.0", "inputs": [inp]}, {"type": "bn", "key": f"{p}.body.0.1"},
+         {"type": "relu6"}, {"type": "conv", "key": f"{p}.body.1.0", "stride": stride, "padding": 1,
+                             "groups": "depthwise"},
+         {"type": "bn", "key": f"{p}.body.1.1"}, {"type": "relu6"}, {"type": "conv", "key": f"{p}.body.2.0"},
+         {"type": "bn", "key": f"{p}.body.2.1", "name": f"{p}_main"}]
+    return e + ([{"type": "add", "inputs": [inp, f"{p}_main"], "name": f"{p}_out"}] if res
+                else [{"type": "identity", "name": f"{p}_out"}])
+
+
+def _family_specs():
+    import vision_models as vision
+    stem = [{"type": "conv", "key": "0", "stride": 2, "padding": 3}, {"type": "bn", "key": "1"}, {"type": "relu"},
+            {"type": "maxpool", "kernel": 3, "stride": 2, "padding": 1, "name": "stem"}]
+    resnet = stem + _bottleneck("4", 1, True, "stem") + _bottleneck("5", 1, False, "4_out") + \
+        _bottleneck("6", 2, True, "5_out") + [{"type": "gap"}, {"type": "flatten"}, {"type": "linear", "key": "9"}]
+    squeeze = [{"type": "conv", "key": "0", "stride": 2}, {"type": "relu"},
+               {"type": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": True, "name": "p0"}] + \
+        _fire("3", "p0") + _fire("4", "3_out") + [{"type": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": True,
+                                                   "name": "p1"}] + \
+        _fire("6", "p1") + [{"type": "dropout"}, {"type": "conv", "key": "8"}, {"type": "relu"}, {"type": "gap"},
+                            {"type": "flatten"}]
+    mobile = [{"type": "conv", "key": "0.0", "stride": 2, "padding": 1}, {"type": "bn", "key": "0.1"},
+              {"type": "relu6", "name": "stem"}] + _inverted("1", 1, True, "stem") + \
+        _inverted("2", 2, False, "1_out") + _inverted("3", 1, True, "2_out") + \
+        [{"type": "conv", "key": "4.0"}, {"type": "bn", "key": "4.1"}, {"type": "relu6"}, {"type": "gap"},
+         {"type": "flatten"}, {"type": "linear", "key": "8"}]
+    return {"resnet50": (vision.resnet50ish, resnet), "squeezenet": (vision.squeezenet, squeeze),
+            "mobilenetv2": (vision.mobilenetv2, mobile)}, vision
+
+
+@pytest.mark.parametrize("family", ["resnet50", "squeezenet", "mobilenetv2"])
+def test_family_state_dicts_match_torch(family):
+    """The vision families' torch state_dicts, imported with graph specs, against torch itself at
+    224x224 and a smaller size."""
+    specs, vision = _family_specs()
+    make, layers = specs[family]
+    model = vision.randomize(make(), 0)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    for size, batch in ((224, 1), (64, 2)):
+        net = build_from_spec({"input": [3, size, size], "layers": layers}, state)
+        x = np.random.default_rng(size).normal(size=(batch, 3, size, size)).astype(np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        assert np.abs(net(x) - ref).max() <= 1e-4 * np.abs(ref).max()
