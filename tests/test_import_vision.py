@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 import tabconv_np  # noqa: E402
 from tabconv_np.blocks import Graph  # noqa: E402
 from tabconv_np.importers import import_model  # noqa: E402
-from vision_models import FAMILIES, Bottleneck, Neck, ONet, randomize, nn, resnet50ish  # noqa: E402
+from vision_models import FAMILIES, Bottleneck, Neck, ONet, inception as vision_inception, nn, randomize, resnet50ish  # noqa: E402,E501
 
 TOL = 1e-4
 
@@ -132,3 +132,26 @@ def test_imported_bottleneck_resnet_converts_and_evaluates_from_the_cli(tmp_path
     images = load_dataset("sample", "train")[0][:50]
     y, ye = conv.predict(images), net.predict(images)
     assert np.linalg.norm(y - ye) / np.linalg.norm(ye) < 0.5
+
+
+@pytest.mark.parametrize("method", ["tabconv", "maddness", "lowrank"])
+def test_imported_inception_and_mtcnn_convert_with_every_method(method, tmp_path):
+    """convert() walks graph bodies with joins (Concat, LRN, Pad) and several outputs: every
+    conv and linear of an imported Inception-style graph and of the two-headed MTCNN graph is
+    converted, calibrated on Fashion-MNIST images (replicated to 3 channels, padded to the
+    network's size); the converted network keeps close to the exact one on other images."""
+    from tabconv_np.conversion import convert
+    from tabconv_np.data import load_dataset
+    images = load_dataset("sample", "train")[0]
+    extra = {"prototypes": 16, "iters": 4} if method == "tabconv" else {}
+    for make, size in ((vision_inception, 32), (ONet, 48)):
+        net = import_model(_export(randomize(make(), 5), size, str(tmp_path / f"m{size}.onnx")))
+        pad = (size - 28) // 2
+        x = np.pad(np.repeat(images[:, :1], 3, axis=1), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        res = convert(net, x[:120], method=method, progress=False, **extra)
+        weights = [n for n, m in net.body.modules() if type(m).__name__ in ("Conv2d", "Linear")]
+        assert sorted(r["name"] for r in res.layers) == sorted(weights) and all(res.on)
+        got, ref = res.network(x[200:230].astype(np.float32) / 255), net(x[200:230].astype(np.float32) / 255)
+        got, ref = (got, ref) if isinstance(got, tuple) else ((got,), (ref,))
+        for g, r in zip(got, ref):
+            assert np.linalg.norm(g - r) / np.linalg.norm(r) < 0.3, (method, size)
