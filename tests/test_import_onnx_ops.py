@@ -210,6 +210,7 @@ def test_cli_eval_picks_an_output(tmp_path, capsys):
     src = _save(_multi(g, [boxes, scores]), tmp_path / "two.onnx")
     out = str(tmp_path / "two.h5")
     assert main(["import", src, "-o", out]) == 0
+    assert "outputs (4,), (10,)" in capsys.readouterr().out
     assert main(["eval", out, "--dataset", "sample", "--limit", "50", "--output", "1", "--json"]) == 0
     assert '"images": 50' in capsys.readouterr().out
     assert main(["eval", out, "--dataset", "sample", "--limit", "50", "--output", "2"]) == 2
