@@ -15,7 +15,7 @@ from .tree_tables import TreeConv2d, TreeLinear
 from .activations import HardSigmoid, HardSwish, LeakyReLU, PReLU, Sigmoid, Softmax, Tanh
 from .joins import Binary, Concat, Scale
 from .layers import LRN, GlobalMaxPool2d
-from .reshapes import ChannelSlice, Pad, Reshape, Transpose
+from .reshapes import ChannelGather, Pad, Reshape, Transpose
 from .upsampling import ConvTranspose2d, Resize
 
 #: The layer types :func:`from_config` builds, by config ``"type"``.
@@ -25,7 +25,7 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
     TableConv2d, TableLinear,
     TreeConv2d, TreeLinear,
     LeakyReLU, PReLU, Sigmoid, Tanh, HardSigmoid, HardSwish, Softmax, LRN, GlobalMaxPool2d,
-    Concat, Binary, Scale, Reshape, Transpose, ChannelSlice, Pad, Resize, ConvTranspose2d,
+    Concat, Binary, Scale, Reshape, Transpose, ChannelGather, Pad, Resize, ConvTranspose2d,
 )}
 
 

@@ -1,5 +1,5 @@
-"""Layers that move values without arithmetic: general reshape and transpose (a channel
-shuffle, a flatten in another order), channel slices (``Split``, ``Slice``) and padding.
+"""Layers that move values without arithmetic: general reshape and transpose (a flatten in
+another order), channel gathers (``Split``, ``Slice``, a channel shuffle) and padding.
 
 Reshape and Transpose act in PyTorch's order (channels first) whatever the
 layout: in ``"NHWC"`` a 4-d input is read as an image and put in channels-first
@@ -80,27 +80,34 @@ class Transpose(Module):
         return {}
 
 
-class ChannelSlice(Module):
-    """Channels ``start, start + step, ... < stop`` of each image (or features of a flat tensor)."""
+class ChannelGather(Module):
+    """Channels ``indices`` of each image (or features of a flat tensor), in that order: a
+    ``Split`` or ``Slice`` along the channels (a range), or a channel shuffle (a permutation)."""
 
-    def __init__(self, start=0, stop=1, step=1):
+    def __init__(self, indices=(0,)):
         super().__init__()
-        self.start = as_int(start, "ChannelSlice: start", 0)
-        self.stop = as_int(stop, "ChannelSlice: stop", self.start + 1)
-        self.step = as_int(step, "ChannelSlice: step", 1)
+        self.indices = tuple(_int_list(indices, "ChannelGather: indices", 0))
+
+    @classmethod
+    def span(cls, start, stop, step=1):
+        """Channels ``start, start + step, ... < stop``."""
+        return cls(range(start, stop, step))
 
     def config(self):
-        return {"type": "ChannelSlice", "start": self.start, "stop": self.stop, "step": self.step}
+        return {"type": "ChannelGather", "indices": list(self.indices)}
+
+    def extra_repr(self):
+        i = self.indices
+        r = range(i[0], i[-1] + 1, i[1] - i[0]) if len(i) > 1 and i[1] > i[0] else None
+        return f"channels {r.start}:{r.stop}:{r.step}" if r is not None and tuple(r) == i else f"channels {list(i)}"
 
     def forward(self, x, layout):
-        sl = [slice(None)] * x.ndim
-        sl[channel_axis(layout) if x.ndim == 4 else 1] = slice(self.start, self.stop, self.step)
-        return np.ascontiguousarray(x[tuple(sl)])
+        return np.take(x, self.indices, axis=channel_axis(layout) if x.ndim == 4 else 1)
 
     def out_shape(self, in_shape):
-        if not in_shape or self.stop > in_shape[0]:
-            raise ShapeError(f"ChannelSlice: channels {self.start}:{self.stop} of shape {tuple(in_shape)}")
-        return (len(range(self.start, self.stop, self.step)),) + tuple(in_shape[1:])
+        if not in_shape or max(self.indices) >= in_shape[0]:
+            raise ShapeError(f"ChannelGather: channels up to {max(self.indices)} of shape {tuple(in_shape)}")
+        return (len(self.indices),) + tuple(in_shape[1:])
 
     def cost(self, in_shape):
         return {}

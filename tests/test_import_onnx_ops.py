@@ -17,7 +17,7 @@ from tabconv_np.importers import import_model  # noqa: E402
 from tabconv_np.joins import Binary, Concat, Scale  # noqa: E402
 from tabconv_np.layers import LRN, AvgPool2d, Conv2d, GlobalMaxPool2d, MaxPool2d  # noqa: E402
 from tabconv_np.registry import from_config  # noqa: E402
-from tabconv_np.reshapes import ChannelSlice, Pad, Reshape, Transpose  # noqa: E402
+from tabconv_np.reshapes import ChannelGather, Pad, Reshape, Transpose  # noqa: E402
 from tabconv_np.upsampling import ConvTranspose2d, Resize  # noqa: E402
 from test_import_onnx import _G, _save  # noqa: E402
 
@@ -121,11 +121,16 @@ def test_transpose_reshape_channel_shuffle_and_lrn(tmp_path):
     t = g.node("Transpose", [t], perm=[0, 2, 1, 3, 4])
     t = g.node("Reshape", [t, g.const("s4", np.array([-1, 6, 4, 5], np.int64))])
     t = g.node("LRN", [t], size=3, alpha=0.01, beta=0.75, bias=2.0)
+    t = g.node("Transpose", [t], perm=[0, 1, 3, 2])                     # not a channel permutation
     t = g.node("PRelu", [t, g.rand("slope", (6, 1, 1), 0.3)])
     t = g.node("HardSwish", [t])
     t = g.node("Unsqueeze", [g.node("GlobalAveragePool", [t]), g.const("ua", np.array([2], np.int64))])
     t = g.node("Reshape", [t, g.const("flat", np.array([1, -1], np.int64))])   # exported at batch 1
-    _check(g.model(t, opset=17), tmp_path, batch=1)
+    net = _check(g.model(t, opset=17), tmp_path, batch=1)
+    kinds = [type(m).__name__ for _, m in net.body.modules()]
+    assert kinds.count("ChannelGather") == 1 and kinds.count("Transpose") == 1 and "Reshape" in kinds
+    gather = next(m for _, m in net.body.modules() if type(m).__name__ == "ChannelGather")
+    assert gather.indices == (0, 3, 1, 4, 2, 5)                         # the shuffle, as one gather
 
 
 def test_unsupported_forms_are_refused_by_name(tmp_path):
@@ -154,7 +159,8 @@ def _layers():
                                                                    "round_prefer_ceil"),
             LeakyReLU(0.1), prelu, Sigmoid(), Tanh(), HardSigmoid(), HardSwish(), Softmax(0),
             LRN(3, 0.1), GlobalMaxPool2d(), sc, Reshape((2, 2, 5, 6)), Transpose((0, 2, 1)),
-            ChannelSlice(1, 4, 2), Pad((1, 0, 2, 1), "edge"), MaxPool2d(3, 2, (0, 1, 1, 1), True),
+            ChannelGather.span(1, 4, 2), ChannelGather((3, 0, 2)), Pad((1, 0, 2, 1), "edge"),
+            MaxPool2d(3, 2, (0, 1, 1, 1), True),
             AvgPool2d(2, 2, (1, 0, 0, 1), True, False)]
 
 

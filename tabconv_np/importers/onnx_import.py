@@ -34,7 +34,7 @@ from ..joins import Binary, Concat, Scale
 from ..layers import (LRN, AvgPool2d, BatchNorm2d, Clip, Conv2d, Flatten, GlobalAvgPool2d,
                       GlobalMaxPool2d, Linear, MaxPool2d, ReLU)
 from ..network import Network
-from ..reshapes import ChannelSlice, Pad, Reshape, Transpose
+from ..reshapes import ChannelGather, Pad, Reshape, Transpose
 from ..upsampling import ConvTranspose2d, Resize
 from .formats import read_source
 from .spec import Builder, same_padding, simple_padding
@@ -61,7 +61,8 @@ OPERATORS = (
     (("Sum",), "of computed tensors of one shape"),
     (("Concat",), "any axis but the batch"),
     (("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"),
-     "the batch axis kept first (a channel shuffle, a flatten in any order)"),
+     "the batch axis kept first (a flatten in any order); a reshape-transpose-reshape channel "
+     "shuffle becomes one channel gather"),
     (("Split", "Slice"), "along the channels"),
     (("Pad",), "spatial pads; constant, reflect or edge (a zero pad read only by a conv becomes its "
                "padding)"),
@@ -522,8 +523,32 @@ class _Importer:
             self.fail(node, f"only Flatten(axis=1) is supported, got axis={axis}")
         return self._layer(node, raw, Flatten())
 
+    def _channel_permutation(self, node, x, target):
+        """``(source node, channel order)`` when reshaping ``x`` to ``target`` ends a Reshape ->
+        Transpose -> Reshape chain (nothing else reading its parts) that only permutes the
+        channels of an image: a channel shuffle; else None."""
+        byname = {n.name: n for n in self.b.nodes}
+        t = byname.get(x)
+        r = byname.get(t.inputs[0]) if t is not None and isinstance(t.module, Transpose) else None
+        if r is None or not isinstance(r.module, Reshape) or not self._only_reader(node.input[0], x) \
+                or any(self.left.get(v) for v, b in self.values.items() if b == r.name):
+            return None
+        shape = self.shape(r.inputs[0])
+        if len(shape) != 3 or tuple(target) != tuple(shape):
+            return None
+        idx = np.arange(int(np.prod(shape))).reshape(shape)
+        out = idx.reshape(r.module.shape).transpose(t.module.perm).reshape(shape)
+        order = out[:, 0, 0] // (shape[1] * shape[2])
+        if not np.array_equal(out, idx[order]):
+            return None
+        return r.inputs[0], [int(v) for v in order]
+
     def _reshape_to(self, node, raw, x, target):
-        """A Flatten (per-image target of one axis) or a Reshape to the per-image ``target``."""
+        """A Flatten (per-image target of one axis), a channel gather (a channel shuffle) or a
+        Reshape to the per-image ``target``."""
+        perm = self._channel_permutation(node, x, target)
+        if perm is not None:
+            return self.b.layer(raw, ChannelGather(perm[1]), perm[0])
         if len(target) == 1:
             return self._layer(node, raw, Flatten(), x)
         if tuple(target) == tuple(self.shape(x)):
@@ -596,7 +621,7 @@ class _Importer:
         c = self.shape(x)[0]
         if (start, stop, step) == (0, c, 1):
             return x
-        return self.b.layer(raw, ChannelSlice(start, stop, step), x)
+        return self.b.layer(raw, ChannelGather.span(start, stop, step), x)
 
     def op_Split(self, node, raw):
         x = self.value(node, node.input[0])
