@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .module import Module
-from .validate import as_float, as_int, channel_axis
+from .validate import as_float, as_int, batch_axis, channel_axis
 
 
 def _n(in_shape):
@@ -134,15 +134,10 @@ class Softmax(Module):
     def config(self):
         return {"type": "Softmax", "axis": self.axis}
 
-    def _batch_axis(self, ndim, layout):
-        if ndim == 4 and layout == "NHWC":
-            return (3, 1, 2)[self.axis]
-        return self.axis + 1
-
     def forward(self, x, layout):
         if self.axis >= x.ndim - 1:
             raise ShapeError(f"Softmax: axis {self.axis} for a batch of shape {x.shape}")
-        ax = self._batch_axis(x.ndim, layout)
+        ax = batch_axis(self.axis, x.ndim, layout)
         y = x - x.max(axis=ax, keepdims=True)
         np.exp(y, out=y)
         y /= y.sum(axis=ax, keepdims=True)

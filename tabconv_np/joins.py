@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .module import Module
-from .validate import as_int, channel_axis
+from .validate import as_int, batch_axis, channel_axis
 
 _OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
 
@@ -39,10 +39,7 @@ class Concat(Module):
         return {"type": "Concat", "axis": self.axis}
 
     def forward(self, xs, layout):
-        ax = self.axis + 1
-        if xs[0].ndim == 4 and layout == "NHWC":
-            ax = (3, 1, 2)[self.axis]
-        return np.concatenate(xs, axis=ax)
+        return np.concatenate(xs, axis=batch_axis(self.axis, xs[0].ndim, layout))
 
     def out_shape(self, in_shapes):
         shapes = _shapes(in_shapes, "Concat")
