@@ -235,3 +235,15 @@ def test_zero_pad_before_a_conv_becomes_its_padding(tmp_path):
     kinds = {n: m for n, m in net.body.modules() if type(m).__name__ in ("Pad", "Conv2d")}
     assert sum(type(v).__name__ == "Pad" for v in kinds.values()) == 2
     assert any(getattr(v, "padding", None) == (1, 2, 1, 2) for v in kinds.values())
+
+
+def test_nodes_out_of_order_are_sorted_and_cycles_refused(tmp_path):
+    g = _G((2, 5, 5))
+    a = g.conv("x", 2, 3, 3, pads=[1, 1, 1, 1])
+    b = g.node("Relu", [a])
+    c = g.node("Concat", [a, b], axis=1)
+    g.nodes.reverse()                                   # every node before the ones it reads
+    _check(g.model(c), tmp_path)
+    g.nodes[0].input[0] = c                             # the Concat now reads its own output
+    with pytest.raises(tabconv_np.errors.ConfigError, match="reads 't3': a cycle"):
+        import_model(_save(g.model(c), tmp_path / "cycle.onnx"))

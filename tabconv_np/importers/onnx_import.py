@@ -13,7 +13,8 @@ The operators supported on computed tensors (NCHW, float) are listed, with
 what of each is supported, in :data:`OPERATORS` (the README's list is
 generated from it by :func:`operators_markdown`).
 
-Graphs with several outputs become a :class:`~tabconv_np.blocks.Graph` with several
+Nodes are read in dependency order (the file's, when it is one; a cycle or a value no node
+computes is refused naming the node).  Graphs with several outputs become a :class:`~tabconv_np.blocks.Graph` with several
 outputs (``net(x)`` returns a tuple in the graph's order).  Residual graphs:
 ``relu(main(x) + shortcut(x))`` with the layer pattern of a ResNet basic block
 becomes a ``BasicBlock`` (with or without batch norm -- exporters often fold BN
@@ -315,8 +316,39 @@ class _Importer:
         self.consts[node.output[0]] = shape[start:end]
 
     # -- the conversion --------------------------------------------------------------------
+    def _sorted(self):
+        """``(index, node)`` in an order where every node comes after the nodes it reads
+        (the file's order when that already is one, as ONNX requires; some exporters do not)."""
+        nodes = list(self.graph.node)
+        ready = set(self.consts) | {self.input_name, ""}
+        waiting = {}                  # value name -> indices of the nodes waiting for it
+        missing = []
+        for i, n in enumerate(nodes):
+            need = {v for v in n.input if v not in ready}
+            missing.append(need)
+            for v in need:
+                waiting.setdefault(v, []).append(i)
+        made = {v for n in nodes for v in n.output}
+        order, queue = [], [i for i, m in enumerate(missing) if not m]
+        while queue:
+            i = queue.pop(0)
+            order.append(i)
+            for v in nodes[i].output:
+                for j in waiting.pop(v, ()):
+                    missing[j].discard(v)
+                    if not missing[j]:
+                        queue.append(j)
+            queue.sort()
+        if len(order) != len(nodes):
+            i = next(i for i in range(len(nodes)) if i not in set(order))
+            v = sorted(missing[i])[0]
+            why = "a cycle" if v in made else "a value no node computes"
+            raise ConfigError(f"{self.where}: node {node_label(nodes[i], i)} ({nodes[i].op_type}) reads "
+                              f"{v!r}: {why}")
+        return [(i, nodes[i]) for i in order]
+
     def run(self):
-        for i, node in enumerate(self.graph.node):
+        for i, node in self._sorted():
             self.index, self.node = i, node
             op = node.op_type
             if node.domain not in ("", "ai.onnx"):
