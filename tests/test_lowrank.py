@@ -78,3 +78,53 @@ def test_plan_fuses_the_epilogue_of_factored_layers(data):
     np.testing.assert_allclose(plan(x), res.network(x), rtol=1e-4, atol=1e-4)
     # the second factor of each block's last conv takes the residual sum and the ReLU
     assert sum(p.act[0] == 0 for p in plan.prepared) == 17
+
+
+@pytest.mark.parametrize("form", ["svd", "spatial", "tucker2"])
+def test_every_form_is_exact_at_full_rank(form):
+    from tabconv_np.conversion.lowrank import unfoldings
+    rng = np.random.default_rng(1)
+    for kw in (dict(stride=2, padding=1), dict(stride=(1, 2), padding=(0, 2, 1, 0), dilation=2)):
+        conv = Conv2d(5, 7, (3, 2), bias=True, **kw)
+        conv.params["weight"][...] = rng.standard_normal(conv.params["weight"].shape)
+        conv.params["bias"][...] = rng.standard_normal(7)
+        full = [min(M.shape) for M in unfoldings(conv, form)]
+        parts = factor_layer(conv, tuple(full) if form == "tucker2" else full[0], form)
+        assert len(parts.children) == (3 if form == "tucker2" else 2)
+        x = rng.standard_normal((2, 5, 9, 10)).astype(np.float32)
+        np.testing.assert_allclose(parts.forward(x, "NCHW"), conv.forward(x, "NCHW"), rtol=1e-4, atol=1e-4)
+
+
+def test_forms_count_what_their_factors_multiply():
+    conv = Conv2d(64, 64, 3, padding=1)
+    shape = (64, 8, 8)
+    full = 64 * 9 * 64 * 8 * 8
+    spatial = factor_layer(conv, 16, "spatial")        # 3x1 (64 -> 16) then 1x3 (16 -> 64)
+    tucker = factor_layer(conv, (16, 8), "tucker2")     # 1x1 64->8, 3x3 8->16, 1x1 16->64
+    macs = {k: count_ops(tabconv_np.Network(v, shape), shape).total["macs"]
+            for k, v in (("spatial", spatial), ("tucker", tucker))}
+    assert macs["spatial"] == 8 * 8 * (64 * 3 * 16 + 16 * 3 * 64) < full
+    assert macs["tucker"] == 8 * 8 * (64 * 8 + 8 * 9 * 16 + 16 * 64) < full
+
+
+def test_cli_converts_with_lowrank_and_refuses_options_of_other_methods(tmp_path, capsys):
+    import json
+    from tabconv_np.cli import main
+    from tabconv_np.cli.convert import METHOD_DEFAULTS
+    from tabconv_np.conversion.lowrank import LowRankSettings
+    d = LowRankSettings()
+    assert METHOD_DEFAULTS["lowrank"] == {"rank": d.rank, "energy": d.energy, "form": d.form, "refine": d.refine}
+    src, out = os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"), tmp_path / "lr.h5"
+    assert main(["convert", src, "-o", str(out), "--method", "lowrank", "--form", "tucker2", "--energy", "0.8",
+                 "--switches", ",".join(map(str, SWITCHES)), "--dataset", "sample", "--calib", "40",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert "--method lowrank --rank auto --energy 0.8 --form tucker2 --refine exact" in r["command_line"]
+    assert main(["ops", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["macs"] < count_ops(tabconv_np.load(src)).total["macs"]
+    assert main(["eval", str(out), "--dataset", "sample", "--limit", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] > 0.5
+    for bad in (["--rank", "4"], ["--method", "lowrank", "--prototypes", "16"],
+                ["--encoder", "tree", "--method", "lowrank"]):
+        assert main(["convert", src, "-o", str(tmp_path / "x.h5")] + bad) == 2
+        assert "--" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``tabconv convert``: a network file to a table network file (TabConv PQ tables or hash trees).
+"""``tabconv convert``: a network file to a converted network file (tables, hash trees, low rank, ...).
 
 Everything is checked before the work starts (the output path, the settings,
 the calibration data), and the effective settings, defaults included, are
@@ -18,26 +18,38 @@ from ..report import command_line, reduction_lines
 from ..userdata import command_images
 from .options import add_data_options, count
 
-#: The defaults of ``--encoder pq`` / ``tree`` that differ: the conversion methods' own defaults
-#: (TabConvSettings, MaddnessSettings; not imported here, which would load Numba for every
-#: command: tests/test_cli.py checks that they agree).
-ENCODER_DEFAULTS = {"pq": {"codebooks": "8", "prototypes": "256", "iters": 16, "refine": "none"},
-                    "tree": {"codebooks": "auto", "refine": "exact"}}
+#: Per ``--method``: its own options and their defaults, the conversion methods' own defaults
+#: (TabConvSettings, MaddnessSettings, LowRankSettings; not imported here, which would load Numba
+#: for every command: tests/test_cli.py checks that they agree).  An option given to a method
+#: that does not list it is refused.
+METHOD_DEFAULTS = {
+    "tabconv": {"codebooks": "8", "prototypes": "256", "iters": 16, "refine": "none"},
+    "maddness": {"codebooks": "auto", "refine": "exact"},
+    "lowrank": {"rank": "auto", "energy": 0.95, "form": "svd", "refine": "exact"},
+}
+#: ``--encoder``'s names of the table methods.
+ENCODERS = {"pq": "tabconv", "tree": "maddness"}
+ENCODER_DEFAULTS = {e: METHOD_DEFAULTS[m] for e, m in ENCODERS.items()}
+#: How each method option is read: per-layer values (``parse_setting`` of that kind) or one value.
+PER_LAYER = {"codebooks": str, "prototypes": int, "rank": str}
 
 
 def add_parser(sub):
-    c = sub.add_parser("convert", help="convert a network to table lookups (TabConv or hash trees)",
-                       description="Convert a network file to table lookups, calibrated on training "
-                       "images, and write the table network. Takes minutes on a ResNet-18 "
+    c = sub.add_parser("convert", help="convert a network to table lookups, hash trees or low rank",
+                       description="Convert a network file (table lookups, hash trees, low-rank "
+                       "factors), calibrated on training images, and write the converted network. "
+                       "Takes minutes on a ResNet-18 "
                        "(1,000 calibration images, 2 cores: about 1-2 min with --encoder tree, 1-4 min "
                        "with pq at the defaults; longer while the kernels compile on a first run).")
     c.add_argument("model", help="a tabconv_np HDF5 file")
     c.add_argument("-o", "--output", required=True, help="where to write the table network (HDF5)")
     c.add_argument("--force", action="store_true", help="replace an existing output file")
-    c.add_argument("--encoder", default="pq", choices=["pq", "tree"],
-                   help="pq: the paper's product quantization, nearest of K prototypes (method "
-                   "'tabconv'); tree: hash-tree encoding, K = 16, 8-bit tables (method 'maddness'); "
-                   "default: pq")
+    c.add_argument("--method", choices=sorted(METHOD_DEFAULTS),
+                   help="tabconv: the paper's PQ tables; maddness: hash trees and 8-bit tables; "
+                   "lowrank: truncated SVD factors (--rank, --energy, --form); default: from --encoder")
+    c.add_argument("--encoder", choices=sorted(ENCODERS),
+                   help="the table methods by their encoder: pq = --method tabconv (the default), "
+                   "tree = --method maddness")
     c.add_argument("--codebooks",
                    help="C per layer: an int, D/<ds> (ceil(D/ds) subspaces), a comma list per switch, "
                    "or PATTERN=VALUE items (e.g. 'layer1.*=D/28,*=D/128'); default 8 (pq) or "
@@ -45,6 +57,13 @@ def add_parser(sub):
     c.add_argument("--prototypes",
                    help="pq only: K per layer (1..16384): an int, a comma list per switch, or "
                    "PATTERN=VALUE items; default 256")
+    c.add_argument("--rank", help="lowrank only: r per layer: an int, auto (by --energy), a comma list "
+                   "per switch, or PATTERN=VALUE items; default auto")
+    c.add_argument("--energy", type=float, help="lowrank only: with rank auto, the fraction of the "
+                   "squared singular values kept, in (0, 1]; default 0.95")
+    c.add_argument("--form", choices=["svd", "spatial", "tucker2"],
+                   help="lowrank only: the decomposition: svd (conv to r channels + 1x1), spatial "
+                   "(k x 1 then 1 x k) or tucker2 (1x1, core, 1x1); default svd")
     c.add_argument("--mask-rate", type=float, metavar="M",
                    help="priority masking: keep exact the floor(M x switches / 100) switches whose "
                    "similarity to the exact network drops most (percent; default: no masking)")
@@ -60,22 +79,37 @@ def add_parser(sub):
     c.add_argument("--iters", type=count(0), help="pq only: Lloyd iterations (default: 16)")
     c.add_argument("--no-refit", action="store_true", help="do not refit the final Linear")
     c.add_argument("--refine", choices=["exact", "local", "none"],
-                   help="least-squares table refinement toward the exact network (default: none for "
-                   "pq, the authors' plain tables; exact for tree)")
+                   help="least-squares refinement toward the exact network (default: none for "
+                   "pq, the authors' plain tables; exact for tree and lowrank; lowrank has no local)")
     c.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     c.set_defaults(func=run)
     return c
 
 
+def method_of(args):
+    """The method name of ``--method`` / ``--encoder`` (refusing the two disagreeing)."""
+    if args.method and args.encoder and ENCODERS[args.encoder] != args.method:
+        raise ConfigError(f"tabconv convert: --encoder {args.encoder} is --method {ENCODERS[args.encoder]}, "
+                          f"not {args.method}: give one of them")
+    return args.method or ENCODERS[args.encoder or "pq"]
+
+
 def effective(args):
-    """The settings of a run, defaults filled in: ``{option name: value}`` in command-line order."""
-    d = ENCODER_DEFAULTS[args.encoder]
-    out = {"encoder": args.encoder, "codebooks": args.codebooks or d["codebooks"]}
-    if args.encoder == "pq":
-        out.update(prototypes=args.prototypes or d["prototypes"],
-                   iters=d["iters"] if args.iters is None else args.iters)
-    out.update(refine=args.refine or d["refine"], calibrate=args.calibrate, max_rows=args.max_rows)
+    """The settings of a run, defaults filled in: ``{option name: value}`` in command-line order.
+
+    Raises ConfigError for an option the method does not take."""
+    method = method_of(args)
+    defaults = METHOD_DEFAULTS[method]
+    for name in sorted({k for d in METHOD_DEFAULTS.values() for k in d} - set(defaults)):
+        if getattr(args, name) is not None:
+            takers = ", ".join(m for m, d in METHOD_DEFAULTS.items() if name in d)
+            raise ConfigError(f"tabconv convert: --{name} applies to --method {takers}, not {method}")
+    out = {"method": method}
+    for name, default in defaults.items():
+        given = getattr(args, name)
+        out[name] = default if given is None else given
+    out.update(calibrate=args.calibrate, max_rows=args.max_rows)
     if args.mask_rate is not None:
         out["mask_rate"] = f"{args.mask_rate:g}"
     if args.switches is not None:
@@ -90,14 +124,9 @@ def run(args):
     # imported here, not at the top: convert loads Numba and SciPy, which every other
     # command would pay for at start-up
     from ..conversion import convert, op_reduction
-    tree = args.encoder == "tree"
-    if tree and (args.prototypes is not None or args.iters is not None):
-        raise ConfigError("tabconv convert: --prototypes and --iters apply to --encoder pq only "
-                          "(a hash tree has 16 leaves)")
     opts = effective(args)
-    own = {"codebooks": parse_setting(opts["codebooks"], str)}
-    if not tree:
-        own.update(prototypes=parse_setting(opts["prototypes"], int), iters=opts["iters"])
+    own = {k: (parse_setting(v, PER_LAYER[k]) if k in PER_LAYER else v)
+           for k, v in opts.items() if k in METHOD_DEFAULTS[opts["method"]] and k != "refine"}
     check_output(args.output, overwrite=args.force, inputs=[args.model])
     net = load(args.model)
     xc, _, source = command_images(net, "tabconv convert", "train", args.dataset, args.data,
@@ -109,7 +138,7 @@ def run(args):
     where = f"--data {shlex.quote(args.data)}" if args.data else f"--dataset {source.split('/')[0]}"
     line = f"tabconv convert {shlex.quote(args.model)} -o {shlex.quote(args.output)} {command_line(opts)} {where}"
     print(f"settings: {line}", file=sys.stderr if args.json else sys.stdout, flush=True)
-    res = convert(net, xc, method="maddness" if tree else "tabconv", switches=args.switches,
+    res = convert(net, xc, method=opts["method"], switches=args.switches,
                   mask_rate=args.mask_rate, refit_classifier=not args.no_refit, seed=args.seed,
                   calibrate=args.calibrate,
                   max_rows=args.max_rows, refine=None if opts["refine"] == "none" else opts["refine"], **own)
