@@ -27,6 +27,11 @@ quantity                  kind         what
 ``storage_bytes``         model        bytes the layer keeps (every stored array)
 ``im2col_bytes``          workspace    float32 im2col lowering buffer
 ``mec_bytes``             workspace    float32 MEC lowering buffer
+``int8_macs``             arithmetic   int8 x int8 multiply-accumulates (int32 sums) of the
+                                       int8 layers; not in ``macs``, which counts float ones
+``quant_ops``             arithmetic   activations quantised to 8 bits (multiply, round, clamp)
+``zp_adds``               arithmetic   zero-point corrections of int8 sums, one per output
+``dequant_mults``         arithmetic   multiplies that dequantise integer sums, one per output
 ========================  ===========  ======================================================
 
 A new engine that needs another quantity declares it with
@@ -93,7 +98,11 @@ for _name, _kind, _doc in (
         ("params", "model", "learnable parameters"),
         ("storage_bytes", "model", "bytes stored by the layer"),
         ("im2col_bytes", "workspace", "float32 im2col lowering buffer"),
-        ("mec_bytes", "workspace", "float32 MEC lowering buffer")):
+        ("mec_bytes", "workspace", "float32 MEC lowering buffer"),
+        ("int8_macs", "arithmetic", "int8 x int8 multiply-accumulates (int32 sums)"),
+        ("quant_ops", "arithmetic", "activations quantised to 8 bits (multiply, round, clamp)"),
+        ("zp_adds", "arithmetic", "zero-point corrections of int8 sums, one per output"),
+        ("dequant_mults", "arithmetic", "multiplies that dequantise integer sums")):
     declare_quantity(_name, _kind, _doc)
 
 #: The quantities every row carries (0 when a layer does not report them), in table order.
