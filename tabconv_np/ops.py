@@ -279,6 +279,8 @@ class OpCount:
             cols[1:1] = ["encode_macs", "lookups", "lookup_adds"]
         if any(r.get("mults") for r in self.rows):
             cols[1:1] = ["mults", "adds"]
+        if any(r.get("int8_macs") for r in self.rows):
+            cols[1:1] = ["int8_macs", "quant_ops", "zp_adds", "dequant_mults"]
         head = ["layer", "type", "output"] + cols
         body = [[r["name"], r["type"], "x".join(map(str, r["out_shape"]))] + [_si(r.get(c, 0)) for c in cols]
                 for r in self.rows]
@@ -291,7 +293,8 @@ class OpCount:
         out.append(f"MACs {t['macs'] / 1e6:.2f} M | params {t['params'] / 1e6:.3f} M | "
                    f"fvcore {_si(t['fvcore'])} | thop {_si(t['thop'])} | flops (2*MACs) {_si(t['flops'])}"
                    f" | all arithmetic {_si(t['ops'])}"
-                   + (f" | multiplies {_si(t['multiplies'])}" if t.get("mults") else ""))
+                   + (f" | multiplies {_si(t['multiplies'])}" if t.get("mults") else "")
+                   + (f" | int8 MACs {t['int8_macs'] / 1e6:.2f} M" if t.get("int8_macs") else ""))
         return "\n".join(out)
 
     def __repr__(self):

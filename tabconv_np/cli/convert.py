@@ -1,4 +1,5 @@
-"""``tabconv convert``: a network file to a table network file (TabConv PQ tables or hash trees).
+"""``tabconv convert``: a network file to a table network file (TabConv PQ tables or hash trees),
+or to an int8 network (``--method int8``).
 
 Everything is checked before the work starts (the output path, the settings,
 the calibration data), and the effective settings, defaults included, are
@@ -14,7 +15,8 @@ from ..errors import ConfigError, DataError
 from ..demo import parse_setting
 from ..io import load, save
 from ..outputs import check_output
-from ..report import command_line, reduction_lines
+from ..ops import count_ops
+from ..report import command_line, int8_line, reduction_lines
 from ..userdata import command_images
 from .options import add_data_options, count
 
@@ -23,10 +25,15 @@ from .options import add_data_options, count
 #: command: tests/test_cli.py checks that they agree).
 ENCODER_DEFAULTS = {"pq": {"codebooks": "8", "prototypes": "256", "iters": 16, "refine": "none"},
                     "tree": {"codebooks": "auto", "refine": "exact"}}
+#: The defaults of ``--method int8`` (Int8Settings; tests/test_cli.py checks that they agree).
+INT8_DEFAULTS = {"bits": "8", "activations": "asymmetric", "range_rule": "minmax", "percentile": "99.99",
+                 "min_images": 32}
+#: Options of table lookups only, and of ``--method int8`` only.
+TABLE_ONLY, INT8_ONLY = ("codebooks", "prototypes", "iters", "refine"), tuple(INT8_DEFAULTS)
 
 
 def add_parser(sub):
-    c = sub.add_parser("convert", help="convert a network to table lookups (TabConv or hash trees)",
+    c = sub.add_parser("convert", help="convert a network to table lookups (TabConv or hash trees) or int8",
                        description="Convert a network file to table lookups, calibrated on training "
                        "images, and write the table network. Takes minutes on a ResNet-18 "
                        "(1,000 calibration images, 2 cores: about 1-2 min with --encoder tree, 1-4 min "
@@ -64,6 +71,21 @@ def add_parser(sub):
                    "pq, the authors' plain tables; exact for tree)")
     c.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    c.add_argument("--method", choices=["int8"],
+                   help="a compression method instead of table lookups: int8 (post-training quantisation: "
+                   "int8 weights per output channel, 8-bit inputs per tensor calibrated on the training "
+                   "images); default: table lookups, as --encoder says")
+    c.add_argument("--bits", help="int8 only: bits per layer, an int or PATTERN=VALUE items; 8 is the only "
+                   "width supported; default 8")
+    c.add_argument("--activations", help="int8 only: asymmetric (uint8 with a zero point) or symmetric "
+                   "(int8 in [-127, 127]), one value or PATTERN=VALUE items; default asymmetric")
+    c.add_argument("--range-rule", help="int8 only: each layer's input range from the calibration "
+                   "activations' minmax or percentile (see --percentile), one value or PATTERN=VALUE "
+                   "items; default minmax")
+    c.add_argument("--percentile", help="int8 only: P of --range-rule percentile (range from the 100-P to "
+                   "the P percentile), in (50, 100], one value or PATTERN=VALUE items; default 99.99")
+    c.add_argument("--min-images", type=count(2), metavar="N",
+                   help="int8 only: refuse fewer calibration images than N (default: 32)")
     c.set_defaults(func=run)
     return c
 
@@ -76,6 +98,20 @@ def effective(args):
         out.update(prototypes=args.prototypes or d["prototypes"],
                    iters=d["iters"] if args.iters is None else args.iters)
     out.update(refine=args.refine or d["refine"], calibrate=args.calibrate, max_rows=args.max_rows)
+    return _common(args, out)
+
+
+def effective_int8(args):
+    """:func:`effective` of ``--method int8``."""
+    out = {"method": "int8"}
+    for k, v in INT8_DEFAULTS.items():
+        out[k] = v if getattr(args, k) is None else getattr(args, k)
+    out["calibrate"] = args.calibrate
+    return _common(args, out)
+
+
+def _common(args, out):
+    """``out`` with the options every method shares."""
     if args.mask_rate is not None:
         out["mask_rate"] = f"{args.mask_rate:g}"
     if args.switches is not None:
@@ -90,14 +126,7 @@ def run(args):
     # imported here, not at the top: convert loads Numba and SciPy, which every other
     # command would pay for at start-up
     from ..conversion import convert, op_reduction
-    tree = args.encoder == "tree"
-    if tree and (args.prototypes is not None or args.iters is not None):
-        raise ConfigError("tabconv convert: --prototypes and --iters apply to --encoder pq only "
-                          "(a hash tree has 16 leaves)")
-    opts = effective(args)
-    own = {"codebooks": parse_setting(opts["codebooks"], str)}
-    if not tree:
-        own.update(prototypes=parse_setting(opts["prototypes"], int), iters=opts["iters"])
+    method, opts, own = _method_settings(args)
     check_output(args.output, overwrite=args.force, inputs=[args.model])
     net = load(args.model)
     xc, _, source = command_images(net, "tabconv convert", "train", args.dataset, args.data,
@@ -109,10 +138,9 @@ def run(args):
     where = f"--data {shlex.quote(args.data)}" if args.data else f"--dataset {source.split('/')[0]}"
     line = f"tabconv convert {shlex.quote(args.model)} -o {shlex.quote(args.output)} {command_line(opts)} {where}"
     print(f"settings: {line}", file=sys.stderr if args.json else sys.stdout, flush=True)
-    res = convert(net, xc, method="maddness" if tree else "tabconv", switches=args.switches,
+    res = convert(net, xc, method=method, switches=args.switches,
                   mask_rate=args.mask_rate, refit_classifier=not args.no_refit, seed=args.seed,
-                  calibrate=args.calibrate,
-                  max_rows=args.max_rows, refine=None if opts["refine"] == "none" else opts["refine"], **own)
+                  calibrate=args.calibrate, max_rows=args.max_rows, **own)
     res.network.meta[res.method.name]["calibration_dataset"] = source
     save(res.network, args.output, overwrite=args.force)
     red = op_reduction(res.network, res.exact)
@@ -122,5 +150,33 @@ def run(args):
         print(json.dumps(d))
         return
     print(res.summary())
-    print("\n".join(reduction_lines(red)))
+    lines = reduction_lines(red)
+    if method == "int8":                  # the paper convention counts no int8 MACs: say what they are
+        lines[0] = int8_line(count_ops(res.network).total, count_ops(res.exact).total)
+    print("\n".join(lines))
     print(f"calibrated on {len(xc)} {source} images in {res.seconds:.1f} s; wrote {args.output}")
+
+
+def _method_settings(args):
+    """``(method name, effective options, the method's own settings)``; options of another method refused."""
+    other = [k for k in (TABLE_ONLY if args.method == "int8" else INT8_ONLY) if getattr(args, k) is not None]
+    if other:
+        flag = "--" + other[0].replace("_", "-")
+        raise ConfigError(f"tabconv convert: {flag} applies to "
+                          f"{'table lookups (--encoder), not --method int8' if args.method else '--method int8'}")
+    if args.method == "int8":
+        opts = effective_int8(args)
+        own = {"bits": parse_setting(opts["bits"], int), "activations": parse_setting(opts["activations"], str.lower),
+               "range_rule": parse_setting(opts["range_rule"], str.lower),
+               "percentile": parse_setting(opts["percentile"], float), "min_images": opts["min_images"]}
+        return "int8", opts, own
+    tree = args.encoder == "tree"
+    if tree and (args.prototypes is not None or args.iters is not None):
+        raise ConfigError("tabconv convert: --prototypes and --iters apply to --encoder pq only "
+                          "(a hash tree has 16 leaves)")
+    opts = effective(args)
+    own = {"codebooks": parse_setting(opts["codebooks"], str),
+           "refine": None if opts["refine"] == "none" else opts["refine"]}
+    if not tree:
+        own.update(prototypes=parse_setting(opts["prototypes"], int), iters=opts["iters"])
+    return "maddness" if tree else "tabconv", opts, own
