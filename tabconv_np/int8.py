@@ -93,8 +93,14 @@ def quantize(x, scale, zero_point, activations="asymmetric"):
 
 
 def _requant(weight2d, zero_point, weight_scale, input_scale, bias):
-    """``(zw int32 (M,), scale float32 (M,))`` of the kernels' epilogue."""
-    zw = (np.int32(zero_point) * weight2d.sum(axis=1, dtype=np.int32)).astype(np.int32)
+    """``(zw int32 (M,), scale float32 (M,))`` of the kernels' epilogue.
+
+    The weight sums are computed only for a nonzero zero point (the input of the first layer;
+    after a ReLU the range starts at 0): summing the largest ResNet-18 weight costs ~0.3 ms a call.
+    """
+    zw = np.zeros(len(weight2d), np.int32)
+    if zero_point:
+        zw[:] = np.int32(zero_point) * weight2d.sum(axis=1, dtype=np.int32)
     return zw, (np.float32(input_scale) * weight_scale).astype(np.float32)
 
 

@@ -37,10 +37,12 @@ are associative).  A product fits int16 (``255 * 127 = 32385``) and every
 partial sum is cast back to int32, which lets LLVM use 16-bit multiplies
 widened into 32-bit lanes instead of Numba's default 64-bit integers
 (measured 2.3x faster on a 3136 x 576 x 64 product, x86 AVX2, 1 thread).
-Each task takes :data:`ROWS` rows at once, so that every weight row read
-from memory serves 4 dot products.
+A task takes a tile of :data:`CHUNK` rows and about
+:data:`WEIGHT_TILE_BYTES` of weight rows (L2-resident), and multiplies them
+:data:`ROWS` rows at a time, so that every weight row read serves 4 dot
+products.
 
-Parallel over blocks of output rows; each output is computed by one thread
+Parallel over tiles of outputs; each output is computed by one thread
 in a fixed order, so the serial and parallel entries agree bitwise.  The
 readable versions are :func:`tabconv_np.reference.quantize_naive` and
 :func:`tabconv_np.reference.int8_conv_naive`.  No validation here (see
@@ -54,8 +56,12 @@ from ._jit import CACHE, kernel
 
 #: Largest ``K`` (products per output) whose int32 sum cannot overflow: ``(2**31 - 1) // (255*127)``.
 MAX_K = (2 ** 31 - 1) // (255 * 127)
-#: Rows per task: each weight row is read once for this many dot products.
+#: Rows per inner step: each weight row is read once for this many dot products.
 ROWS = 4
+#: Rows per task (a multiple of ROWS).
+CHUNK = 32
+#: Bytes of weights per task, about: they stay in L2 while the task's rows pass by.
+WEIGHT_TILE_BYTES = 64 * 1024
 
 
 def _quantize(x, inv_scale, zp, lo, hi, out):
@@ -72,12 +78,12 @@ def _quantize(x, inv_scale, zp, lo, hi, out):
             out[i] = min(max(v, lo), hi)
 
 
-def _dot_rows_py(A, r0, r1, W, zw, scale, bias, out, o0):
-    """Rows ``r0 .. r1 - 1`` (at most ``ROWS``) of ``A`` times every row of ``W``, requantised,
-    into ``out[o0 + (r - r0)]``."""
-    M, K = W.shape
+def _dot_rows_py(A, r0, r1, W, m0, m1, zw, scale, bias, out, o0):
+    """Rows ``r0 .. r1 - 1`` (at most ``ROWS``) of ``A`` times rows ``m0 .. m1 - 1`` of ``W``,
+    requantised, into ``out[o0 + (r - r0), m]``."""
+    K = W.shape[1]
     nr = r1 - r0
-    for m in range(M):
+    for m in range(m0, m1):
         w = W[m]
         if nr == ROWS:
             a0, a1, a2, a3 = A[r0], A[r0 + 1], A[r0 + 2], A[r0 + 3]
@@ -104,6 +110,15 @@ def _dot_rows_py(A, r0, r1, W, zw, scale, bias, out, o0):
 _dot_rows = numba.njit(inline="always", cache=CACHE)(_dot_rows_py)
 
 
+def _tiles_py(R, M, K):
+    """``(weight rows per tile, row tiles, weight tiles)`` of an ``(R, K) x (M, K)`` product."""
+    mb = max(ROWS, min(M, WEIGHT_TILE_BYTES // max(K, 1)))
+    return mb, (R + CHUNK - 1) // CHUNK, (M + mb - 1) // mb
+
+
+_tiles = numba.njit(inline="always", cache=CACHE)(_tiles_py)
+
+
 def _gemm(A, W, zw, scale, bias, out):
     """Requantised product of quantised rows with int8 weights (the im2col-lowered conv, linear).
 
@@ -112,11 +127,21 @@ def _gemm(A, W, zw, scale, bias, out):
     scale, bias : float32 (M,); out : float32 (R, M)::
 
         out[r, m] = float32(sum_k A[r, k]*W[m, k] - zw[m]) * scale[m] + bias[m]
+
+    One task per tile of :data:`CHUNK` rows x ``mb`` weight rows (``mb*K`` about
+    :data:`WEIGHT_TILE_BYTES`, so that the tile's weights stay in L2 while its
+    rows pass by, :data:`ROWS` at a time); tiles over the weights give threads
+    work even when there are few rows (batch 1, the last ResNet stage).
     """
     R = A.shape[0]
-    for b in prange((R + ROWS - 1) // ROWS):
-        r0 = b * ROWS
-        _dot_rows(A, r0, min(R, r0 + ROWS), W, zw, scale, bias, out, r0)
+    M, K = W.shape
+    mb, nr, nm = _tiles(R, M, K)
+    for t in prange(nr * nm):
+        c0 = (t // nm) * CHUNK
+        m0 = (t % nm) * mb
+        c1, m1 = min(R, c0 + CHUNK), min(M, m0 + mb)
+        for r0 in range(c0, c1, ROWS):
+            _dot_rows(A, r0, min(c1, r0 + ROWS), W, m0, m1, zw, scale, bias, out, r0)
 
 
 def _conv1x1(xq, sh, sw, Ho, Wo, W, zw, scale, bias, out):
@@ -125,29 +150,33 @@ def _conv1x1(xq, sh, sw, Ho, Wo, W, zw, scale, bias, out):
     xq : uint8 or int8 (N, H, W, C), C-contiguous (NHWC); Ho, Wo : output size;
     W : int8 (M, C); zw, scale, bias as in :func:`_gemm`; out : float32
     (N*Ho*Wo, M), rows in (n, ho, wo) order.  No lowering: the pixel read by
-    output ``(n, ho, wo)`` is ``xq[n, ho*sh, wo*sw]``, ``C`` contiguous bytes;
-    a task takes :data:`ROWS` of them (gathered into a local block when the
-    stride is not 1).
+    output ``(n, ho, wo)`` is ``xq[n, ho*sh, wo*sw]``, ``C`` contiguous bytes
+    (gathered into a local tile when the stride is not 1).  Tiles as in :func:`_gemm`.
     """
     N, H, Wd, C = xq.shape
     R = N * Ho * Wo
+    M = W.shape[0]
     flat = xq.reshape(N * H * Wd, C)
-    for b in prange((R + ROWS - 1) // ROWS):
-        r0 = b * ROWS
-        r1 = min(R, r0 + ROWS)
+    mb, nr, nm = _tiles(R, M, C)
+    for t in prange(nr * nm):
+        c0 = (t // nm) * CHUNK
+        m0 = (t % nm) * mb
+        c1, m1 = min(R, c0 + CHUNK), min(M, m0 + mb)
         if sh == 1 and sw == 1:                  # output pixel r is input pixel r
-            _dot_rows(flat, r0, r1, W, zw, scale, bias, out, r0)
+            for r0 in range(c0, c1, ROWS):
+                _dot_rows(flat, r0, min(c1, r0 + ROWS), W, m0, m1, zw, scale, bias, out, r0)
         else:
-            loc = np.empty((ROWS, C), xq.dtype)
-            for r in range(r0, r1):
+            loc = np.empty((CHUNK, C), xq.dtype)
+            for r in range(c0, c1):
                 n = r // (Ho * Wo)
                 ho = (r // Wo) % Ho
                 wo = r - (n * Ho + ho) * Wo
                 src = flat[(n * H + ho * sh) * Wd + wo * sw]
-                dst = loc[r - r0]
+                dst = loc[r - c0]
                 for c in range(C):
                     dst[c] = src[c]
-            _dot_rows(loc, 0, r1 - r0, W, zw, scale, bias, out, r0)
+            for r0 in range(c0, c1, ROWS):
+                _dot_rows(loc, r0 - c0, min(c1, r0 + ROWS) - c0, W, m0, m1, zw, scale, bias, out, r0)
 
 
 quantize = kernel(_quantize)
