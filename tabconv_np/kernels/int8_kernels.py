@@ -23,8 +23,10 @@ pooling, the float classifier refit), so the int32 sum is turned into the
 float output once, and the next int8 layer quantises its own input with its
 own calibrated scale.  An integer multiplier + shift gives the same value up
 to its rounding; it pays off only where the whole network stays in integers
-(no float unit), which is not the case on the Raspberry Pi class boards the
-package targets (NEON multiplies float32 as fast as int32).
+(hardware without a float unit).  On the CPUs the package targets (ARM with
+NEON, x86) one float32 multiply-add per output costs no more than the
+integer multiply, add and shift it would replace, and float scales keep the
+layer readable: ``y = s * s_w * acc + bias``.
 
 No overflow: ``|a[k] * w[m, k]| <= 255 * 127``, so any ``K <= MAX_K``
 (66,313) sums within int32; the layers refuse larger ``K``.
@@ -36,7 +38,11 @@ multiplies and adds, which LLVM vectorises without fast-math: integer sums
 are associative).  A product fits int16 (``255 * 127 = 32385``) and every
 partial sum is cast back to int32, which lets LLVM use 16-bit multiplies
 widened into 32-bit lanes instead of Numba's default 64-bit integers
-(measured 2.3x faster on a 3136 x 576 x 64 product, x86 AVX2, 1 thread).
+(measured 2.3x faster on a 3136 x 576 x 64 product, 1 thread, on an x86 with
+AVX-512 VNNI, where LLVM emits ``vpdpwssd``, 16-bit pair dot products).
+LLVM does not emit the 8-bit dot products (``vpdpbusd``, ARM ``sdot``) from
+this loop, so there an int8 product runs at about the speed of a float32
+BLAS product, not faster (``bench/methods.py`` measures both side by side).
 A task takes a tile of :data:`CHUNK` rows and about
 :data:`WEIGHT_TILE_BYTES` of weight rows (L2-resident), and multiplies them
 :data:`ROWS` rows at a time, so that every weight row read serves 4 dot
