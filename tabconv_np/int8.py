@@ -83,7 +83,7 @@ def activation_qparams(lo, hi, activations="asymmetric"):
 
 def quantize(x, scale, zero_point, activations="asymmetric"):
     """``clamp(rint(x * (1/scale)) + z, lo, hi)`` of a finite float32 array, as uint8 or int8 (same shape)."""
-    dtype, lo, hi = ACTIVATIONS[activations]
+    dtype, lo, hi = ACTIVATIONS[as_choice(activations, "int8: activations", tuple(ACTIVATIONS))]
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty(x.shape, dtype)
     if x.size:

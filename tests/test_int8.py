@@ -106,6 +106,36 @@ def test_int8_linear_equals_the_integer_reference_bitwise():
         np.testing.assert_array_equal(got, want)
 
 
+def test_tiles_over_rows_and_weights_equal_the_reference_bitwise():
+    """Products large enough for several tiles of rows (CHUNK) and of weight rows (``mb < M``),
+    a ragged last tile of each, through the im2col product, the 1x1 kernel (stride 1 and 2) and
+    the linear path; serial and parallel entries bitwise equal."""
+    rng = np.random.default_rng(7)
+    K_lin, M = 3000, 50
+    mb = max(K.ROWS, K.WEIGHT_TILE_BYTES // K_lin)
+    assert mb < M and M % mb and 70 % K.CHUNK
+    xq = rng.integers(0, 256, (70, K_lin)).astype(np.uint8)
+    w = rng.integers(-127, 128, (M, K_lin)).astype(np.int8)
+    ws, b = rng.uniform(1e-4, 1e-3, M).astype(np.float32), rng.standard_normal(M).astype(np.float32)
+    want = int8_conv_naive(xq[:, :, None, None], 9, w[:, None, None, :], ws, np.float32(0.01), b)[:, :, 0, 0]
+    np.testing.assert_array_equal(linear_quantized(xq, 9, w, ws, np.float32(0.01), b), want)
+    zw, sc = (9 * w.astype(np.int32).sum(1)).astype(np.int32), (np.float32(0.01) * ws).astype(np.float32)
+    outs = [np.empty((70, M), np.float32) for _ in range(2)]
+    K.gemm.serial(xq, w, zw, sc, b, outs[0])
+    K.gemm.parallel(xq, w, zw, sc, b, outs[1])
+    np.testing.assert_array_equal(outs[0], want)
+    np.testing.assert_array_equal(outs[1], want)
+    x4 = rng.integers(0, 256, (3, 7, 6, 1500)).astype(np.uint8)             # NHWC, K = C = 1500
+    w4 = rng.integers(-127, 128, (M, 1, 1, 1500)).astype(np.int8)
+    w3 = rng.integers(-127, 128, (M, 3, 3, 400)).astype(np.int8)               # im2col: K = 3600
+    x3 = np.ascontiguousarray(x4[..., :400])
+    for xx, ww, stride, pad in ((x4, w4, 1, (0, 0, 0, 0)), (x4, w4, 2, (0, 0, 0, 0)), (x3, w3, 1, (1, 1, 1, 1)),
+                                (x3, w3, 2, (0, 1, 2, 0))):
+        args = (xx, 5, ww, ws, np.float32(0.01), b)
+        kw = dict(stride=stride, padding=pad, layout="NHWC")
+        np.testing.assert_array_equal(conv_quantized(*args, **kw), int8_conv_naive(*args, **kw))
+
+
 @settings(max_examples=15)
 @given(seed=st.integers(0, 2 ** 32 - 1), rows=st.integers(1, 700), k=st.integers(1, 300),
        stride=st.integers(1, 2), symmetric=st.booleans())
