@@ -86,6 +86,19 @@ def test_per_layer_settings_and_the_percentile_rule(data):
                                                                input_range(x, "percentile", 99.9, "symmetric")[1])
 
 
+def test_switches_and_masking_as_for_tables(data):
+    net, xc, xt, _ = data
+    res = convert(net, xc[:32], method="int8", progress=False, mask_rate=20, switches=[1] * 9 + [0])
+    assert res.masked and len(res.masked) == 2 and not res.on[-1]
+    mods = dict(res.network.body.modules())
+    kept = {s for s in res.masked} | {"fc"}
+    for name, m in mods.items():
+        if type(m).__name__ in ("Conv2d", "Linear", "Int8Conv2d", "Int8Linear"):
+            exact = name == "fc" or any(name == k or name.startswith(k + ".") for k in kept)
+            assert isinstance(m, (Int8Conv2d, Int8Linear)) != exact, name
+    assert np.isfinite(res.network.predict(xt[:10])).all()
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(bits=4), "bits for conv1 must be one of \\[8\\].*got 4"),
     (dict(bits={"layer2.*": 16, "*": 8}), "bits for layer2.0.conv1 .*got 16"),
