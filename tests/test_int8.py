@@ -25,7 +25,7 @@ from tabconv_np.io import load, save
 from tabconv_np.kernels import int8_kernels as K
 from tabconv_np.layers import Conv2d, Flatten, Linear, ReLU
 from tabconv_np.network import Network
-from tabconv_np.reference import int8_conv_naive
+from tabconv_np.reference import int8_conv_naive, quantize_naive
 from tabconv_np.registry import from_config
 
 WEIGHTS = os.path.join(os.path.dirname(__file__), os.pardir, "weights")
@@ -92,6 +92,18 @@ def test_weights_are_symmetric_per_channel_in_the_restricted_range():
     assert activation_qparams(-2.0, 1.0, "symmetric") == (np.float32(2 / 127), 0)
     with pytest.raises(ConfigError, match="activations"):
         activation_qparams(0, 1, "unsigned")
+
+
+def test_quantisation_rounds_ties_to_even_and_clamps_like_rint():
+    """The kernel's rounding (clamp, then +/- 1.5*2**23) against np.rint on every tie, its float32
+    neighbours and values far beyond the range."""
+    h = np.arange(-300, 300, 0.5, dtype=np.float32)
+    x = np.concatenate([h, np.nextafter(h, np.float32(np.inf)), np.nextafter(h, np.float32(-np.inf)),
+                        np.array([3e38, -3e38, 1e-40, -0.0], np.float32)])
+    with np.errstate(over="ignore"):
+        for z, mode in ((0, "asymmetric"), (77, "asymmetric"), (255, "asymmetric"), (0, "symmetric")):
+            for s in (1.0, 0.37, 3.0):
+                np.testing.assert_array_equal(quantize(x, s, z, mode), quantize_naive(x, s, z, mode))
 
 
 def test_int8_linear_equals_the_integer_reference_bitwise():
