@@ -104,6 +104,14 @@ def _requant(weight2d, zero_point, weight_scale, input_scale, bias):
     return zw, (np.float32(input_scale) * weight_scale).astype(np.float32)
 
 
+def _live_taps(k, size, pad, stride, dil, n_out):
+    """``(t0, t1)``: the kernel taps from the first to the last that read an input value (not padding)
+    at some output position, along one axis; the whole kernel when none does."""
+    offsets = np.arange(n_out)[:, None] * stride + np.arange(k)[None, :] * dil - pad
+    live = np.flatnonzero(((offsets >= 0) & (offsets < size)).any(axis=0))
+    return (int(live[0]), int(live[-1]) + 1) if live.size else (0, k)
+
+
 def conv_quantized(xq, zero_point, weight, weight_scale, input_scale, bias, stride=1, padding=(0, 0, 0, 0),
                    dilation=1, layout="NCHW"):
     """The integer core of :class:`Int8Conv2d`: a quantised batch to the float output.
@@ -114,7 +122,9 @@ def conv_quantized(xq, zero_point, weight, weight_scale, input_scale, bias, stri
         The quantised input, zero point ``zero_point``.
     weight : int8 (M, kh, kw, C); weight_scale, bias : float32 (M,); input_scale : float
     stride, dilation : pair; padding : (top, bottom, left, right)
-        Padding is filled with the zero point (the quantised 0.0).
+        Padding is filled with the zero point (the quantised 0.0); kernel rows and columns that
+        read only padding at every output position are skipped (they add exactly 0), as the
+        prepared float conv does (a 3x3 conv on a 1x1 input is a 1x1 conv).
     layout : "NCHW" or "NHWC", of ``xq`` and of the output
 
     Returns
@@ -133,15 +143,21 @@ def conv_quantized(xq, zero_point, weight, weight_scale, input_scale, bias, stri
         xp[:, pt:pt + H, pl:pl + W] = xq
     else:
         xp = np.ascontiguousarray(xq)
+    (i0, i1), (j0, j1) = _live_taps(kh, H, pt, sh, dh, Ho), _live_taps(kw, W, pl, sw, dw, Wo)
+    if (i1 - i0, j1 - j0) != (kh, kw):       # taps that read only padding add (z - z)*w = 0: dropped
+        weight = np.ascontiguousarray(weight[:, i0:i1, j0:j1])
+        kh, kw = i1 - i0, j1 - j0
     W2 = weight.reshape(M, -1)
     zw, scale = _requant(W2, zero_point, weight_scale, input_scale, bias)
     out = np.empty((N * Ho * Wo, M), np.float32)
     work = out.size * W2.shape[1]
     if out.size and kh == kw == 1:
-        pick(_k.conv1x1, work)(xp, int(sh), int(sw), Ho, Wo, W2, zw, scale, bias, out)
+        xs = xp if i0 == j0 == 0 else np.ascontiguousarray(xp[:, i0 * dh:, j0 * dw:])
+        pick(_k.conv1x1, work)(xs, int(sh), int(sw), Ho, Wo, W2, zw, scale, bias, out)
     elif out.size:
         rows = np.empty((N * Ho * Wo, W2.shape[1]), xq.dtype)
-        pick(_lower.lower_gijc, rows.size)(xp, 1, kh, kw, int(sh), int(sw), 0, 0, int(dh), int(dw), Ho, Wo, rows)
+        pick(_lower.lower_gijc, rows.size)(xp, 1, kh, kw, int(sh), int(sw), -int(i0 * dh), -int(j0 * dw),
+                                           int(dh), int(dw), Ho, Wo, rows)
         pick(_k.gemm, work)(rows, W2, zw, scale, bias, out)
     out = out.reshape(N, Ho, Wo, M)
     return out if layout == "NHWC" else np.ascontiguousarray(out.transpose(0, 3, 1, 2))

@@ -148,6 +148,22 @@ def test_tiles_over_rows_and_weights_equal_the_reference_bitwise():
         np.testing.assert_array_equal(conv_quantized(*args, **kw), int8_conv_naive(*args, **kw))
 
 
+@pytest.mark.parametrize("H, k, stride, dilation, pad", [
+    (1, 3, 1, 1, (1, 1, 1, 1)),        # a 3x3 conv on a 1x1 input: only the centre tap reads input
+    (2, 3, 2, 1, (1, 1, 1, 1)),        # 2x2 input, stride 2 (ResNet's last stage at 28x28 input)
+    (1, 3, 2, 1, (2, 2, 2, 2)),        # live taps 0 and 2, not 1: the span is kept, tap 1 adds 0
+    (3, 2, 1, 3, (3, 0, 0, 3)),        # dilation, lopsided padding
+])
+def test_taps_reading_only_padding_are_dropped_exactly(H, k, stride, dilation, pad):
+    rng = np.random.default_rng(H * 100 + k)
+    xq = rng.integers(0, 256, (2, H, H, 5)).astype(np.uint8)
+    w = rng.integers(-127, 128, (6, k, k, 5)).astype(np.int8)
+    args = (xq, 201, w, rng.uniform(1e-3, 1e-2, 6).astype(np.float32), np.float32(0.1),
+            rng.standard_normal(6).astype(np.float32))
+    kw = dict(stride=stride, padding=pad, dilation=dilation, layout="NHWC")
+    np.testing.assert_array_equal(conv_quantized(*args, **kw), int8_conv_naive(*args, **kw))
+
+
 @settings(max_examples=15)
 @given(seed=st.integers(0, 2 ** 32 - 1), rows=st.integers(1, 700), k=st.integers(1, 300),
        stride=st.integers(1, 2), symmetric=st.booleans())

@@ -201,7 +201,7 @@ def _conv1x1(xq, sh, sw, Ho, Wo, W, zw, scale, bias, out):
         c0 = (t // nm) * CHUNK
         m0 = (t % nm) * mb
         c1, m1 = min(R, c0 + CHUNK), min(M, m0 + mb)
-        if sh == 1 and sw == 1:                  # output pixel r is input pixel r
+        if sh == 1 and sw == 1 and H == Ho and Wd == Wo:        # output pixel r is input pixel r
             for r0 in range(c0, c1, ROWS):
                 _dot_rows(flat, r0, min(c1, r0 + ROWS), W, m0, m1, zw, scale, bias, out, r0)
         else:
