@@ -17,7 +17,10 @@ the 1x1 downsample convs) is timed with
 * ``torch.nn.functional.conv2d`` when torch is installed, at the same thread
   count (``torch.set_num_threads``), as the second reference.  torch runs in
   a worker subprocess with libgomp's default settings (see ``TorchWorker``);
-  its samples are interleaved with the others'.
+  its samples are taken in one block after the others';
+* ``ort``: the same convolution as a one-node ONNX graph in onnxruntime
+  (``intra_op_num_threads`` = threads, all graph optimisations), when onnx
+  and onnxruntime are installed; in this process, interleaved with the others.
 
 Each time is the median over ``--repeat`` samples, each sample averaging
 enough calls to last >= 10 ms; the in-process methods' samples are
@@ -246,12 +249,44 @@ def numpy_im2col_conv(x, w, stride, padding):
     return np.ascontiguousarray(y.reshape(N, Ho, Wo, C_out).transpose(0, 3, 1, 2))
 
 
+def start_ort(threads):
+    """A factory ``conv(x, w, stride, padding, groups) -> timed function`` on onnxruntime, or None."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+    def conv(x, w, stride, padding, groups=1):
+        node = helper.make_node("Conv", ["x", "w"], ["y"], strides=[stride] * 2, pads=[padding] * 4,
+                                group=groups, kernel_shape=list(w.shape[2:]))
+        graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return lambda: sess.run(None, {"x": x})
+    return conv
+
+
+def applies(method, k, stride, groups=1, C=None):
+    """Whether ``method`` has a form for this convolution (Winograd: 3x3, stride 1, groups 1 or
+    depthwise); a method that does not apply gets "–" in the tables, never an im2col fallback."""
+    return method not in F.WINOGRAD_TILES or F.winograd_applies((k, k), (stride, stride), (1, 1),
+                                                                   groups, C)
+
+
 def make_runners(methods, layout):
-    """name -> make(x_nchw, x_layout, w, stride, padding) -> timed function."""
+    """name -> make(x_nchw, x_layout, w, stride, padding) -> timed function, or None where the
+    method does not apply."""
     runners = {"numpy": lambda x, xl, w, s, p: lambda: numpy_im2col_conv(x, w, s, p)}
     for m in methods:
         runners[m] = (lambda m: lambda x, xl, w, s, p:
-                      lambda: F.conv2d(xl, w, None, s, p, method=m, layout=layout))(m)
+                      (lambda: F.conv2d(xl, w, None, s, p, method=m, layout=layout))
+                      if applies(m, w.shape[2], s) else None)(m)
     return runners
 
 
@@ -311,14 +346,15 @@ GROUPED = [  # (C, H, groups, stride): 3x3 convs, C_out = C, padding 1
 ]
 
 
-def grouped_table(batches, repeat, torch, layout):
+def grouped_table(batches, repeat, torch, layout, ort=None):
     """Markdown rows: every method on depthwise/grouped 3x3 convolutions."""
     rng = np.random.default_rng(1)
-    methods = ["im2col", "mec", "direct"]
-    cols = methods + (["torch"] if torch is not None else [])
+    methods = ["im2col", "mec", "direct", "winograd", "winograd4"]
+    cols = methods + (["torch"] if torch is not None else []) + (["ort"] if ort is not None else [])
     lines = ["## Grouped and depthwise 3x3 convolutions (C_out = C, padding 1)", "",
              "Not in ResNet-18; they set `choose_method`'s rule (direct up to "
-             f"{F.DIRECT_MAX_GROUP_CHANNELS} channels per group, MEC beyond).", "",
+             f"{F.DIRECT_MAX_GROUP_CHANNELS} channels per group, MEC beyond).  Winograd: "
+             "depthwise stride-1 rows only.", "",
              "| batch | C | H×W | groups | C/group | stride | "
              + " | ".join(f"{c} ms" for c in cols) + " | auto picks |",
              "|---:|---:|---|---:|---:|---:|" + "---:|" * len(cols) + "---|"]
@@ -328,11 +364,14 @@ def grouped_table(batches, repeat, torch, layout):
             w = rng.standard_normal((C, C // G, 3, 3)).astype(np.float32)
             xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
             fns = {m: (lambda m: lambda: F.conv2d(xl, w, None, s, 1, 1, G, method=m,
-                                                  layout=layout))(m) for m in methods}
+                                                  layout=layout))(m)
+                   for m in methods if applies(m, 3, s, G, C)}
             if torch is not None:
                 fns["torch"] = torch.conv(x.shape, w.shape, s, 1, G)
+            if ort is not None:
+                fns["ort"] = ort(x, w, s, 1, G)
             res = time_calls(fns, repeat)
-            cells = [fmt_ms(res[c][0]) for c in cols]
+            cells = [fmt_ms(res[c][0]) if c in res else "–" for c in cols]
             pickm = F.choose_method(C, H, H, C, 3, s, 1, G, N)
             lines.append(f"| {N} | {C} | {H}×{H} | {G} | {C // G} | {s} | " + " | ".join(cells)
                          + f" | {pickm} |")
@@ -415,12 +454,13 @@ def main(args):
     import numba
     numba.set_num_threads(args.threads)
     torch = start_torch_worker(args.threads)
+    ort = start_ort(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     batches = [int(b) for b in args.batch.split(",")]
     inputs = [tuple(int(v) for v in s.split("x")) for s in args.inputs.split(",")]
     variants = args.variants.split(",")
     runners = make_runners(methods, args.layout)
-    cols = list(runners) + (["torch"] if torch is not None else [])
+    cols = list(runners) + (["torch"] if torch is not None else []) + (["ort"] if ort is not None else [])
     info = machine_info(args.threads, torch)
     rng = np.random.default_rng(0)
     lines = ["# Convolution methods on ResNet-18 layers", ""]
@@ -443,13 +483,21 @@ def main(args):
                     Ho, Wo = F.conv_output_size((L["H"], L["W"]), L["k"], L["s"], L["p"])
                     macs = N * L["C_out"] * Ho * Wo * L["C"] * L["k"] ** 2
                     fns = {c: runners[c](x, xl, w, L["s"], L["p"]) for c in runners}
+                    fns = {c: f for c, f in fns.items() if f is not None}
                     if torch is not None:
                         fns["torch"] = torch.conv(x.shape, w.shape, L["s"], L["p"])
+                    if ort is not None:
+                        fns["ort"] = ort(x, w, L["s"], L["p"])
                     res = time_calls(fns, args.repeat)
-                    times = {c: res[c][0] for c in cols}
-                    best = {c: res[c][1] for c in cols}
+                    times = {c: res[c][0] for c in res}
+                    best = {c: res[c][1] for c in res}
                     cells = []
                     for c in cols:
+                        key = (variant, shp, N, c)
+                        if c not in times:       # the network would run im2col there
+                            cells.append("–")
+                            net_total[key] = net_total.get(key, 0.0) + times.get("im2col", np.nan) * L["count"]
+                            continue
                         r = times[c] / times["numpy"]
                         cell = fmt_ms(times[c])
                         if c != "numpy":
@@ -461,8 +509,9 @@ def main(args):
                         tr = times[c] / times["torch"] if "torch" in times else float("nan")
                         br = best[c] / best["numpy"]
                         btr = best[c] / best["torch"] if "torch" in best else float("nan")
-                        ratios.setdefault((N, c), []).append((r, tr, br, btr))
-                        key = (variant, shp, N, c)
+                        ir = times[c] / times["im2col"] if "im2col" in times else float("nan")
+                        orr = times[c] / times["ort"] if "ort" in times else float("nan")
+                        ratios.setdefault((N, c), {})[(variant, shp, L["name"])] = (r, tr, br, btr, ir, orr)
                         net_total[key] = net_total.get(key, 0.0) + times[c] * L["count"]
                     lines.append(f"| {L['name']} | {L['C']}→{L['C_out']}, {L['k']}/{L['s']} | "
                                  f"{L['H']}×{L['W']} | {macs / 1e6:.1f} | " + " | ".join(cells) + " |")
@@ -471,10 +520,10 @@ def main(args):
                                                         L["s"], L["p"], 1, N=1)
                         ws_rows.append((variant, shp, L, ws))
                     print(f"[{time.time() - t_start:6.1f}s] {variant} {shp} N={N} {L['name']}: "
-                          + " ".join(f"{c}={fmt_ms(times[c])}" for c in cols), file=sys.stderr)
-                tot = "| **all convs** (with repeats) | | | | " + " | ".join(
-                    fmt_ms(net_total[(variant, shp, N, c)]) for c in cols) + " |"
-                lines += [tot, "", "Cells: ms per call (ratio to numpy, ratio to torch `t`).", ""]
+                          + " ".join(f"{c}={fmt_ms(times[c])}" for c in times), file=sys.stderr)
+                tot = "| **all convs** (with repeats; a method that does not apply: as im2col) | | | | " \
+                    + " | ".join(fmt_ms(net_total[(variant, shp, N, c)]) for c in cols) + " |"
+                lines += [tot, "", "Cells: ms per call (ratio to numpy, ratio to torch `t`); ort: onnxruntime, one Conv node.", ""]
     # summary
     info["load average at end"] = "%.2f %.2f %.2f" % os.getloadavg()
     info["wall time of the timings"] = f"{time.time() - t_start:.0f} s"
@@ -483,22 +532,25 @@ def main(args):
         return "–" if v != v else f"{v:.2f}"
 
     head = ["## Summary: geometric mean over layers of time / baseline time", "",
-            "| batch | method | vs numpy im2col (median) | vs torch (median) "
-            "| vs numpy (best sample) | vs torch (best sample) |",
-            "|---:|---|---:|---:|---:|---:|"]
+            "Over the layers where the method applies (the Winograd methods: 3x3 stride-1 "
+            "layers only; `layers` gives their number).", "",
+            "| batch | method | layers | vs im2col (median) | vs numpy im2col (median) "
+            "| vs torch (median) | vs onnxruntime (median) | vs numpy (best sample) | vs torch (best sample) |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for N in batches:
         for c in cols:
             if c == "numpy":
                 continue
-            rs = ratios[(N, c)]
-            g = [geomean([r[k] for r in rs]) for k in range(4)]
-            head.append(f"| {N} | {c} | " + " | ".join(f2(v) for v in g) + " |")
+            rs = list(ratios[(N, c)].values())
+            g = [geomean([r[k] for r in rs]) for k in (4, 0, 1, 5, 2, 3)]
+            head.append(f"| {N} | {c} | {len(rs)} | " + " | ".join(f2(v) for v in g) + " |")
         if len(methods) > 1:
-            # per layer, the fastest of the package's methods
+            # per layer, the fastest of the package's methods that apply there
             per = [ratios[(N, m)] for m in methods]
-            g = [geomean([min(r[i][k] for r in per) for i in range(len(per[0]))])
-                 for k in range(4)]
-            head.append(f"| {N} | best of {'/'.join(methods)} per layer | "
+            layer_keys = set().union(*per)
+            g = [geomean([min(r[i][k] for r in per if i in r) for i in layer_keys])
+                 for k in (4, 0, 1, 5, 2, 3)]
+            head.append(f"| {N} | best of {'/'.join(methods)} per layer | {len(layer_keys)} | "
                         + " | ".join(f2(v) for v in g) + " |")
     head += ["", f"Layouts: the package's methods take and return {args.layout}; numpy "
              "and torch run NCHW.  Below 1 is faster than the baseline.  \"median\" "
@@ -520,7 +572,7 @@ def main(args):
                      f"{ws['mec'] / ws['im2col']:.2f} |")
     lines.append("")
     if not args.no_grouped:
-        lines += grouped_table(batches, args.repeat, torch, args.layout)
+        lines += grouped_table(batches, args.repeat, torch, args.layout, ort)
     if torch is not None:
         torch.close()
     if not args.no_compile:

@@ -93,6 +93,15 @@ def load_model(name):
     return randomize(build("resnet18-paper", 3, 1000, input_size=224), seed=0)
 
 
+def onnx_model(name, net, args):
+    """``(path, None)`` of ``name``'s exact network exported to ONNX (cached in ``args.cache_dir``),
+    or ``(None, reason)``."""
+    sha = "random-seed0" if ENGINE_MODELS[name] is None else __import__("export").sha256(
+        os.path.join(ROOT, "weights", ENGINE_MODELS[name]))
+    stem = name if ENGINE_MODELS[name] is None else os.path.splitext(ENGINE_MODELS[name])[0]
+    return export_onnx(stem, sha, net, args, lambda m: print(m, file=sys.stderr))
+
+
 def worker_main(spec_path):
     """Timing subprocess: every model and batch at this process's thread count."""
     with open(spec_path) as f:
@@ -209,11 +218,7 @@ def main(args):
     specs, notes = [], []
     make_cache_dir(args.cache_dir)
     for name in args.model_list:
-        net = load_model(name)
-        sha = "random-seed0" if ENGINE_MODELS[name] is None else __import__("export").sha256(
-            os.path.join(ROOT, "weights", ENGINE_MODELS[name]))
-        stem = name if ENGINE_MODELS[name] is None else os.path.splitext(ENGINE_MODELS[name])[0]
-        onnx, why = export_onnx(stem, sha, net, args, lambda m: print(m, file=sys.stderr))
+        onnx, why = onnx_model(name, load_model(name), args)
         if why:
             notes.append(f"{name}: {why}")
         batches = [b for b in args.batch_list if ENGINE_MODELS[name] or b <= args.max_batch_224]

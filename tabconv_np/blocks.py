@@ -10,7 +10,7 @@ import numpy as np
 from .errors import ConfigError, ShapeError, TabConvError
 from .layers import BatchNorm2d, Conv2d, ReLU
 from .module import Module
-from .structure import Chain, Dag, Residual
+from .structure import Chain, Dag, Residual, node_input
 from .validate import as_float, as_int
 
 INPUT = "input"
@@ -147,11 +147,12 @@ class BasicBlock(Module):
 
 
 class Graph(Module):
-    """Layers wired as a directed acyclic graph.
+    """Layers wired as a directed acyclic graph, run in topological order.
 
-    For residual networks that are not made of ResNet ``BasicBlock``\\ s (the
-    importers turn those into ``BasicBlock`` and chains into ``Sequential``
-    first, so a ``Graph`` appears only when nothing simpler fits).
+    For networks that are not a chain of ``Sequential`` layers and ResNet
+    ``BasicBlock``\\ s (the importers build those first, so a ``Graph`` appears
+    only when nothing simpler fits): residual graphs, branches joined by a
+    concatenation or a product, several outputs.
 
     Parameters
     ----------
@@ -159,13 +160,19 @@ class Graph(Module):
         In an order where every input is computed before it is used.  ``name``
         names the node's output (and its child module); ``inputs`` lists node
         names, ``"input"`` being the graph's input; ``layer`` is a Module
-        applied to the single input, or ``None`` for the element-wise sum of
-        the inputs.
-    output : str, optional
-        The node whose value the graph returns; default the last one.
+        applied to the single input, a join (a Module with ``multi_input =
+        True``, e.g. :class:`~tabconv_np.joins.Concat`) applied to the list of
+        the inputs, or ``None`` for the element-wise sum of the inputs.
+    output : str or list of str, optional
+        The node whose value the graph returns (default the last one), or the
+        nodes of a graph with several outputs: ``forward`` then returns a tuple
+        of them in this order, and ``out_shape`` the first one's shape
+        (:meth:`out_shapes` all of them).
+
+    ``forward`` keeps a value only until its last reader has run.
 
     Config: ``{"type": "Graph", "nodes": [[name, inputs, config or null], ...],
-    "output": name}``.  Parameters are the children's, named ``<node>.<param>``.
+    "output": name or [names]}``.  Parameters are the children's, named ``<node>.<param>``.
     """
 
     def __init__(self, nodes=(), output=None):
@@ -184,24 +191,29 @@ class Graph(Module):
                 if len(inputs) < 2:
                     raise ConfigError(f"Graph: sum node {name!r} needs at least two inputs")
             else:
-                if len(inputs) != 1:
-                    raise ConfigError(f"Graph: layer node {name!r} takes exactly one input, got {inputs}")
                 if not isinstance(layer, Module):
                     raise ConfigError(f"Graph: node {name!r} holds a {type(layer).__name__}, not a layer")
+                if len(inputs) != 1 and not getattr(layer, "multi_input", False):
+                    raise ConfigError(f"Graph: layer node {name!r} takes exactly one input, got {inputs}")
                 self.children[name] = layer
             self.nodes.append((name, inputs))
             seen.add(name)
         if not self.nodes:
             raise ConfigError("Graph: no nodes")
-        self.output = str(output) if output is not None else self.nodes[-1][0]
-        if self.output not in seen:
-            raise ConfigError(f"Graph: output {self.output!r} is not a node")
+        if output is None:
+            output = self.nodes[-1][0]
+        outs = [str(output)] if isinstance(output, str) else [str(o) for o in output]
+        if not outs or len(set(outs)) != len(outs) or any(o not in seen or o == INPUT for o in outs):
+            raise ConfigError(f"Graph: output {output!r} must name distinct nodes")
+        self.outputs = tuple(outs)
+        #: the first output (the one a single-output walker reads)
+        self.output = outs[0]
         # when each value can be dropped: after its last use
         last = {}
         for i, (_, inputs) in enumerate(self.nodes):
             for v in inputs:
                 last[v] = i
-        self._free = [[v for v in inputs if last[v] == i and v != self.output]
+        self._free = [sorted({v for v in inputs if last[v] == i and v not in self.outputs})
                       for i, (_, inputs) in enumerate(self.nodes)]
 
     @classmethod
@@ -214,14 +226,18 @@ class Graph(Module):
             raise ConfigError("Graph: 'nodes' must be a list of [name, inputs, layer config]") from None
         return cls(nodes, cfg.get("output"))
 
+    def _output_value(self):
+        return self.output if len(self.outputs) == 1 else list(self.outputs)
+
     def config(self):
         return {"type": "Graph",
                 "nodes": [[n, list(ins), self.children[n].config() if n in self.children else None]
                           for n, ins in self.nodes],
-                "output": self.output}
+                "output": self._output_value()}
 
     def structure(self):
-        return Dag(tuple((n, tuple(ins), self.children.get(n)) for n, ins in self.nodes), self.output)
+        out = self.output if len(self.outputs) == 1 else self.outputs
+        return Dag(tuple((n, tuple(ins), self.children.get(n)) for n, ins in self.nodes), out)
 
     @classmethod
     def rebuild(cls, node, old=None):
@@ -231,7 +247,8 @@ class Graph(Module):
         vals = {INPUT: x}
         for (name, inputs), free in zip(self.nodes, self._free):
             if name in self.children:
-                y = self.children[name].forward(vals[inputs[0]], layout)
+                child = self.children[name]
+                y = child.forward(node_input(child, inputs, vals), layout)
             else:
                 y = vals[inputs[0]] + vals[inputs[1]]
                 for v in inputs[2:]:
@@ -239,14 +256,17 @@ class Graph(Module):
             vals[name] = y
             for v in free:
                 del vals[v]
-        return vals[self.output]
+        if len(self.outputs) == 1:
+            return vals[self.output]
+        return tuple(vals[o] for o in self.outputs)
 
     def shapes(self, in_shape):
         """``{node name: per-image output shape}`` (``"input"`` included)."""
         shapes = {INPUT: tuple(in_shape)}
         for name, inputs in self.nodes:
             if name in self.children:
-                shapes[name] = tuple(self.children[name].out_shape(shapes[inputs[0]]))
+                child = self.children[name]
+                shapes[name] = tuple(child.out_shape(node_input(child, inputs, shapes)))
             else:
                 got = {shapes[v] for v in inputs}
                 if len(got) != 1:
@@ -258,10 +278,17 @@ class Graph(Module):
     def out_shape(self, in_shape):
         return self.shapes(in_shape)[self.output]
 
+    def out_shapes(self, in_shape):
+        """The per-image shapes of every output, in order."""
+        shapes = self.shapes(in_shape)
+        return [shapes[o] for o in self.outputs]
+
     def __repr__(self):
         lines = ["Graph("]
         for n, inputs in self.nodes:
             what = repr(self.children[n]).replace("\n", "\n  ") if n in self.children else "Add"
             lines.append(f"  ({n}) <- {', '.join(inputs)}: {what}")
+        if len(self.outputs) > 1:
+            lines.append(f"  outputs: {', '.join(self.outputs)}")
         lines.append(")")
         return "\n".join(lines)

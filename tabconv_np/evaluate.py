@@ -6,10 +6,42 @@ import numpy as np
 from .errors import DataError, ShapeError
 from .progress import Progress
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "layer_inputs"]
 
 
-def evaluate(net, images, labels, batch=64, progress=None):
+def layer_inputs(net, images, select):
+    """What the layers ``select`` picks receive when ``net`` predicts ``images``.
+
+    Parameters
+    ----------
+    net : Network
+    images : ndarray (N, C, H, W)
+        As for :meth:`Network.predict` (uint8 or floats in the network's range).
+    select : callable(module) -> bool
+        Which leaf layers to record.
+
+    Returns
+    -------
+    list of (name, module, ndarray)
+        In execution order, each input as the layer received it (NCHW, one
+        array over all images, since ``predict`` runs them as one batch here).
+    """
+    names = {id(m): name for name, m in net.body.modules()}
+    seen, patched = [], [m for _, m in net.body.modules() if select(m)]
+    for m in patched:
+        def record(x, layout, m=m, forward=m.forward):
+            seen.append((names[id(m)], m, np.array(x)))
+            return forward(x, layout)
+        m.forward = record
+    try:
+        net.predict(images, batch=max(1, len(images)))
+    finally:
+        for m in patched:
+            del m.forward
+    return seen
+
+
+def evaluate(net, images, labels, batch=64, progress=None, output=0):
     """Top-1 accuracy of ``net`` on ``images`` / ``labels``.
 
     Parameters
@@ -27,6 +59,8 @@ def evaluate(net, images, labels, batch=64, progress=None):
     progress : None, bool
         Progress on stderr (:class:`~tabconv_np.progress.Progress`): None, a bar on
         a terminal and heartbeat lines otherwise; False, silent.
+    output : int
+        Which output of a network with several holds the logits (default the first).
 
     Returns
     -------
@@ -60,7 +94,7 @@ def evaluate(net, images, labels, batch=64, progress=None):
         for i in range(0, n, batch):
             xb = images[i:i + batch]
             t0 = time.perf_counter()
-            logits = np.asarray(net.predict(xb))
+            logits = np.asarray(net.predict(xb, output=output) if output else net.predict(xb))
             seconds += time.perf_counter() - t0
             correct += int((logits.argmax(axis=1) == labels[i:i + batch]).sum())
             bar.update(len(xb))

@@ -42,13 +42,15 @@ from .validate import LAYOUTS, as_int, as_layout, as_padding, as_pair
 normalize_padding = as_padding
 
 METHODS = ("naive", "im2col", "mec", "direct", "winograd", "winograd4", "strassen", "auto")
-#: Methods for 3x3, stride-1, dilation-1, ungrouped convolutions only: output tile size m.
+#: Methods for 3x3, stride-1, dilation-1 convolutions (ungrouped or depthwise): output tile size m.
 WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}
 
 
-def winograd_applies(kernel, stride, dilation, groups=1):
-    """Whether a convolution has a Winograd form here (3x3, stride 1, dilation 1, groups 1)."""
-    return tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+def winograd_applies(kernel, stride, dilation, groups=1, in_channels=None):
+    """Whether a convolution has a Winograd form here: 3x3, stride 1, dilation 1, and groups 1
+    or depthwise (``groups == in_channels``)."""
+    return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and (groups == 1 or groups == in_channels))
 
 __all__ = ["conv2d", "conv_output_size", "normalize_padding", "im2col_rows",
            "lowering_workspace_bytes", "choose_method", "METHODS", "LAYOUTS"]
@@ -66,9 +68,27 @@ DIRECT_MAX_GROUP_CHANNELS = 8
 #: the GEMM is tiny and writing then transposing its result costs more than
 #: the arithmetic (docs/bench_conv.md, "stem" rows).
 DIRECT_MAX_COLUMNS = 32
+#: Ungrouped 3x3 stride-1 convolutions go to Winograd F(4x4, 3x3) when both
+#: channel counts reach WINOGRAD_MIN_CHANNELS (the tile transforms cost about
+#: 1/C + 1/C_out of the elementwise stage), the call has at least
+#: WINOGRAD_MIN_TILES 4x4 output tiles (``conv2d`` transforms the filters on
+#: every call: 9/tiles of the elementwise stage) and the tiles are at least
+#: WINOGRAD_MIN_FILL full (a 2x2 output in a 4x4 tile multiplies as much as
+#: im2col).  From the 3x3 rows of docs/bench_conv.md ("Winograd" section).
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_TILES = 32
+WINOGRAD_MIN_FILL = 0.5
 
 
-def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N=1):
+def _winograd_pays(C, C_out, N, out_hw, m=4):
+    """Whether F(m x m, 3 x 3) through :func:`conv2d` should beat im2col here (see the constants)."""
+    Ho, Wo = out_hw
+    tiles = -(-Ho // m) * -(-Wo // m)
+    return (min(C, C_out) >= WINOGRAD_MIN_CHANNELS and N * tiles >= WINOGRAD_MIN_TILES
+            and Ho * Wo >= WINOGRAD_MIN_FILL * tiles * m * m)
+
+
+def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N=1, out_hw=None):
     """The method ``method="auto"`` uses for this convolution.
 
     * ``groups > 1`` and at most ``DIRECT_MAX_GROUP_CHANNELS`` input channels
@@ -77,8 +97,15 @@ def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N
       there; its lowered matrix is about ``kh/sh`` times smaller);
     * ``groups == 1``, stride 1 and at most ``DIRECT_MAX_COLUMNS`` lowered
       columns ``C*kh*kw`` (stems on 1-3 channels): ``direct``;
+    * 3x3, stride 1, dilation 1, ``groups == 1``, at least
+      ``WINOGRAD_MIN_CHANNELS`` channels in and out, at least
+      ``WINOGRAD_MIN_TILES`` 4x4 output tiles in the call, filled at least
+      ``WINOGRAD_MIN_FILL``: ``winograd4`` (F(4x4, 3x3));
     * otherwise ``im2col``, the fastest or near it on the other ResNet-18
       layers in ``docs/bench_conv.md``.
+
+    Depthwise Winograd is never picked: the direct kernel beats it on every
+    depthwise row of docs/bench_conv.md.
 
     Parameters
     ----------
@@ -87,17 +114,23 @@ def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N
     C_out : int
     kernel_size, stride, dilation : int or pair
     groups, N : int
+    out_hw : (int, int), optional
+        Output size; by default ``(H, W)`` (a "same"-padded stride-1 convolution).
 
     Returns
     -------
     str
-        One of ``"im2col"``, ``"mec"``, ``"direct"``.
+        One of ``"im2col"``, ``"mec"``, ``"direct"``, ``"winograd4"``.
     """
     if groups > 1:
         return "direct" if C // groups <= DIRECT_MAX_GROUP_CHANNELS else "mec"
     kh, kw = as_pair(kernel_size, "kernel_size")
-    if C * kh * kw <= DIRECT_MAX_COLUMNS and as_pair(stride, "stride") == (1, 1):
+    stride = as_pair(stride, "stride")
+    if C * kh * kw <= DIRECT_MAX_COLUMNS and stride == (1, 1):
         return "direct"
+    if (winograd_applies((kh, kw), stride, as_pair(dilation, "dilation"))
+            and _winograd_pays(C, C_out, N, (H, W) if out_hw is None else out_hw)):
+        return "winograd4"
     return "im2col"
 
 
@@ -127,7 +160,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     groups : int
         Divides both C and C_out; ``groups == C`` is a depthwise convolution.
     method : "auto", "im2col", "mec", "direct", "winograd", "winograd4", "strassen" or "naive"
-        The Winograd methods take 3x3, stride-1, dilation-1, ungrouped convolutions only.
+        The Winograd methods take 3x3, stride-1, dilation-1 convolutions, ungrouped or depthwise.
     layout : "NCHW" or "NHWC"
         Layout of ``x`` and of the result.
 
@@ -178,12 +211,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
             raise ShapeError(f"conv2d: bias must have shape ({C_out},) to match weight "
                              f"{weight.shape}, got {b.shape}")
         bias = np.ascontiguousarray(b, dtype=np.float32)
-    if method in WINOGRAD_TILES and not winograd_applies((kh, kw), stride, dilation, groups):
+    if method in WINOGRAD_TILES and not winograd_applies((kh, kw), stride, dilation, groups, C):
         raise ConfigError(f"conv2d: method {method!r} (Winograd) needs a 3x3 kernel, stride 1, "
-                          f"dilation 1 and groups 1; got kernel {kh}x{kw}, stride {stride}, "
+                          f"dilation 1 and groups 1 or {C} (depthwise); got kernel {kh}x{kw}, stride {stride}, "
                           f"dilation {dilation}, groups {groups}: use 'im2col' or 'auto'")
     if method == "auto":
-        method = choose_method(C, H, W, C_out, (kh, kw), stride, dilation, groups, N)
+        method = choose_method(C, H, W, C_out, (kh, kw), stride, dilation, groups, N, out_hw)
     if method == "naive":
         xn = x if layout == "NCHW" else x.transpose(0, 3, 1, 2)
         y = conv2d_naive(xn, weight, bias, stride, padding, dilation, groups)

@@ -1,4 +1,4 @@
-"""Leaf inference layers: Conv2d, BatchNorm2d, ReLU, Clip, pooling, Linear, Flatten, Dropout.
+"""Leaf inference layers: Conv2d, BatchNorm2d, ReLU, Clip, pooling, LRN, Linear, Flatten, Dropout.
 
 The containers (Sequential, the ResNet BasicBlock, Graph) are in
 :mod:`tabconv_np.blocks`; the table layers in :mod:`tabconv_np.tables`.
@@ -14,7 +14,7 @@ from .errors import ConfigError, ShapeError
 from .conv.strassen import strassen_cost
 from .conv.winograd import winograd_cost
 from .functional import WINOGRAD_TILES, conv2d, winograd_applies
-from .geometry import attach_geometry, conv_output_size
+from .geometry import attach_geometry
 from .module import Module
 from .validate import as_float, as_int, as_pair, channel_axis, check_parameters
 
@@ -67,8 +67,9 @@ class Conv2d(Module):
         out = {"bias_adds": n_out if "bias" in self.params else 0,
                "im2col_bytes": ws["im2col"], "mec_bytes": ws["mec"]}
         if self.method in WINOGRAD_TILES and winograd_applies(self.kernel_size, self.stride, self.dilation,
-                                                              self.groups):
-            out.update(winograd_cost(self.in_channels, C_out, Ho, Wo, WINOGRAD_TILES[self.method]))
+                                                              self.groups, self.in_channels):
+            out.update(winograd_cost(self.in_channels, C_out, Ho, Wo, WINOGRAD_TILES[self.method],
+                                     self.groups))
         elif self.method == "strassen":
             # per image: Strassen recurses on the rows of the whole batch it is given
             mults, adds = strassen_cost(Ho * Wo, self.geometry.D, C_out // self.groups)
@@ -168,40 +169,73 @@ class Dropout(Module):
 
 
 class _Pool2d(Module):
-    """Shared windowing of MaxPool2d and AvgPool2d (floor mode, zero or -inf padding)."""
+    """Shared windowing of MaxPool2d and AvgPool2d.
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    ``padding``: an int, ``(ph, pw)`` or ``(top, bottom, left, right)`` (each
+    below the kernel size, as ONNX requires); ``ceil_mode``: the output size rounds up (ONNX and
+    PyTorch's rule: a last window that would start in the bottom/right padding
+    is dropped), the extra windows reading past the input as padding.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
-        self.kernel_size = as_pair(kernel_size, f"{type(self).__name__}: kernel_size")
-        self.stride = as_pair(stride if stride is not None else kernel_size,
-                              f"{type(self).__name__}: stride")
-        self.padding = as_pair(padding, f"{type(self).__name__}: padding", 0)
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ConfigError(f"{type(self).__name__}: padding {self.padding} must be at most half "
-                              f"the kernel {self.kernel_size}")
+        name = type(self).__name__
+        self.kernel_size = as_pair(kernel_size, f"{name}: kernel_size")
+        self.stride = as_pair(stride if stride is not None else kernel_size, f"{name}: stride")
+        if isinstance(padding, (list, tuple)) and len(padding) == 4:
+            t, b, l, r = (as_int(p, f"{name}: padding", 0) for p in padding)
+        else:
+            (t, l), b, r = as_pair(padding, f"{name}: padding", 0), None, None
+            b, r = t, l
+        self.pads = (t, b, l, r)
+        self.padding = (t, l) if (t, l) == (b, r) else self.pads
+        self.ceil_mode = bool(ceil_mode)
+        if any(p >= k for p, k in zip(self.pads, np.repeat(self.kernel_size, 2))):
+            raise ConfigError(f"{name}: padding {self.padding} must be below the kernel "
+                              f"{self.kernel_size} (every window holds an input pixel)")
 
     def config(self):
-        return {"type": type(self).__name__, "kernel_size": list(self.kernel_size),
-                "stride": list(self.stride), "padding": list(self.padding)}
+        cfg = {"type": type(self).__name__, "kernel_size": list(self.kernel_size),
+               "stride": list(self.stride), "padding": list(self.padding)}
+        if self.ceil_mode:
+            cfg["ceil_mode"] = True
+        return cfg
+
+    def _sizes(self, h, w):
+        """Output size and the extra bottom/right padding the ceil mode reads."""
+        out, extra = [], []
+        for n, k, s, p0, p1 in zip((h, w), self.kernel_size, self.stride, self.pads[::2], self.pads[1::2]):
+            span = n + p0 + p1 - k
+            if span < 0:
+                raise ShapeError(f"{type(self).__name__}: input {h}x{w} is smaller than the "
+                                 f"kernel {self.kernel_size}")
+            o = (-(-span // s) if self.ceil_mode else span // s) + 1
+            if self.ceil_mode and (o - 1) * s >= n + p0:
+                o -= 1
+            out.append(o)
+            extra.append(max((o - 1) * s + k - (n + p0 + p1), 0))
+        return tuple(out), tuple(extra)
 
     def out_shape(self, in_shape):
         c, h, w = in_shape
-        try:
-            return (c,) + conv_output_size((h, w), self.kernel_size, self.stride, self.padding)
-        except ShapeError:
-            raise ShapeError(f"{type(self).__name__}: input {tuple(in_shape)} is smaller than the "
-                             f"kernel {self.kernel_size}") from None
+        return (c,) + self._sizes(h, w)[0]
 
-    def _windows(self, x, layout, fill):
-        """View of shape (N, C, Ho, Wo, kh, kw) or (N, Ho, Wo, C, kh, kw) over the padded input."""
+    def _windows(self, x, layout, fill, extra_fill=None):
+        """View of shape (N, C, Ho, Wo, kh, kw) or (N, Ho, Wo, C, kh, kw) over the padded input
+        (``extra_fill``: the value of the ceil mode's extra padding, default ``fill``)."""
         if x.ndim != 4:
             raise ShapeError(f"{type(self).__name__}: expected a 4-d {layout} batch, got {x.shape}")
         ah, aw = _SPATIAL[layout]
-        (ph, pw), (sh, sw) = self.padding, self.stride
-        if ph or pw:
+        (sh, sw), (t, b, l, r) = self.stride, self.pads
+        (eh, ew) = self._sizes(x.shape[ah], x.shape[aw])[1]
+        if t or b or l or r:
             pads = [(0, 0)] * 4
-            pads[ah], pads[aw] = (ph, ph), (pw, pw)
+            pads[ah], pads[aw] = (t, b), (l, r)
             x = np.pad(x, pads, constant_values=fill)
+        if eh or ew:
+            pads = [(0, 0)] * 4
+            pads[ah], pads[aw] = (0, eh), (0, ew)
+            x = np.pad(x, pads, constant_values=fill if extra_fill is None else extra_fill)
         win = np.lib.stride_tricks.sliding_window_view(x, self.kernel_size, axis=(ah, aw))
         sl = [slice(None)] * 4
         sl[ah], sl[aw] = slice(None, None, sh), slice(None, None, sw)
@@ -218,10 +252,32 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Average pooling; zero padding counts in the average (PyTorch's default)."""
+    """Average pooling; zero padding counts in the average (PyTorch's default) unless
+    ``count_include_pad`` is false.  The ceil mode's extra windows never count (PyTorch's rule)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def config(self):
+        cfg = super().config()
+        if not self.count_include_pad:
+            cfg["count_include_pad"] = False
+        return cfg
 
     def forward(self, x, layout):
-        return np.ascontiguousarray(self._windows(x, layout, 0.0).mean(axis=(-2, -1), dtype=np.float32))
+        kh, kw = self.kernel_size
+        simple = self.count_include_pad and not any(self._sizes(*x.shape[1:3] if layout == "NHWC"
+                                                                 else x.shape[2:4])[1])
+        if simple:
+            return np.ascontiguousarray(self._windows(x, layout, 0.0).mean(axis=(-2, -1), dtype=np.float32))
+        total = self._windows(x, layout, 0.0).sum(axis=(-2, -1), dtype=np.float32)
+        ah, aw = _SPATIAL[layout]
+        ones = np.ones((1, 1, x.shape[ah], x.shape[aw]), np.float32)
+        count = self._windows(ones, "NCHW", 1.0 if self.count_include_pad else 0.0, 0.0)
+        count = count.sum(axis=(-2, -1))[0, 0]
+        count = count[None, None] if layout == "NCHW" else count[None, :, :, None]
+        return np.ascontiguousarray(total / count, dtype=np.float32)
 
     def cost(self, in_shape):
         kh, kw = self.kernel_size
@@ -239,6 +295,46 @@ class GlobalAvgPool2d(Module):
 
     def cost(self, in_shape):
         return {"pool_ops": int(np.prod(in_shape))}
+
+
+class GlobalMaxPool2d(GlobalAvgPool2d):
+    """Maximum over the spatial axes, keeping them as 1x1 (``AdaptiveMaxPool2d(1)``)."""
+
+    def forward(self, x, layout):
+        return x.max(axis=_SPATIAL[layout], keepdims=True)
+
+
+class LRN(Module):
+    """Local response normalisation across channels (ONNX ``LRN``, ``torch.nn.LocalResponseNorm``):
+    ``x / (bias + alpha / size * sum of x^2 over the size channels around c) ** beta``.
+
+    Counted as ``act_ops``: ``size`` + 3 per element (squares and window adds, scale, power, divide).
+    """
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, bias=1.0):
+        super().__init__()
+        self.size = as_int(size, "LRN: size", 1)
+        self.alpha, self.beta = as_float(alpha, "LRN: alpha"), as_float(beta, "LRN: beta")
+        self.bias = as_float(bias, "LRN: bias")
+
+    def config(self):
+        return {"type": "LRN", "size": self.size, "alpha": self.alpha, "beta": self.beta, "bias": self.bias}
+
+    def forward(self, x, layout):
+        ax = 1 if layout == "NCHW" else 3
+        sq = np.square(x, dtype=np.float32)
+        c = x.shape[ax]
+        lo, hi = (self.size - 1) // 2, self.size // 2          # ONNX: floor before, ceil after
+        pads = [(0, 0)] * 4
+        pads[ax] = (lo, hi)
+        cs = np.cumsum(np.pad(sq, pads), axis=ax, dtype=np.float64)
+        cs = np.concatenate([np.zeros_like(np.take(cs, [0], axis=ax)), cs], axis=ax)
+        win = np.take(cs, np.arange(self.size, self.size + c), axis=ax) - np.take(cs, np.arange(c), axis=ax)
+        d = (self.bias + self.alpha / self.size * win) ** self.beta
+        return (x / d).astype(np.float32)
+
+    def cost(self, in_shape):
+        return {"act_ops": (self.size + 3) * int(np.prod(in_shape))}
 
 
 class Flatten(Module):

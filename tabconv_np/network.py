@@ -207,11 +207,14 @@ class Network:
 
         Returns
         -------
-        float32 array (N, *out_shape)
+        float32 array (N, *out_shape), or a tuple of them for a network with several outputs
+        (a :class:`~tabconv_np.blocks.Graph` body with several), in the graph's order
         """
         x = self._check_batch(x, layout, "network")
         if x.dtype == np.uint8:
             x = self.normalize(x, layout)
+        if len(x) == 0 and self.n_outputs > 1:
+            return tuple(np.zeros((0,) + tuple(s), np.float32) for s in self.body.out_shapes(self.input_shape))
         if len(x) == 0:
             return np.zeros((0,) + tuple(self.out_shape), np.float32)
         if x.dtype != np.float32:
@@ -229,8 +232,8 @@ class Network:
         self.plan = None
         return self
 
-    def predict(self, images, batch=256):
-        """Logits of images, in batches.
+    def predict(self, images, batch=256, output=0):
+        """Logits of images, in batches (of output ``output`` of a network with several).
 
         Parameters
         ----------
@@ -240,10 +243,12 @@ class Network:
             gives an empty result.
         batch : int
             Images per forward pass, >= 1.
+        output : int
+            Which output of a network with several (``net(x)`` returns a tuple); default the first.
 
         Returns
         -------
-        float32 array (N, *out_shape)
+        float32 array (N, *out_shape) (``out_shape``: the first output's)
 
         Raises
         ------
@@ -256,8 +261,19 @@ class Network:
         as_int(batch, "predict: batch", 1)
         images = self._check_batch(images, "NCHW", "predict")
         self.check_range(images)
+        as_int(output, "predict: output", 0, self.n_outputs - 1)
         out = [self(self.normalize(images[i:i + batch])) for i in range(0, len(images), batch)]
+        if self.n_outputs > 1:
+            out = [y[output] for y in out]
+            if not out:
+                shape = self.body.out_shapes(self.input_shape)[output]
+                return np.zeros((0,) + tuple(shape), np.float32)
         return np.concatenate(out) if out else np.zeros((0,) + tuple(self.out_shape), np.float32)
+
+    @property
+    def n_outputs(self):
+        """How many arrays ``net(x)`` returns (a tuple when more than one)."""
+        return len(getattr(self.body, "outputs", ())) or 1
 
     # -- parameters and configuration -----------------------------------
     def state_dict(self):

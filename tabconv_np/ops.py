@@ -67,7 +67,7 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .module import Module
-from .structure import Chain, Dag, Residual, join, structure_of
+from .structure import Chain, Dag, Residual, join, node_input, outputs_of, structure_of
 
 #: Declared quantities: name -> (kind, description).  Kinds: "arithmetic"
 #: (summed by the "full" convention), "memory", "model" (not scaled by the
@@ -220,7 +220,7 @@ def rows(module, in_shape, name=""):
     shapes = {"input": tuple(in_shape)}
     for n, inputs, child in node.nodes:
         if child is not None:
-            rs, shapes[n] = rows(child, shapes[inputs[0]], join(name, n))
+            rs, shapes[n] = rows(child, node_input(child, inputs, shapes), join(name, n))
             out_rows += rs
         else:
             got = [shapes[v] for v in inputs]
@@ -228,7 +228,7 @@ def rows(module, in_shape, name=""):
                 raise ShapeError(f"{join(name, n)}: sum node adds differently shaped inputs {got}")
             shapes[n] = got[0]
             out_rows.append(_join_row(join(name, n), "Add", got[0], len(inputs) - 1, False))
-    return out_rows, shapes[node.output]
+    return out_rows, shapes[outputs_of(node)[0]]
 
 
 class OpCount:

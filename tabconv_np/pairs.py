@@ -223,14 +223,18 @@ WINOGRAD_SLACK = {"winograd": 8.0, "winograd4": 64.0}
 def _winograd_inputs(method):
     def inputs(draw, rng):
         N, C, C_out = draw(1, 3), draw(1, 6), draw(1, 5)
+        groups = C if draw(0, 2) == 0 else 1                 # a third depthwise
+        if groups > 1:
+            C_out = C * draw(1, 2)                           # channel multiplier 1 or 2
         pads = tuple(draw(0, 2) for _ in range(4))
         H = draw(max(1, 3 - pads[0] - pads[1]), 13)
         W = draw(max(1, 3 - pads[2] - pads[3]), 13)
         x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-        w = rng.standard_normal((C_out, C, 3, 3)).astype(np.float32)
+        w = rng.standard_normal((C_out, C // groups, 3, 3)).astype(np.float32)
         b = rng.standard_normal(C_out).astype(np.float32) if draw(0, 1) else None
         layout = ("NCHW", "NHWC")[draw(0, 1)]
-        return (x if layout == "NCHW" else _nhwc(x), w, b), dict(padding=pads, layout=layout, method=method)
+        return ((x if layout == "NCHW" else _nhwc(x), w, b),
+                dict(padding=pads, layout=layout, method=method, groups=groups))
     return inputs
 
 
@@ -272,9 +276,9 @@ def _check_winograd(got, want, args, kwargs):
     assert_conv_close(got, want, bound, kwargs["method"])
 
 
-def _conv2d_same_args(x, weight, bias=None, *, padding, layout, method):
+def _conv2d_same_args(x, weight, bias=None, *, padding, layout, method, groups=1):
     """The reference with the fast side's arguments (``method`` is the fast side's choice)."""
-    return R.conv2d_naive(x, weight, bias, 1, padding, layout=layout)
+    return R.conv2d_naive(x, weight, bias, 1, padding, groups=groups, layout=layout)
 
 
 # ------------------------------------------------- product quantization

@@ -386,12 +386,17 @@ class Plan:
         if layout == "NCHW":
             x = x.transpose(0, 2, 3, 1)
         y = self._forward(np.ascontiguousarray(x, _F32))
-        if y.ndim == 4 and layout == "NCHW":
-            y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
-        return y
+        if isinstance(y, tuple):                  # a graph with several outputs
+            return tuple(_to_layout(v, layout) for v in y)
+        return _to_layout(y, layout)
 
     def __repr__(self):
         return f"Plan({self.meta.get('arch', 'custom')}, input={self.input_shape}, NHWC)"
+
+
+def _to_layout(y, layout):
+    """A plan's NHWC result in ``layout``."""
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 and layout == "NCHW" else y
 
 
 def prepare(net, batch=None, attach=False):

@@ -52,11 +52,28 @@ class Residual:
 @dataclass(frozen=True)
 class Dag:
     """A graph: ``nodes`` is a tuple of ``(name, inputs, module or None)`` in an order where
-    every input is computed first; ``None`` is the element-wise sum of the inputs;
-    ``"input"`` names the graph's input; ``output`` names the returned node."""
+    every input is computed first; ``None`` is the element-wise sum of the inputs; a module
+    with ``multi_input = True`` (a join: concatenation, product) takes the list of its inputs'
+    values, any other module the value of its one input (:func:`node_input`);
+    ``"input"`` names the graph's input; ``output`` names the returned node, or is a tuple
+    of names for a graph with several outputs (:func:`outputs_of`)."""
 
     nodes: tuple
     output: str
+
+
+def node_input(module, inputs, values):
+    """What a graph node's ``module`` takes: the list of its inputs' values for a join
+    (``module.multi_input``), else the value of its one input.  ``values`` maps node names
+    to values (arrays, shapes, or pairs of arrays for the calibration walk)."""
+    if getattr(module, "multi_input", False):
+        return [values[v] for v in inputs]
+    return values[inputs[0]]
+
+
+def outputs_of(node):
+    """The output names of a :class:`Dag`, as a tuple (one name for a single-output graph)."""
+    return (node.output,) if isinstance(node.output, str) else tuple(node.output)
 
 
 def join(prefix, name):

@@ -162,6 +162,14 @@ def channel_axis(layout):
     return 1 if as_layout(layout) == "NCHW" else 3
 
 
+def batch_axis(axis, ndim, layout):
+    """Axis of a batch array (``ndim`` dimensions) that holds per-image axis ``axis`` in
+    PyTorch's order (0: channels): in an NHWC image batch the channels are last."""
+    if ndim == 4 and as_layout(layout) == "NHWC":
+        return (3, 1, 2)[axis]
+    return axis + 1
+
+
 def as_choice(v, name, choices):
     """``v`` if it is one of ``choices``."""
     if v not in choices:

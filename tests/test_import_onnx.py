@@ -226,16 +226,20 @@ def test_cli_import_onnx(tmp_path, capsys):
 def test_unsupported_op_names_op_and_node(tmp_path):
     g = _G((1, 4, 4))
     t = g.node("Relu", ["x"])
-    t = g.node("Sigmoid", [t], name="head/act")
-    with pytest.raises(ConfigError, match="unsupported ONNX op 'Sigmoid' \\(node 'head/act'\\)"):
+    t = g.node("Erf", [t], name="head/act")            # Sigmoid, the op here before, is supported now
+    with pytest.raises(ConfigError, match="unsupported ONNX op 'Erf' \\(node 'head/act'\\)"):
+        import_model(_save(g.model(t), tmp_path / "sig.onnx"))
+    g.nodes[-1].name = ""                               # unnamed: its index and op; the supported list
+    with pytest.raises(ConfigError, match=r"unsupported ONNX op 'Erf' \(node #1 \(an unnamed Erf\)\); "
+                                          r"supported: Conv, .*BatchNormalization, .*Concat"):
         import_model(_save(g.model(t), tmp_path / "sig.onnx"))
 
 
 def test_refusals_and_shapes(tmp_path):
     g = _G((1, 5, 5))
-    t = g.node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
-    with pytest.raises(ConfigError, match="ceil_mode"):
-        import_model(_save(g.model(t), tmp_path / "ceil.onnx"))
+    t = g.node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2], dilations=[2, 2])
+    with pytest.raises(ConfigError, match="dilated pooling"):      # (ceil_mode, refused here before,
+        import_model(_save(g.model(t), tmp_path / "ceil.onnx"))   # is supported now)
     g = _G((1, 4, 4))
     t = g.node("Softmax", [g.node("Flatten", ["x"])])
     with warnings.catch_warnings(record=True) as w:

@@ -46,6 +46,37 @@ def test_winograd_matches_torch(method):
                                atol=1e-3 if method == "winograd4" else 2e-4)
 
 
+@pytest.mark.parametrize("method", ["winograd", "winograd4"])
+@pytest.mark.parametrize("mult", [1, 2])
+def test_depthwise_winograd_matches_torch(method, mult):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 12, 10, 7)).astype(np.float32)
+    w = rng.standard_normal((12 * mult, 1, 3, 3)).astype(np.float32)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1,
+                                      groups=12).numpy()
+    for layout in ("NCHW", "NHWC"):
+        xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        got = conv2d(xl, w, padding=1, groups=12, method=method, layout=layout)
+        got = got if layout == "NCHW" else got.transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 if method == "winograd4" else 2e-5)
+
+
+def test_depthwise_op_counts_have_no_channel_sums():
+    from tabconv_np.conv.winograd import winograd_cost
+    C, Ho, Wo = 32, 8, 8
+    for m in (2, 4):
+        tiles = (-(-Ho // m)) * (-(-Wo // m))
+        dw, full = winograd_cost(C, C, Ho, Wo, m, groups=C), winograd_cost(C, C, Ho, Wo, m)
+        # the elementwise stage: (m+2)^2 multiplies per tile and channel, no additions
+        assert full["mults"] - dw["mults"] == tiles * (m + 2) ** 2 * (C - 1) * C
+        assert full["adds"] - dw["adds"] == tiles * (m + 2) ** 2 * (C - 1) * C
+        assert dw["offline"]["macs"] * C == full["offline"]["macs"]
+    layer = Conv2d(C, C, 3, padding=1, groups=C, method="winograd")
+    counts = tabconv_np.count_ops(Network(layer, (C, Ho, Wo)), (C, Ho, Wo))
+    assert counts.total["macs"] == 0 and counts.total["mults"] == winograd_cost(C, C, Ho, Wo, 2, C)["mults"]
+
+
 def test_shipped_network_predicts_the_same_with_winograd_where_it_applies():
     net = tabconv_np.load(os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"))
     x, _ = load_dataset("sample", "test", limit=200)
@@ -100,3 +131,40 @@ def test_cli_ops_counts_a_method_where_it_applies(capsys):
     # stride-2 convs and the 7x7 stem keep their MACs; the 3x3 stride-1 ones multiply less
     assert totals["winograd"]["macs"] > 0
     assert totals["winograd4"]["multiplies"] < totals["winograd"]["multiplies"] < totals[None]["multiplies"]
+
+
+def test_auto_picks_winograd_only_where_it_applies_and_pays():
+    from tabconv_np.functional import choose_method
+    assert choose_method(64, 28, 28, 64, 3, N=32) == "winograd4"
+    assert choose_method(128, 14, 14, 128, 3, N=32) == "winograd4"
+    # too few tiles for the per-call filter transform, half-empty tiles, narrow channels
+    assert choose_method(64, 8, 8, 64, 3, N=1) == "im2col"
+    assert choose_method(256, 2, 2, 256, 3, N=32) == "im2col"
+    assert choose_method(16, 28, 28, 64, 3, N=32) == "im2col"
+    # no Winograd form: never picked however large the call
+    for kw in (dict(stride=2), dict(dilation=2), dict(groups=64)):
+        assert "winograd" not in choose_method(64, 56, 56, 64, 3, N=32, **kw)
+    assert "winograd" not in choose_method(64, 56, 56, 64, 5, N=32)
+    # what auto computes is Winograd's answer, within its bound
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 32, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    assert choose_method(32, 16, 16, 32, 3, N=2) == "winograd4"
+    np.testing.assert_array_equal(conv2d(x, w, padding=1), conv2d(x, w, padding=1, method="winograd4"))
+
+
+@pytest.mark.parametrize("method", ["winograd", "winograd4"])
+def test_winograd_error_on_the_shipped_layers_is_within_the_stated_bound(method):
+    """Real weights and activations: |winograd - float64 reference| <= slack * K*u*(|x| conv |w|)."""
+    from tabconv_np.pairs import TOL_FACTOR, WINOGRAD_SLACK, assert_conv_close, conv_error_bound
+    from tabconv_np.evaluate import layer_inputs
+    net = tabconv_np.load(os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"))
+    seen = layer_inputs(net, load_dataset("sample", "test", limit=8)[0], lambda m: isinstance(m, Conv2d)
+                        and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.groups == 1)
+    assert len(seen) == 12
+    for _, m, x in seen:
+        w, b, pad = m.params["weight"], m.params.get("bias"), m.geometry.padding
+        got = conv2d(x, w, b, padding=pad, method=method)
+        want = conv2d(x.astype(np.float64), w.astype(np.float64), b, padding=pad, method="naive")
+        bound = WINOGRAD_SLACK[method] / TOL_FACTOR * conv_error_bound(x, w, b, padding=pad)
+        assert_conv_close(got, want, bound, f"{method} on {m}")

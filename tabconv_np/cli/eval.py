@@ -18,6 +18,8 @@ def add_parser(sub):
     e.add_argument("--limit", type=count(1), metavar="N", help="evaluate the first N images only (default: all)")
     e.add_argument("--batch", type=count(1), default=64, metavar="B", help="images per forward pass (default: 64)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a line of text")
+    e.add_argument("--output", type=count(0), default=0, metavar="K",
+                   help="which output of a network with several holds the class scores (default: 0, the first)")
     e.set_defaults(func=run)
     return e
 
@@ -27,7 +29,7 @@ def run(args):
     images, labels, source = command_images(net, "tabconv eval", args.split, args.dataset, args.data,
                                             args.data_dir, args.limit)
     # progress on stderr (a bar, or heartbeat lines off a terminal): stdout stays the result
-    res = evaluate(net, images, labels, batch=args.batch)
+    res = evaluate(net, images, labels, batch=args.batch, output=args.output)
     res.update(model=args.model, data=source)
     if args.json:
         print(json.dumps(res))

@@ -64,7 +64,9 @@ def run(args):
         raise WeightFileError(f"{args.output}: cannot write: {e}") from None
     what = net.meta.get("arch") or type(net.body).__name__
     shape = "x".join(map(str, net.input_shape))
+    outs = f"output {tuple(net.out_shape)}" if net.n_outputs == 1 else \
+        f"outputs {', '.join(str(tuple(s)) for s in net.body.out_shapes(net.input_shape))}"
     print(f"imported {args.source} ({net.meta['source_format']}, {what}): input {shape}, "
-          f"output {tuple(net.out_shape)}, {net.num_params():,} parameters")
+          f"{outs}, {net.num_params():,} parameters")
     data = "" if args.dataset else " --dataset NAME (or --data PATH)"
     print(f"wrote {args.output}; next: tabconv ops {args.output}   or   tabconv eval {args.output}{data}")

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ..errors import ConfigError
-from ..structure import Chain, Dag, join, structure_of
+from ..structure import Chain, Dag, join, node_input, outputs_of, structure_of
 from .calibration import add_all, apply
 from .switches import find_switches
 
@@ -88,10 +88,11 @@ def _forward_record(m, x, layout, path, want, out):
         vals = {"input": x}
         for n, inputs, child in node.nodes:
             if child is not None:
-                vals[n] = _forward_record(child, vals[inputs[0]], layout, join(path, n), want, out)
+                vals[n] = _forward_record(child, node_input(child, inputs, vals), layout, join(path, n),
+                                          want, out)
             else:
                 vals[n] = add_all([vals[v] for v in inputs])
-        y = vals[node.output]
+        y = vals[outputs_of(node)[0]]
     else:
         y = apply(m, x, layout)
     if path in want:

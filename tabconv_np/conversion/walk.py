@@ -15,7 +15,7 @@ import numpy as np
 
 from ..layers import ReLU
 from ..progress import Progress
-from ..structure import Chain, Dag, Residual, join, structure_of
+from ..structure import Chain, Dag, Residual, join, node_input, outputs_of, structure_of
 from .calibration import LayerData, add_all, apply
 from .masking import cosine_similarity
 from .refit import refit_linear
@@ -101,11 +101,16 @@ class Pass:
                 if child is None:
                     vals[n] = (add_all([vals[v][0] for v in inputs]), add_all([vals[v][1] for v in inputs]))
                     nodes.append((n, inputs, None))
+                elif getattr(child, "multi_input", False):     # a join: applied to both
+                    pairs = node_input(child, inputs, vals)
+                    vals[n] = (child.forward([p[0] for p in pairs], layout),
+                               child.forward([p[1] for p in pairs], layout))
+                    nodes.append((n, inputs, child))
                 else:
                     sub, a, e = self.walk(child, join(path, n), *vals[inputs[0]], layout)
                     vals[n] = (a, e)
                     nodes.append((n, inputs, sub))
-            ya, ye = vals[node.output]
+            ya, ye = vals[outputs_of(node)[0]]
             out = type(m).rebuild(Dag(tuple(nodes), node.output), m)
         if path in self.switch_names:
             self.sims[self.switch_names[path].index] = cosine_similarity(ya, ye)

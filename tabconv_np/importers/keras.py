@@ -14,11 +14,12 @@ Files:
 * Keras 3 ``model.save("m.keras")``: a zip of ``config.json`` and
   ``model.weights.h5`` (as above).
 
-Layers: InputLayer, Conv2D, Dense, BatchNormalization, MaxPooling2D,
-AveragePooling2D, GlobalAveragePooling2D, Flatten, ReLU / Activation("relu")
-(and ReLU6), Dropout; ``activation="relu"`` inside Conv2D / Dense too; a final
-``softmax`` is dropped with a warning (the network returns logits, same
-argmax).  Sequential models and chain-shaped functional models.
+Layers: :data:`KERAS_LAYERS`, activations :data:`ACTIVATIONS` (inside a layer
+or as an ``Activation``); a final ``softmax`` is dropped with a warning (the
+network returns logits, same argmax).  Sequential and functional models: the
+functional graph becomes a graph spec (``inputs`` per layer, ``outputs`` for
+several), so residual ``Add``, ``Multiply`` gates and ``Concatenate`` import.
+``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``.
 
 Conversions: conv kernels HWIO -> OIHW, Dense kernels (in, out) -> (out, in);
 a Dense after a Flatten of a channels-last ``H x W x C`` map gets its input
@@ -44,6 +45,9 @@ from .formats import open_zip, read_member, read_source
 from .spec import build_from_spec, load_spec
 
 KERAS_EPS = 1e-3
+#: Keras 3 variable order of the layers with other weights than a kernel and a bias.
+_KERNELS = {"dwconv": ["depthwise_kernel", "bias"], "sepconv": ["depthwise_kernel", "pointwise_kernel", "bias"],
+            "prelu": ["alpha"]}
 _BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
              "moving_variance": "running_var"}
 
@@ -114,6 +118,8 @@ def _torch_params(kind, weights, where, bn_center=True, bn_scale=True):
                                       f"of shapes {[w.shape for w in weights]}")
         if kind in ("conv", "dense"):
             names = ["kernel", "bias"][:len(weights)]
+        elif kind in _KERNELS:
+            names = _KERNELS[kind][:len(weights)]
         elif kind == "bn":
             names = (["gamma"] if bn_scale else []) + (["beta"] if bn_center else []) + \
                 ["moving_mean", "moving_variance"]
@@ -124,8 +130,22 @@ def _torch_params(kind, weights, where, bn_center=True, bn_scale=True):
                                   f"{kind} layer")
         weights = OrderedDict(zip(names, weights))
     out = {}
+    if kind == "dwconv" and "kernel" in weights:        # Keras 3 names a depthwise kernel "kernel"
+        weights = OrderedDict(("depthwise_kernel" if k == "kernel" else k, v) for k, v in weights.items())
     for name, w in weights.items():
-        if name == "kernel":
+        if name == "depthwise_kernel":                   # (kh, kw, C, multiplier) -> (C*m, 1, kh, kw)
+            if w.ndim != 4:
+                raise WeightFileError(f"{where}: depthwise kernel of shape {w.shape}, expected 4 dimensions")
+            dw = np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(-1, 1, *w.shape[:2]))
+            out["depthwise.weight" if "pointwise_kernel" in weights else "weight"] = dw
+        elif name == "pointwise_kernel":
+            out["weight"] = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+        elif name == "alpha":                            # PReLU slopes, shared over H and W
+            if any(d != 1 for d in w.shape[:-1]):
+                raise ConfigError(f"{where}: PReLU slopes of shape {w.shape}; only slopes shared over "
+                                  f"H and W (shared_axes=[1, 2]) are supported")
+            out["weight"] = np.ascontiguousarray(w.reshape(-1))
+        elif name == "kernel":
             if w.ndim == 4:
                 out["weight"] = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
             elif w.ndim == 2:
@@ -137,8 +157,8 @@ def _torch_params(kind, weights, where, bn_center=True, bn_scale=True):
         elif name in _BN_NAMES:
             out[_BN_NAMES[name]] = w
         else:
-            raise ConfigError(f"{where}: unsupported weight {name!r} (only Conv2D, Dense and "
-                              f"BatchNormalization weights can be imported)")
+            raise ConfigError(f"{where}: unsupported weight {name!r} (only the weights of the layers "
+                              f"in KERAS_LAYERS can be imported)")
     return out
 
 
@@ -150,16 +170,30 @@ def _layer_list(cfg, where):
     kind, inner = cfg["class_name"], cfg.get("config")
     layers = inner if isinstance(inner, list) else (inner or {}).get("layers")
     if kind not in ("Sequential", "Functional", "Model") or not isinstance(layers, list):
-        raise ConfigError(f"{where}: a Keras {kind} model; only Sequential and chain-shaped "
-                          f"functional models can be imported")
+        raise ConfigError(f"{where}: a Keras {kind} model; only Sequential and functional "
+                          f"models can be imported")
     out = []
     for i, layer in enumerate(layers):
         if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
             raise WeightFileError(f"{where}: bad layer entry {i} in the model config")
         out.append((str(layer.get("class_name")), layer["config"], layer.get("inbound_nodes")))
-    if kind != "Sequential":
-        _check_chain(out, where)
     return [(c, cfg_) for c, cfg_, _ in out], inner if isinstance(inner, dict) else {}
+
+
+def _graph_of(layers_cfg, inner):
+    """``(inbound, outputs)`` of a functional model: layer name -> the layer names it is called
+    on (the input layer as ``"input"``), and the output layer names; None for a Sequential."""
+    raw = inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(raw, list) or not any(layer.get("inbound_nodes") for layer in raw):
+        return None
+    inputs = {str(cfg.get("name")) for c, cfg in layers_cfg if c == "InputLayer"}
+    inbound = {}
+    for layer in raw:
+        name = str(layer.get("config", {}).get("name", layer.get("name")))
+        inbound[name] = ["input" if v in inputs else v for v in _inbound_names(layer.get("inbound_nodes") or [])]
+    outs = inner.get("output_layers") or [[str(layers_cfg[-1][1].get("name")), 0, 0]]
+    outs = [outs] if outs and isinstance(outs[0], str) else outs
+    return inbound, [str(o[0]) for o in outs]
 
 
 def _inbound_names(nodes):
@@ -185,19 +219,6 @@ def _inbound_names(nodes):
     return names
 
 
-def _check_chain(layers, where):
-    prev = None
-    for cls, cfg, inbound in layers:
-        ins = _inbound_names(inbound or [])
-        if cls == "InputLayer":
-            prev = cfg.get("name")
-            continue
-        if prev is not None and ins != [prev]:
-            raise ConfigError(f"{where}: layer {cfg.get('name')!r} ({cls}) takes {ins or 'no input'}, "
-                              f"not just the layer before; only chain-shaped models can be imported")
-        prev = cfg.get("name")
-
-
 def _input_shape(layers, inner, build_cfg):
     """(C, H, W) from the config, or None."""
     shape = None
@@ -214,19 +235,26 @@ def _input_shape(layers, inner, build_cfg):
     return (int(c), int(h), int(w))
 
 
+#: Keras activations (``activation=`` of a layer, or an ``Activation`` layer) -> spec entries.
+ACTIVATIONS = {
+    "relu": [{"type": "relu"}], "relu6": [{"type": "relu6"}], "sigmoid": [{"type": "sigmoid"}],
+    "tanh": [{"type": "tanh"}], "hard_sigmoid": [{"type": "hardsigmoid"}],   # Keras 3: relu6(x + 3) / 6
+    "hard_swish": [{"type": "hardswish"}], "hard_silu": [{"type": "hardswish"}],
+    "leaky_relu": [{"type": "leakyrelu", "alpha": 0.2}], "softmax": [{"type": "softmax"}],
+}
+
+
 def _activation(name, layer_name, last, where):
     if name in (None, "linear"):
         return []
-    if name == "relu":
-        return [{"type": "relu"}]
-    if name == "relu6":
-        return [{"type": "relu6"}]
     if name == "softmax" and last:
         warnings.warn(f"{where}: the final softmax of layer {layer_name!r} is dropped; the network "
                       f"returns logits (same predicted classes)", stacklevel=4)
         return ["softmax"]
-    raise ConfigError(f"{where}: layer {layer_name!r}: activation {name!r} is not supported "
-                      f"(only relu, relu6, and a final softmax)")
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"{where}: layer {layer_name!r}: activation {name!r} is not supported "
+                          f"(supported: {', '.join(ACTIVATIONS)})")
+    return [dict(a) for a in ACTIVATIONS[name]]
 
 
 def _act_name(v):
@@ -235,66 +263,127 @@ def _act_name(v):
     return v if v is None else str(v).lower()
 
 
-def spec_from_config(layers, where, key_of=None):
-    """A spec (see :mod:`.spec`) from ``[(class_name, config), ...]``; ``key_of`` maps layer name -> key."""
+def _conv_entry(cls, cfg, key, name):
+    """Spec entries of Conv2D, DepthwiseConv2D (groups = channels) and SeparableConv2D (a
+    depthwise then a 1x1 conv)."""
+    geo = {"stride": list(cfg.get("strides", (1, 1))), "padding": cfg.get("padding", "valid"),
+           "dilation": list(cfg.get("dilation_rate", (1, 1)))}
+    if cls == "Conv2D":
+        return [{"type": "conv", "key": key, **geo, "groups": int(cfg.get("groups", 1)), "name": name}]
+    dw = {"type": "conv", "groups": "depthwise", **geo}
+    if cls == "DepthwiseConv2D":
+        return [dict(dw, key=key, name=name)]
+    return [dict(dw, key=f"{key}.depthwise", name=f"{name}_depthwise"), {"type": "conv", "key": key, "name": name}]
+
+
+def _zero_padding(p, name, where):
+    """Keras ZeroPadding2D ``padding`` -> (top, bottom, left, right)."""
+    if isinstance(p, int):
+        return [p] * 4
+    if isinstance(p, (list, tuple)) and len(p) == 2:
+        if all(isinstance(v, int) for v in p):
+            return [p[0], p[0], p[1], p[1]]
+        if all(isinstance(v, (list, tuple)) and len(v) == 2 for v in p):
+            return [p[0][0], p[0][1], p[1][0], p[1][1]]
+    raise ConfigError(f"{where}: layer {name!r}: ZeroPadding2D padding {p!r} is not understood")
+
+
+def _layer_entries(cls, cfg, name, key, last, where):
+    """``(spec entries, activation entries)`` of one Keras layer; ConfigError for an unknown type."""
+    fmt = cfg.get("data_format") or "channels_last"
+    act = lambda: _activation(_act_name(cfg.get("activation")), name, last, where)  # noqa: E731
+    if cls in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D"):
+        if int(cfg.get("depth_multiplier", 1)) < 1:
+            raise ConfigError(f"{where}: layer {name!r}: depth_multiplier must be >= 1")
+        return _conv_entry(cls, cfg, key, name), act()
+    if cls == "Dense":
+        return [{"type": "linear", "key": key, "name": name}], act()
+    if cls == "BatchNormalization":
+        axis = cfg.get("axis", -1)
+        axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+        if axis not in ((-1, 3) if fmt == "channels_last" else (1,)):
+            raise ConfigError(f"{where}: layer {name!r}: batch norm over axis {axis} is not supported")
+        return [{"type": "bn", "key": key, "eps": float(cfg.get("epsilon", KERAS_EPS)), "name": name}], []
+    if cls in ("MaxPooling2D", "AveragePooling2D", "MaxPool2D", "AvgPool2D"):
+        pool = list(cfg.get("pool_size", (2, 2)))
+        return [{"type": "maxpool" if cls.startswith("Max") else "avgpool", "kernel": pool,
+                 "stride": list(cfg.get("strides") or pool), "padding": cfg.get("padding", "valid"),
+                 "name": name}], []
+    if cls in ("GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPooling2D", "GlobalMaxPool2D"):
+        out = [{"type": "gap" if "Av" in cls else "gmp", "name": name}]
+        return out + ([] if cfg.get("keepdims", False) else [{"type": "flatten"}]), []
+    if cls == "Flatten":
+        return [{"type": "flatten", "order": "hwc" if fmt == "channels_last" else "chw", "name": name}], []
+    if cls == "Activation":
+        return [], act()
+    if cls == "ReLU":
+        if cfg.get("negative_slope") or cfg.get("threshold"):
+            raise ConfigError(f"{where}: layer {name!r}: ReLU with negative_slope or threshold "
+                              f"is not supported")
+        mx = cfg.get("max_value")
+        return [], [{"type": "relu"}] if mx is None else [{"type": "clip", "min": 0.0, "max": float(mx)}]
+    if cls == "LeakyReLU":
+        return [{"type": "leakyrelu", "alpha": float(cfg.get("negative_slope", cfg.get("alpha", 0.3))),
+                 "name": name}], []
+    if cls == "PReLU":
+        return [{"type": "prelu", "key": key, "name": name}], []
+    if cls == "ZeroPadding2D":
+        return [{"type": "pad", "padding": _zero_padding(cfg.get("padding", 1), name, where), "name": name}], []
+    if cls in ("Dropout", "SpatialDropout2D", "GaussianDropout", "AlphaDropout"):
+        return [{"type": "dropout", "p": float(cfg.get("rate", 0.5)), "name": name}], []
+    if cls in ("Add", "Multiply"):
+        return [{"type": "add" if cls == "Add" else "mul", "name": name}], []
+    if cls == "Concatenate":
+        axis = cfg.get("axis", -1)
+        if axis not in (-1, 3):
+            raise ConfigError(f"{where}: layer {name!r}: Concatenate along axis {axis}; only the "
+                              f"channels (axis -1) are supported")
+        return [{"type": "concat", "axis": 0, "name": name}], []
+    raise ConfigError(f"{where}: unsupported Keras layer {cls} ({name!r}); supported layer types: "
+                      f"{', '.join(KERAS_LAYERS)}")
+
+
+#: The Keras layer types the importer reads (the README lists them from here).
+KERAS_LAYERS = ("InputLayer", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense",
+                "BatchNormalization", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
+                "GlobalMaxPooling2D", "Flatten", "Activation", "ReLU", "LeakyReLU", "PReLU",
+                "ZeroPadding2D", "Dropout", "Add", "Multiply", "Concatenate")
+
+
+def layers_markdown():
+    """The README's list of supported Keras layer types and activations, from :data:`KERAS_LAYERS`
+    and :data:`ACTIVATIONS`."""
+    return (f"Layer types: {', '.join(KERAS_LAYERS)}.  Activations (`activation=` of a layer, or "
+            f"an `Activation` layer): {', '.join(ACTIVATIONS)}, linear.")
+
+
+def spec_from_config(layers, where, key_of=None, graph=None):
+    """A spec (see :mod:`.spec`) from ``[(class_name, config), ...]``; ``key_of`` maps layer name
+    -> key; ``graph``: ``(inbound, outputs)`` of a functional model (:func:`_graph_of`), whose
+    layers then name their inputs.  Returns ``(layers, dropped softmax, outputs or None)``."""
     key_of = key_of or (lambda name: name)
     spec, dropped = [], False
     body = [(c, cfg) for c, cfg in layers if c != "InputLayer"]
+    inbound, outputs = graph if graph is not None else ({}, None)
+    prev = "input"
     for i, (cls, cfg) in enumerate(body):
         name = str(cfg.get("name", f"layer{i}"))
-        last = all(c == "Dropout" for c, _ in body[i + 1:])
-        fmt = cfg.get("data_format") or "channels_last"
-        if cls == "Conv2D":
-            spec.append({"type": "conv", "key": key_of(name), "stride": list(cfg.get("strides", (1, 1))),
-                         "padding": cfg.get("padding", "valid"),
-                         "dilation": list(cfg.get("dilation_rate", (1, 1))), "groups": int(cfg.get("groups", 1)),
-                         "name": name})
-            acts = _activation(_act_name(cfg.get("activation")), name, last, where)
-        elif cls == "Dense":
-            spec.append({"type": "linear", "key": key_of(name), "name": name})
-            acts = _activation(_act_name(cfg.get("activation")), name, last, where)
-        elif cls == "BatchNormalization":
-            axis = cfg.get("axis", -1)
-            axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-            if axis not in ((-1, 3) if fmt == "channels_last" else (1,)):
-                raise ConfigError(f"{where}: layer {name!r}: batch norm over axis {axis} is not supported")
-            spec.append({"type": "bn", "key": key_of(name), "eps": float(cfg.get("epsilon", KERAS_EPS)),
-                         "name": name})
-            acts = []
-        elif cls in ("MaxPooling2D", "AveragePooling2D", "MaxPool2D", "AvgPool2D"):
-            pool = list(cfg.get("pool_size", (2, 2)))
-            spec.append({"type": "maxpool" if cls.startswith("Max") else "avgpool", "kernel": pool,
-                         "stride": list(cfg.get("strides") or pool), "padding": cfg.get("padding", "valid"),
-                         "name": name})
-            acts = []
-        elif cls in ("GlobalAveragePooling2D", "GlobalAvgPool2D"):
-            spec.append({"type": "gap", "name": name})
-            if not cfg.get("keepdims", False):
-                spec.append({"type": "flatten"})
-            acts = []
-        elif cls == "Flatten":
-            spec.append({"type": "flatten", "order": "hwc" if fmt == "channels_last" else "chw",
-                         "name": name})
-            acts = []
-        elif cls == "Activation":
-            acts = _activation(_act_name(cfg.get("activation")), name, last, where)
-        elif cls == "ReLU":
-            if cfg.get("negative_slope") or cfg.get("threshold"):
-                raise ConfigError(f"{where}: layer {name!r}: ReLU with negative_slope or threshold "
-                                  f"is not supported")
-            mx = cfg.get("max_value")
-            acts = [{"type": "relu"}] if mx is None else [{"type": "clip", "min": 0.0, "max": float(mx)}]
-        elif cls in ("Dropout", "SpatialDropout2D", "GaussianDropout", "AlphaDropout"):
-            spec.append({"type": "dropout", "p": float(cfg.get("rate", 0.5)), "name": name})
-            acts = []
-        else:
-            raise ConfigError(f"{where}: unsupported Keras layer {cls} ({name!r}); supported: Conv2D, "
-                              f"Dense, BatchNormalization, MaxPooling2D, AveragePooling2D, "
-                              f"GlobalAveragePooling2D, Flatten, ReLU, Activation, Dropout")
+        last = outputs == [name] if graph is not None else all(c == "Dropout" for c, _ in body[i + 1:])
+        entries, acts = _layer_entries(cls, cfg, name, key_of(name), last, where)
         if "softmax" in acts:
             dropped, acts = True, [a for a in acts if a != "softmax"]
-        spec += acts
-    return spec, dropped
+        entries = (entries + acts) or [{"type": "identity"}]
+        ins = inbound.get(name)
+        if graph is not None and (ins != [prev] or entries[0]["type"] in ("add", "mul", "concat")):
+            if not ins:
+                raise ConfigError(f"{where}: layer {name!r} ({cls}) is called on no layer")
+            entries[0]["inputs"] = ins
+        for e in entries:       # the layer's name is its last entry's: what later layers read
+            e.pop("name", None)
+        entries[-1]["name"] = name
+        spec += entries
+        prev = name
+    return spec, dropped, (outputs if graph is not None else None)
 
 
 # --- the four file layouts --------------------------------------------------------------------
@@ -309,15 +398,21 @@ def _layer_kinds(layers):
             kinds[name] = ("dense", True, True)
         elif cls == "BatchNormalization":
             kinds[name] = ("bn", bool(cfg.get("center", True)), bool(cfg.get("scale", True)))
+        elif cls in _WEIGHTED:
+            kinds[name] = (_WEIGHTED[cls], True, True)
     return kinds
 
 
-def _read_keras2(root, where, layer_names):
+_WEIGHTED = {"DepthwiseConv2D": "dwconv", "SeparableConv2D": "sepconv", "PReLU": "prelu"}
+
+
+def _read_keras2(root, where, layer_names, kinds=None):
     state = OrderedDict()
     for name in layer_names:
         if name not in root:
             raise WeightFileError(f"{where}: layer group {name!r} listed in layer_names is missing")
-        for p, v in _torch_params(None, _named_weights(root[name], f"{where}:/{root[name].name.strip('/')}"),
+        kind = (kinds or {}).get(name, (None,))[0]
+        for p, v in _torch_params(kind, _named_weights(root[name], f"{where}:/{root[name].name.strip('/')}"),
                                   f"{where}: layer {name!r}").items():
             state[f"{name}.{p}"] = v
     return state
@@ -359,9 +454,11 @@ def _keras3_store_names(layers):
     return out
 
 
-def _finish(spec_layers, state, input_shape, where, meta, dropped, spec_input):
+def _finish(spec_layers, state, input_shape, where, meta, dropped, spec_input, outputs=None):
     spec = {"input": list(input_shape or spec_input or []) or None, "layers": spec_layers,
             "channels_last": True}
+    if outputs and len(outputs) > 1:
+        spec["outputs"] = outputs
     if spec["input"] is None:
         raise ConfigError(f"{where}: the model config has no input shape; pass --input CxHxW")
     meta = dict(meta or {})
@@ -417,17 +514,18 @@ def _import_h5(f, where, spec, input_shape, meta):
                           f"(tabconv eval / ops / convert)")
     if "model_weights" in f and "layer_names" in f["model_weights"].attrs:      # Keras 2 model.save
         root = f["model_weights"]
-        state = _read_keras2(root, where, _attr_list(root, "layer_names"))
         if spec is not None:
-            return _with_spec(spec, state, input_shape, meta)
+            return _with_spec(spec, _read_keras2(root, where, _attr_list(root, "layer_names")),
+                              input_shape, meta)
         raw = f.attrs.get("model_config")
         if raw is None:
             raise _need_spec(where, _attr_list(root, "layer_names"))
         cfg = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
         layers, inner = _layer_list(cfg, where)
-        spec_layers, dropped = spec_from_config(layers, where)
+        spec_layers, dropped, outputs = spec_from_config(layers, where, graph=_graph_of(layers, inner))
+        state = _read_keras2(root, where, _attr_list(root, "layer_names"), _layer_kinds(layers))
         return _finish(spec_layers, state, input_shape, where, meta, dropped,
-                       _input_shape(layers, inner, cfg.get("build_config")))
+                       _input_shape(layers, inner, cfg.get("build_config")), outputs)
     if "layer_names" in f.attrs:                                                # Keras 2 save_weights
         names = _attr_list(f, "layer_names")
         state = _read_keras2(f, where, names)
@@ -472,7 +570,7 @@ def _import_keras3_zip(path, spec, input_shape, meta):
             if store not in root and name in root:   # tf.keras 2.13-2.15 used layer names
                 store = name
             order.append((store, name, kind))
+        spec_layers, dropped, outputs = spec_from_config(layers, path, graph=_graph_of(layers, inner))
         state = _read_keras3(f, path, order)
-        spec_layers, dropped = spec_from_config(layers, path)
         return _finish(spec_layers, state, input_shape, path, meta, dropped,
-                       _input_shape(layers, inner, cfg.get("build_config")))
+                       _input_shape(layers, inner, cfg.get("build_config")), outputs)

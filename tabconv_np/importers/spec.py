@@ -34,7 +34,8 @@ Layers (``type`` is case-insensitive; aliases in brackets)
 ``conv`` [conv2d]
     ``key``; ``stride`` (1), ``padding`` (0; an int, ``[ph, pw]``,
     ``[top, bottom, left, right]``, ``"valid"`` or ``"same"`` -- TensorFlow's
-    rule, extra pixel bottom/right), ``dilation`` (1), ``groups`` (1).
+    rule, extra pixel bottom/right), ``dilation`` (1), ``groups`` (1; ``"depthwise"``: one
+    group per input channel).
     Reads ``<key>.weight`` (C_out, C_in/groups, kh, kw) and ``<key>.bias`` if present.
 ``bn`` [batchnorm, batchnorm2d]
     ``key``; ``eps`` (1e-5, or 1e-3 for Keras sources).  Reads
@@ -45,26 +46,43 @@ Layers (``type`` is case-insensitive; aliases in brackets)
     A ``flatten`` is inserted before it if its input is still an image.
 ``relu``, ``relu6``, ``clip`` (``min``, ``max``)
 ``maxpool`` / ``avgpool`` [maxpool2d, avgpool2d]
-    ``kernel``; ``stride`` (= kernel), ``padding`` (0, or ``"same"`` /
-    ``"valid"``; only symmetric padding; average pooling counts the padding).
-``globalavgpool`` [gap, adaptiveavgpool]
-    Mean over H and W (keeps a 1x1 map; follow it with ``flatten``).
+    ``kernel``; ``stride`` (= kernel), ``padding`` (0, ``[ph, pw]``,
+    ``[top, bottom, left, right]``, ``"same"`` / ``"valid"``), ``ceil_mode``
+    (false), ``count_include_pad`` (true: average pooling counts the padding;
+    ``"same"`` padding never counts, as in Keras).
+``globalavgpool`` [gap, adaptiveavgpool], ``globalmaxpool`` [gmp, adaptivemaxpool]
+    Mean or maximum over H and W (keeps a 1x1 map; follow it with ``flatten``).
+``prelu``
+    ``key``; reads ``<key>.weight``, one slope per channel or one for all.
+``leakyrelu`` (``alpha``, 0.01), ``sigmoid``, ``tanh``, ``hardsigmoid``
+(``alpha`` 1/6, ``beta`` 1/2: PyTorch's), ``hardswish``, ``softmax`` (``axis``, 0)
+    Element-wise activations (softmax over a per-image axis, 0 the channels).
+``lrn`` [localresponsenorm]
+    ``size`` (5), ``alpha`` (1e-4), ``beta`` (0.75), ``bias`` (1).
+``pad`` [zeropad, zeropad2d]
+    ``padding`` (an int, ``[ph, pw]`` or ``[top, bottom, left, right]``),
+    ``mode`` (constant, reflect, edge), ``value`` (0).
 ``flatten``
-    ``order``: ``"chw"`` (default) or ``"hwc"`` (default when ``channels_last``).
+    ``order``: ``"chw"`` (default), ``"hwc"`` (default when ``channels_last``) or any
+    permutation of ``"chw"``: the order the source model flattened in, which the
+    ``linear`` after it is permuted from.
 ``dropout``, ``identity``
     No-ops at inference.
 ``basicblock``
     ResNet basic block: ``key``, ``stride`` (1); reads ``<key>.conv1``,
     ``<key>.bn1``, ``<key>.conv2``, ``<key>.bn2`` and, for a projection
     shortcut, ``<key>.downsample.0/1`` (or ``<key>.shortcut.0/1``).
-``add``
-    Element-wise sum of the layers named in ``inputs`` (graph specs, below).
+``add``, ``concat`` [cat], ``mul`` [multiply]
+    Element-wise sum, concatenation along per-image ``axis`` (0, the channels)
+    and element-wise product (broadcasting: a squeeze-excite gate) of the
+    layers named in ``inputs`` (graph specs, below).
 
 Every layer may also have ``name`` (default: derived from its key or type) and
 ``inputs`` (a list of layer names, ``"input"`` for the network input; default:
 the layer before).  With ``inputs`` a spec describes a graph; residual
 patterns that form a ResNet basic block become ``BasicBlock`` layers, anything
-else a :class:`~tabconv_np.blocks.Graph`.
+else a :class:`~tabconv_np.blocks.Graph`.  A top-level ``outputs`` (a list of
+layer names) makes a network with several outputs, returned in that order.
 
 Errors: a missing key, a weight of the wrong rank, or a shape that does not
 follow from the layer before raise :class:`~tabconv_np.errors.ShapeError`
@@ -81,8 +99,11 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError, TabConvError
 from ..blocks import INPUT, BasicBlock, Graph, Sequential
-from ..layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
-                      Linear, MaxPool2d, ReLU)
+from ..activations import HardSigmoid, HardSwish, LeakyReLU, PReLU, Sigmoid, Softmax, Tanh
+from ..joins import Binary, Concat
+from ..layers import (LRN, AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
+                      GlobalMaxPool2d, Linear, MaxPool2d, ReLU)
+from ..reshapes import Pad
 from ..network import Network
 from ..structure import Residual
 from ..validate import as_pair, regular_file
@@ -99,7 +120,15 @@ _ALIASES = {
     "globalaveragepool": "gap",
     "flatten": "flatten", "dropout": "dropout", "identity": "identity",
     "basicblock": "basicblock", "add": "add",
+    "prelu": "prelu", "leakyrelu": "leakyrelu", "sigmoid": "sigmoid", "tanh": "tanh",
+    "hardsigmoid": "hardsigmoid", "hardswish": "hardswish", "softmax": "softmax",
+    "globalmaxpool": "gmp", "globalmaxpool2d": "gmp", "gmp": "gmp", "adaptivemaxpool": "gmp",
+    "lrn": "lrn", "localresponsenorm": "lrn", "pad": "pad", "zeropad": "pad", "zeropad2d": "pad",
+    "concat": "concat", "cat": "concat", "mul": "mul", "multiply": "mul",
 }
+
+#: Kinds that join several ``inputs``.
+_JOINS = ("add", "concat", "mul")
 
 
 # --- small helpers shared with the other importers ------------------------------------------
@@ -118,16 +147,6 @@ def simple_padding(pads):
     if t == b and l == r:
         return t if t == l else (t, l)
     return (t, b, l, r)
-
-
-def _pool_padding(kind, pads, kernel, where):
-    t, b, l, r = pads
-    if t != b or l != r:
-        raise ConfigError(f"{where}: {kind} with asymmetric padding {pads} (top, bottom, left, right) "
-                          f"is not supported")
-    if 2 * t > kernel[0] or 2 * l > kernel[1]:
-        raise ConfigError(f"{where}: {kind} padding {pads} exceeds half the kernel {kernel}")
-    return (t, l)
 
 
 def _pair(v, what, where):
@@ -206,6 +225,23 @@ class Builder:
         self.last = name
         return name
 
+    def join(self, raw, module, inputs):
+        """Append a join (a layer with ``multi_input``: Concat, Binary) fed by nodes ``inputs``."""
+        inputs = list(inputs)
+        for v in inputs:
+            if v not in self.shapes:
+                raise ConfigError(f"layer {raw!r}: unknown input {v!r}")
+        try:
+            out = tuple(module.out_shape([self.shapes[v] for v in inputs]))
+        except TabConvError as e:
+            raise ShapeError(f"layer {raw!r} ({type(module).__name__}) cannot take inputs of shapes "
+                             f"{[self.shapes[v] for v in inputs]}: {e}") from None
+        name = self.unique(raw)
+        self.nodes.append(_Node(name, str(raw), inputs, module))
+        self.shapes[name] = out
+        self.last = name
+        return name
+
     def add(self, raw, inputs):
         inputs = list(inputs)
         for v in inputs:
@@ -222,43 +258,53 @@ class Builder:
 
     # -- assembling ------------------------------------------------------------------------
     def body(self, output=None):
-        output = self.last if output is None else output
-        if output == INPUT or not self.nodes:
+        """The assembled body; ``output`` a node name (default the last node) or a list of
+        them (a network with several outputs: always a :class:`Graph`)."""
+        outputs = [self.last if output is None else output] if not isinstance(output, list) else output
+        if INPUT in outputs or not self.nodes:
             raise ConfigError("the model has no layers")
-        nodes = _fold_blocks(list(self.nodes), output, self)
-        # drop nodes that do not lead to the output
-        need, keep = {output}, []
+        if len(set(outputs)) != len(outputs):
+            raise ConfigError(f"the model returns one value twice among its outputs {outputs}")
+        nodes, outputs = _fold_blocks(list(self.nodes), outputs, self)
+        # drop nodes that do not lead to an output
+        need, keep = set(outputs), []
         for n in reversed(nodes):
             if n.name in need:
                 keep.append(n)
                 need.update(n.inputs)
         nodes = keep[::-1]
-        chain = all(n.module is not None and n.inputs == [nodes[i - 1].name if i else INPUT]
-                    for i, n in enumerate(nodes)) and nodes[-1].name == output
+        chain = len(outputs) == 1 and nodes[-1].name == outputs[0] and all(
+            n.module is not None and n.inputs == [nodes[i - 1].name if i else INPUT]
+            for i, n in enumerate(nodes))
         if chain:
             return Sequential([(n.name, n.module) for n in nodes])
-        return Graph([(n.name, n.inputs, n.module) for n in nodes], output)
+        return Graph([(n.name, n.inputs, n.module) for n in nodes],
+                     outputs[0] if len(outputs) == 1 else outputs)
 
 
-def _fold_blocks(nodes, output, builder):
-    """Replace every ``relu(main(x) + shortcut(x))`` that is a ResNet BasicBlock by one."""
+def _fold_blocks(nodes, outputs, builder):
+    """Replace every ``relu(main(x) + shortcut(x))`` that is a ResNet BasicBlock by one;
+    returns the nodes and the (renamed) outputs."""
+    outputs = list(outputs)
     while True:
         uses = {}
         for n in nodes:
             for v in n.inputs:
                 uses[v] = uses.get(v, 0) + 1
-        uses[output] = uses.get(output, 0) + 1
+        for output in outputs:
+            uses[output] = uses.get(output, 0) + 1
         byname = {n.name: n for n in nodes}
 
         def trace(v):
             path = []
-            while v != INPUT and uses.get(v) == 1 and byname[v].module is not None:
+            while v != INPUT and uses.get(v) == 1 and byname[v].module is not None \
+                    and len(byname[v].inputs) == 1:
                 path.insert(0, byname[v])
                 v = byname[v].inputs[0]
             return v, path
 
         for a in nodes:
-            if a.module is not None or len(a.inputs) != 2 or uses.get(a.name) != 1 or a.name == output:
+            if a.module is not None or len(a.inputs) != 2 or uses.get(a.name) != 1 or a.name in outputs:
                 continue
             relu = next(n for n in nodes if a.name in n.inputs)
             if type(relu.module) is not ReLU:
@@ -284,12 +330,11 @@ def _fold_blocks(nodes, output, builder):
                 elif id(n) not in gone:
                     n.inputs = [name if v == relu.name else v for v in n.inputs]
                     out.append(n)
-            if output == relu.name:
-                output = name
+            outputs = [name if o == relu.name else o for o in outputs]
             nodes = out
             break
         else:
-            return nodes
+            return nodes, outputs
 
 
 def _common_scope(raws):
@@ -383,6 +428,8 @@ def make_conv(st, key, in_shape, stride=1, padding=0, dilation=1, groups=1, wher
     w = st.get(key, "weight", 4)
     b = st.get(key, "bias", 1, required=False)
     stride, dilation = _pair(stride, "stride", where), _pair(dilation, "dilation", where)
+    if groups == "depthwise" and len(in_shape) == 3:
+        groups = in_shape[0]
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ConfigError(f"{where}: groups must be a positive int, got {groups!r}")
     if len(in_shape) != 3:
@@ -423,14 +470,21 @@ def make_bn(st, key, channels, eps):
     return bn
 
 
-def make_linear(st, key, in_features, hwc_from=None):
-    """A Linear from ``<key>.weight`` (out, in); ``hwc_from`` = (C, H, W): permute HWC -> CHW rows."""
+def make_linear(st, key, in_features, order_from=None):
+    """A Linear from ``<key>.weight`` (out, in).
+
+    ``order_from`` = ``((C, H, W), order)``: the input is a map flattened in ``order`` (a
+    permutation of ``"chw"``, e.g. ``"hwc"`` for Keras); the rows are permuted to the C, H, W
+    order tabconv_np's Flatten gives.
+    """
     w = st.get(key, "weight", 2)
     b = st.get(key, "bias", 1, required=False)
     _expect(key, "weight", w.shape[1:], (in_features,))
-    if hwc_from is not None:
-        c, h, wd = hwc_from
-        w = w.reshape(-1, h, wd, c).transpose(0, 3, 1, 2).reshape(w.shape[0], -1)
+    if order_from is not None and order_from[1] != "chw":
+        dims = dict(zip("chw", order_from[0]))
+        order = order_from[1]
+        w = w.reshape((-1,) + tuple(dims[a] for a in order))
+        w = w.transpose((0,) + tuple(1 + order.index(a) for a in "chw")).reshape(w.shape[0], -1)
     lin = Linear(w.shape[1], w.shape[0], bias=b is not None)
     lin.params["weight"][...] = w
     if b is not None:
@@ -444,6 +498,28 @@ def _opt(entry, name, default, where):
     if v is None:
         raise ConfigError(f"{where}: '{name}' may not be null")
     return v
+
+
+def _concat_axis(entry, where):
+    """A concat's per-image ``axis`` (default 0, the channels)."""
+    axis = entry.get("axis", 0)
+    if isinstance(axis, bool) or not isinstance(axis, int) or axis < 0:
+        raise ConfigError(f"{where}: 'axis' must be a per-image axis >= 0 (0: channels), got {axis!r}")
+    return axis
+
+
+#: Parameter-free kinds: kind -> layer from the spec entry.
+_SIMPLE = {
+    "leakyrelu": lambda e: LeakyReLU(float(e.get("alpha", 0.01))),
+    "sigmoid": lambda e: Sigmoid(),
+    "tanh": lambda e: Tanh(),
+    "hardsigmoid": lambda e: HardSigmoid(float(e.get("alpha", 1 / 6)), float(e.get("beta", 0.5))),
+    "hardswish": lambda e: HardSwish(),
+    "softmax": lambda e: Softmax(int(e.get("axis", 0))),
+    "gmp": lambda e: GlobalMaxPool2d(),
+    "lrn": lambda e: LRN(int(e.get("size", 5)), float(e.get("alpha", 1e-4)), float(e.get("beta", 0.75)),
+                         float(e.get("bias", 1.0))),
+}
 
 
 def build_from_spec(spec, state, input_shape=None, channels_last=None, default_eps=1e-5, meta=None):
@@ -491,7 +567,7 @@ def build_from_spec(spec, state, input_shape=None, channels_last=None, default_e
         if kind is None:
             raise ConfigError(f"{where}: unknown layer type; known: {', '.join(sorted(set(_ALIASES.values())))}")
         key = entry.get("key")
-        if kind in ("conv", "bn", "linear", "basicblock") and not isinstance(key, str):
+        if kind in ("conv", "bn", "linear", "basicblock", "prelu") and not isinstance(key, str):
             raise ConfigError(f"{where}: needs a 'key' naming its weights, e.g. \"features.0\"")
         inputs = entry.get("inputs")
         if inputs is not None and (not isinstance(inputs, list)
@@ -501,14 +577,19 @@ def build_from_spec(spec, state, input_shape=None, channels_last=None, default_e
         if entry.get("name") and entry["name"] in b.aliases:
             raise ConfigError(f"{where}: the name {entry['name']!r} is used twice")
         inp = None
-        if inputs is not None and kind != "add":
+        if inputs is not None and kind not in _JOINS:
             if len(inputs) != 1:
                 raise ConfigError(f"{where}: takes exactly one input, got {inputs}")
             inp = _resolve(b, inputs[0], where)
-        if kind == "add":
+        if kind in _JOINS:
             if inputs is None or len(inputs) < 2:
-                raise ConfigError(f"{where}: 'add' needs 'inputs': [two or more layer names]")
-            node = b.add(raw, [_resolve(b, v, where) for v in inputs])
+                raise ConfigError(f"{where}: '{kind}' needs 'inputs': [two or more layer names]")
+            ins = [_resolve(b, v, where) for v in inputs]
+            if kind == "add":
+                node = b.add(raw, ins)
+            else:
+                m = Concat(_concat_axis(entry, where)) if kind == "concat" else Binary("mul")
+                node = b.join(raw, m, ins)
         elif kind == "identity":
             node = inp if inp is not None else b.last
             b.last = node
@@ -516,7 +597,12 @@ def build_from_spec(spec, state, input_shape=None, channels_last=None, default_e
             node = _spec_layer(kind, entry, key, st, b, inp, raw, where, channels_last, default_eps)
         if entry.get("name"):
             b.aliases[str(entry["name"])] = node
-    body = b.body()
+    outputs = spec.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or not outputs or not all(isinstance(v, str) for v in outputs):
+            raise ConfigError("the spec's 'outputs' must be a list of layer names")
+        outputs = [_resolve(b, v, "spec outputs") for v in outputs]
+    body = b.body(outputs if outputs is None or len(outputs) > 1 else outputs[0])
     unused = [k for k in st.state if k not in st.used]
     if unused:
         warnings.warn(f"{len(unused)} tensor(s) of the weights are not used by the spec: "
@@ -548,9 +634,7 @@ def _spec_layer(kind, e, key, st, b, inp, raw, where, channels_last, default_eps
             inp = b.layer(f"flatten_{raw}", Flatten(), inp)
             b.flat_src[inp] = (in_shape, "hwc" if channels_last else "chw")
             in_shape = b.shape(inp)
-        src = _flatten_source(b, inp)
-        hwc = src[0] if src and src[1] == "hwc" and src[0][1] * src[0][2] > 1 else None
-        m = make_linear(st, key, in_shape[0], hwc)
+        m = make_linear(st, key, in_shape[0], _flatten_source(b, inp))
     elif kind == "relu":
         m = ReLU()
     elif kind in ("relu6", "clip"):
@@ -561,23 +645,42 @@ def _spec_layer(kind, e, key, st, b, inp, raw, where, channels_last, default_eps
         pad = _opt(e, "padding", 0, where)
         if len(in_shape) != 3:
             raise ShapeError(f"{where}: pooling needs an image input (C, H, W), got {in_shape}")
-        if pad == "same":
-            pads = same_padding(in_shape[1:], k, s)
-            if kind == "avgpool" and any(pads):
-                raise ConfigError(f"{where}: average pooling with 'same' padding {pads} excludes the "
-                                  f"padding from the mean, which is not supported")
-            pad = _pool_padding(kind, pads, k, where)
+        include = bool(e.get("count_include_pad", True))
+        if pad == "same":                 # TensorFlow's rule; Keras' average excludes the padding
+            pad, include = same_padding(in_shape[1:], k, s), False
         elif pad == "valid":
             pad = 0
-        else:
+        elif not (isinstance(pad, list) and len(pad) == 4):
             pad = _pair(pad, "padding", where)
-        m = (MaxPool2d if kind == "maxpool" else AvgPool2d)(k, s, pad)
+        extra = {"count_include_pad": include} if kind == "avgpool" else {}
+        try:
+            m = (MaxPool2d if kind == "maxpool" else AvgPool2d)(k, s, pad, bool(e.get("ceil_mode", False)),
+                                                                **extra)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
     elif kind == "gap":
         m = GlobalAvgPool2d()
+    elif kind in _SIMPLE:
+        try:
+            m = _SIMPLE[kind](e)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+    elif kind == "prelu":
+        w = st.get(key, "weight", 1)
+        if w.size not in (1, in_shape[0]):
+            raise ShapeError(f"tensor '{key}.weight': expected shape (1,) or ({in_shape[0]},), found {w.shape}")
+        m = PReLU(w.size)
+        m.params["weight"][...] = w
+    elif kind == "pad":
+        p = _opt(e, "padding", 0, where)
+        p = list(p) if isinstance(p, (list, tuple)) and len(p) == 4 else \
+            [v for v in _pair(p, "padding", where) for _ in (0, 1)]
+        m = Pad(p, e.get("mode", "constant"), float(e.get("value", 0.0)))
     elif kind == "flatten":
         order = e.get("order", "hwc" if channels_last else "chw")
-        if order not in ("chw", "hwc"):
-            raise ConfigError(f"{where}: flatten 'order' must be 'chw' or 'hwc', got {order!r}")
+        if not isinstance(order, str) or sorted(order) != ["c", "h", "w"]:
+            raise ConfigError(f"{where}: flatten 'order' must be a permutation of 'chw' ('chw', "
+                              f"'hwc', 'whc', ...), got {order!r}")
         node = b.layer(raw, Flatten(), inp)
         if len(in_shape) == 3:
             b.flat_src[node] = (in_shape, order)

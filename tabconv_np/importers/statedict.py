@@ -27,6 +27,16 @@ _PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
 _IO_KEYS = {"nin": ("conv1.weight", "conv9.weight"), "lenet": ("conv1.weight", "fc3.weight")}
 
 
+def tensor_listing(state):
+    """Every tensor of ``state``, one line per prefix (the layer): ``  features.0: weight (8, 1, 3, 3),
+    bias (8,)``, in the state's order."""
+    groups = {}
+    for k, v in state.items():
+        prefix, _, name = k.rpartition(".")
+        groups.setdefault(prefix, []).append(f"{name} {tuple(np.shape(v))}")
+    return "\n".join(f"  {p or '(top level)'}: {', '.join(items)}" for p, items in groups.items())
+
+
 def clean_state(state):
     """Drop ``num_batches_tracked``; strip ``module.`` (per key) and wrapper prefixes shared by all keys."""
     keys = [k for k in state if not k.endswith("num_batches_tracked")]
@@ -105,11 +115,10 @@ def network_from_state_dict(state, arch=None, in_channels=None, num_classes=None
             if found:
                 raise ConfigError(f"the weights fit {' and '.join(found)} (they differ only in strides); "
                                   f"choose one with --arch")
-            listing = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in list(state.items())[:8])
             raise ConfigError("the weights match none of the bundled architectures "
                               f"({', '.join(ARCHS)}); describe the model with --spec "
-                              f"(see docs/import_spec.md). The file's tensors: {listing}"
-                              f"{' ...' if len(state) > 8 else ''}")
+                              f"(see docs/import_spec.md). The file's tensors, by layer:\n"
+                              f"{tensor_listing(state)}")
         arch = found[0]
     if arch not in ARCHS:
         raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
