@@ -19,6 +19,21 @@ it reports, per method (``im2col``, ``winograd`` = F(2x2, 3x3),
   the same process, at each batch size, with ``--threads`` threads.
 
 Winograd applies to stride-1 layers only; other rows show "–".
+
+Each layer also has an ``int8`` row (``tabconv_np.int8.Int8Conv2d``, the
+input range calibrated on the same random input by min/max): its
+multiplications are 8-bit, its additions 32-bit integer ones, and its error is
+the quantisation error.
+
+A second table (``--networks``, default every shipped network present) puts
+compression methods on whole trained networks: each method's network is
+calibrated on ``--calib`` training images (a seeded subset), evaluated on the
+shipped test sample (Fashion-MNIST: the 1,000 ``sample`` test images; MNIST:
+the 1,000-image test subset) and timed against the exact network, both
+through a prepared plan (``tabconv_np.prepare``), at each batch size.  Rows:
+network, data set, method and settings, accuracy, retention (accuracy /
+exact accuracy), agreement with the exact network's predictions, the
+method's own op units, float MACs, storage, latency ratio.
 """
 import argparse
 import os
@@ -30,6 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tree_network import _ints, time_round_robin, write_text_atomic  # noqa: E402
 
 METHODS = ("im2col", "winograd", "winograd4", "strassen")
+#: The shipped networks of the compression table (those present in weights/).
+NETWORKS = ("resnet18-paper_fashion-mnist", "resnet34-paper_fashion-mnist", "nin_fashion-mnist",
+            "resnet18-paper_mnist", "nin_mnist")
 
 
 def parse_args(argv=None):
@@ -38,6 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "methods.md"))
+    p.add_argument("--networks", default=",".join(NETWORKS),
+                   help="shipped networks (weights/<name>.h5) for the compression table; '' for none")
+    p.add_argument("--calib", type=int, default=1000, help="calibration (training) images per network")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     a = p.parse_args(argv)
     a.batch_list = _ints(p, a.batches, "--batches")
     return a
@@ -104,7 +126,7 @@ def main(args):
          "| layer (C->C_out, HxW, stride) | method | mults (M) | adds (M) | max rel. error | "
          + " | ".join(f"time b{b} / im2col" for b in batches) + " |",
          "|---|---|---:|---:|---:|" + "---:|" * len(batches)]
-    for C, Co, H, s in layer_shapes():
+    for C, Co, H, s in ([] if args.no_layers else layer_shapes()):
         w = (rng.standard_normal((Co, C, 3, 3)) * np.sqrt(2 / (9 * C))).astype(np.float32)
         x1 = rng.standard_normal((1, H, H, C)).astype(np.float32)
         if (C, Co, H, s) in shipped:
@@ -122,12 +144,15 @@ def main(args):
             err = (float(np.abs(y - ref).max() / np.abs(ref).max()) if ref is not None else None)
             row[m] = {"mults": (cost["macs"] + cost["mults"]) / 1e6, "adds": (cost["macs"] + cost["adds"]) / 1e6,
                       "err": err, "t": {}}
+        row["int8"], q8 = int8_layer_row(w, x1, s, ref)
         for b in batches:
             x = rng.standard_normal((b, H, H, C)).astype(np.float32)
             # im2col and Winograd as a plan runs them (weights arranged once, PreparedConv);
             # Strassen through conv2d (it has no prepared form)
-            fns = {}
+            fns = {"int8": lambda: q8.forward(x, "NHWC")}
             for m in row:
+                if m == "int8":
+                    continue
                 if m == "strassen":
                     fns[m] = lambda: conv2d(x, w, None, s, 1, method="strassen", layout="NHWC")
                     continue
@@ -136,6 +161,7 @@ def main(args):
                                                                    (C, H, H), method=m))
                 except ConfigError:       # the plan drops taps that read only padding: no 3x3 left
                     pass
+            fns = dict(sorted(fns.items(), key=lambda kv: kv[0] == "int8"))      # int8 last, as in the table
             t = time_round_robin(fns, args.repeats, warmup=1, min_sample=0.01, pause=0.0)
             for m in fns:
                 row[m]["t"][b] = t[m]["median"] / t["im2col"]["median"]
@@ -146,11 +172,122 @@ def main(args):
         print(L[-1], file=sys.stderr, flush=True)
     L += ["", "Errors are not measured above 14x14 (the float64 reference is a plain loop). "
           "Strassen recurses only where rows, columns and outputs are all >= 64 "
-          "(`tabconv_np.conv.strassen.CUTOFF`); elsewhere it is one BLAS call and counts as im2col.", ""]
+          "(`tabconv_np.conv.strassen.CUTOFF`); elsewhere it is one BLAS call and counts as im2col. "
+          "int8 rows: mults = 8-bit multiplies plus one quantising multiply per input element and one "
+          "requantising float multiply per output; adds = 32-bit integer adds plus one zero-point "
+          "correction per output; the error is the quantisation error (weights per output channel, "
+          "input per tensor, uint8 with a zero point).", ""]
+    if args.no_layers:
+        L = []
+    names = [n for n in args.networks.split(",") if n and os.path.exists(os.path.join(ROOT, "weights", n + ".h5"))]
+    if names:
+        L += network_table(names, args)
     text = "\n".join(L)
     print(text)
     if args.out:
         write_text_atomic(args.out, text)
+
+
+def int8_layer_row(w, x1, stride, ref):
+    """``(row, layer)``: the int8 version of the conv ``w`` (input range: min/max of ``x1``, NHWC) and
+    its per-layer table entry (counts in millions, error against ``ref`` when given)."""
+    import numpy as np
+    import tabconv_np
+    from tabconv_np.int8 import Int8Conv2d, activation_qparams
+    from tabconv_np.layers import Conv2d
+    from tabconv_np.network import Network
+    Co, C = w.shape[:2]
+    conv = Conv2d(C, Co, 3, stride, 1, bias=False)
+    conv.params["weight"][...] = w
+    q8 = Int8Conv2d.from_conv(conv, *activation_qparams(x1.min(), x1.max()))
+    H = x1.shape[1]
+    c = tabconv_np.count_ops(Network(q8, (C, H, H)), (C, H, H)).total
+    y = q8.forward(x1, "NHWC")
+    err = float(np.abs(y - ref).max() / np.abs(ref).max()) if ref is not None else None
+    return {"mults": (c["int8_macs"] + c["quant_ops"] + c["dequant_mults"]) / 1e6,
+            "adds": (c["int8_macs"] + c["zp_adds"]) / 1e6, "err": err, "t": {}}, q8
+
+
+def shipped_data(net, calib, seed=0):
+    """``(calibration images, test images, test labels, test source)`` of a shipped network: a seeded
+    subset of ``calib`` training images; the shipped test sample (Fashion-MNIST) or the MNIST test subset."""
+    import numpy as np
+    from tabconv_np.data import load_dataset
+    name = net.meta.get("dataset", "fashion-mnist")
+    xtr, _ = load_dataset(name, "train")
+    xc = xtr[np.sort(np.random.default_rng(seed).choice(len(xtr), min(calib, len(xtr)), replace=False))]
+    test = "sample" if name == "fashion-mnist" else name
+    xt, yt = load_dataset(test, "test")
+    return xc, xt, yt, f"{test}/test"
+
+
+#: Compression methods of the network table: (label, convert() settings, own op units (quantity, label)).
+COMPRESSION = [
+    ("int8", dict(method="int8"), ("int8_macs", "int8 MACs")),
+    ("int8", dict(method="int8", range_rule="percentile", percentile=99.99), ("int8_macs", "int8 MACs")),
+    ("int8", dict(method="int8", activations="symmetric"), ("int8_macs", "int8 MACs")),
+]
+
+
+def network_table(names, args):
+    """Markdown lines of the compression methods on the shipped networks ``names`` (see the module docstring)."""
+    import warnings
+
+    import numpy as np
+    import tabconv_np
+    from tabconv_np.conversion import convert
+    from tabconv_np.ops import count_ops
+    batches = args.batch_list
+    L = ["", "# Compression methods on the shipped networks", "",
+         f"Generated by `python bench/methods.py --batches {args.batches} --threads {args.threads} --calib "
+         f"{args.calib}`: each method calibrated on {args.calib} training images (seeded subset), evaluated "
+         "on the shipped test sample. Retention = accuracy / exact accuracy; agreement = share of test "
+         "images given the exact network's class. Own units: the method's operations (per image); float "
+         "MACs: those left (conv + linear, per image); storage: every parameter array. Time: median of "
+         f"{args.repeats} interleaved samples of both networks through a prepared plan "
+         f"(`tabconv_np.prepare`), as a ratio to the exact network in the same run (< 1: faster), "
+         f"{args.threads} thread(s).", "",
+         "| network | data | method | settings | accuracy | exact accuracy | retention | agreement | own units (M) "
+         "| float MACs (M) | storage (MiB) | " + " | ".join(f"time b{b} / exact" for b in batches) + " |",
+         "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|" + "---:|" * len(batches)]
+    rng = np.random.default_rng(0)
+    for name in names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = tabconv_np.load(os.path.join(ROOT, "weights", name + ".h5"))
+        xc, xt, yt, source = shipped_data(net, args.calib)
+        exact_pred = net.predict(xt).argmax(1)
+        exact_acc = float(np.mean(exact_pred == yt))
+        plans = {"exact": tabconv_np.prepare(net)}
+        rows = []
+        for label, settings, (unit, unit_label) in COMPRESSION:
+            res = convert(net, xc, progress=False, **settings)
+            pred = res.network.predict(xt).argmax(1)
+            t = count_ops(res.network).total
+            shown = {k: v for k, v in settings.items() if k != "method"}
+            rows.append([name, source, label, ", ".join(f"{k}={v}" for k, v in shown.items()) or "defaults",
+                         f"{np.mean(pred == yt):.2%}", f"{exact_acc:.2%}", f"{np.mean(pred == yt) / exact_acc:.3f}",
+                         f"{np.mean(pred == exact_pred):.3f}", f"{t[unit] / 1e6:.2f} {unit_label}",
+                         f"{t['macs'] / 1e6:.2f}", f"{t['storage_bytes'] / 2 ** 20:.2f}"])
+            plans[len(rows) - 1] = tabconv_np.prepare(res.network)
+        times = {}
+        for b in batches:
+            x = net.normalize(xt[rng.choice(len(xt), b, replace=False)])
+            fns = {k: (lambda p: lambda: p(x))(p) for k, p in plans.items()}
+            t = time_round_robin(fns, args.repeats, warmup=1, min_sample=0.05, pause=0.0)
+            times[b] = {k: t[k]["median"] / t["exact"]["median"] for k in fns}
+        exact_mib = count_ops(net).total["storage_bytes"] / 2 ** 20
+        L.append(f"| {name} | {source} | exact | float32 | {exact_acc:.2%} | {exact_acc:.2%} | 1.000 | 1.000 | – "
+                 f"| {count_ops(net).total['macs'] / 1e6:.2f} | {exact_mib:.2f} | " + " | ".join("1.00" for _ in batches) + " |")
+        for i, r in enumerate(rows):
+            L.append("| " + " | ".join(r) + " | " + " | ".join(f"{times[b][i]:.2f}" for b in batches) + " |")
+            print(L[-1], file=sys.stderr, flush=True)
+    L += ["", "int8: weights int8 per output channel in [-127, 127], inputs 8-bit per tensor (uint8 with a "
+          "zero point unless symmetric), ranges by min/max or percentile on the calibration images, BN folded "
+          "first, every conv and the classifier converted; int32 sums requantised by float scales "
+          "(`tabconv_np.kernels.int8_kernels`). Exact storage counts BN parameters too (folded away in "
+          "the int8 network).", ""]
+    return L
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def parse_setting(text, kind):
 
     ``"8"`` -> 8, ``"D/32"`` -> "D/32", ``"auto"`` -> "auto" (str kinds), ``"4,8,D/32"`` -> [4, 8, "D/32"] (one
     per switch), ``"layer1.*=D/28,*=D/48"`` -> {"layer1.*": "D/28", "*": "D/48"}
-    (keys: layer paths, switch names or glob patterns; see ``convert``).
+    (keys: layer paths, switch names or glob patterns; see ``convert``).  Any other ``kind``
+    (``float``, ``str.lower``) converts each value: ``"layer1.*=symmetric,*=asymmetric"``.
     """
     if text is None:
         return None
@@ -86,6 +87,12 @@ def parse_setting(text, kind):
         return out
     vals = []
     for p in parts:
+        if kind not in (int, str):
+            try:
+                vals.append(kind(p))
+            except ValueError:
+                raise ConfigError(f"expected {getattr(kind, '__name__', 'a value')} values, got {p!r}") from None
+            continue
         if kind is not int and p.lower() == "auto":
             vals.append("auto")
             continue

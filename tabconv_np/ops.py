@@ -27,6 +27,11 @@ quantity                  kind         what
 ``storage_bytes``         model        bytes the layer keeps (every stored array)
 ``im2col_bytes``          workspace    float32 im2col lowering buffer
 ``mec_bytes``             workspace    float32 MEC lowering buffer
+``int8_macs``             arithmetic   int8 x int8 multiply-accumulates (int32 sums) of the
+                                       int8 layers; not in ``macs``, which counts float ones
+``quant_ops``             arithmetic   activations quantised to 8 bits (multiply, round, clamp)
+``zp_adds``               arithmetic   zero-point corrections of int8 sums, one per output
+``dequant_mults``         arithmetic   multiplies that dequantise integer sums, one per output
 ========================  ===========  ======================================================
 
 A new engine that needs another quantity declares it with
@@ -93,7 +98,11 @@ for _name, _kind, _doc in (
         ("params", "model", "learnable parameters"),
         ("storage_bytes", "model", "bytes stored by the layer"),
         ("im2col_bytes", "workspace", "float32 im2col lowering buffer"),
-        ("mec_bytes", "workspace", "float32 MEC lowering buffer")):
+        ("mec_bytes", "workspace", "float32 MEC lowering buffer"),
+        ("int8_macs", "arithmetic", "int8 x int8 multiply-accumulates (int32 sums)"),
+        ("quant_ops", "arithmetic", "activations quantised to 8 bits (multiply, round, clamp)"),
+        ("zp_adds", "arithmetic", "zero-point corrections of int8 sums, one per output"),
+        ("dequant_mults", "arithmetic", "multiplies that dequantise integer sums")):
     declare_quantity(_name, _kind, _doc)
 
 #: The quantities every row carries (0 when a layer does not report them), in table order.
@@ -270,6 +279,8 @@ class OpCount:
             cols[1:1] = ["encode_macs", "lookups", "lookup_adds"]
         if any(r.get("mults") for r in self.rows):
             cols[1:1] = ["mults", "adds"]
+        if any(r.get("int8_macs") for r in self.rows):
+            cols[1:1] = ["int8_macs", "quant_ops", "zp_adds", "dequant_mults"]
         head = ["layer", "type", "output"] + cols
         body = [[r["name"], r["type"], "x".join(map(str, r["out_shape"]))] + [_si(r.get(c, 0)) for c in cols]
                 for r in self.rows]
@@ -282,7 +293,8 @@ class OpCount:
         out.append(f"MACs {t['macs'] / 1e6:.2f} M | params {t['params'] / 1e6:.3f} M | "
                    f"fvcore {_si(t['fvcore'])} | thop {_si(t['thop'])} | flops (2*MACs) {_si(t['flops'])}"
                    f" | all arithmetic {_si(t['ops'])}"
-                   + (f" | multiplies {_si(t['multiplies'])}" if t.get("mults") else ""))
+                   + (f" | multiplies {_si(t['multiplies'])}" if t.get("mults") else "")
+                   + (f" | int8 MACs {t['int8_macs'] / 1e6:.2f} M" if t.get("int8_macs") else ""))
         return "\n".join(out)
 
     def __repr__(self):

@@ -37,6 +37,8 @@ from .conv.strassen import strassen
 from .geometry import ConvGeometry
 from .functional import winograd_applies
 from .plan import PreparedConv
+from . import int8 as _int8
+from .validate import as_padding
 
 #: Slack on the ``K*u`` rounding-error bounds.
 TOL_FACTOR = 4.0
@@ -513,6 +515,45 @@ def _check_trees(got, want, args, kwargs):
             _assert_equal(g.view(np.uint32), w.view(np.uint32), f"{name} (bits)")
 
 
+# ------------------------------------------------------------- int8
+def _int8_quantize_inputs(draw, rng):
+    mode = ("asymmetric", "symmetric")[draw(0, 1)]
+    x = (rng.standard_normal(draw(0, 300)) * 10.0 ** draw(-2, 2)).astype(np.float32)
+    if draw(0, 2) == 0:                  # values on the rounding ties and beyond the range
+        x = (rng.integers(-600, 600, x.shape) / 2).astype(np.float32)
+        scale = np.float32(1)
+    else:
+        scale = np.float32(rng.uniform(1e-3, 1) * 10.0 ** draw(-2, 2))
+    zp = draw(0, 255) if mode == "asymmetric" else 0
+    return (x, scale, zp, mode), {}
+
+
+def _int8_conv_inputs(draw, rng):
+    """A quantised batch and int8 weights: geometry from :func:`conv_case` (1x1 often), up to
+    ``C = 40`` channels, sometimes every value at its extreme (the int32 sums' worst case)."""
+    x, w, _, cfg = conv_case(draw, rng, max_groups=1)
+    kh, kw = (1, 1) if draw(0, 2) == 0 else w.shape[2:]
+    if (kh, kw) == (1, 1):
+        cfg = dict(cfg, dilation=1)
+    N, _, H, W = x.shape
+    C, M = draw(1, 40), draw(1, 9)
+    mode = ("asymmetric", "symmetric")[draw(0, 1)]
+    dtype, lo, hi = _int8.ACTIVATIONS[mode]
+    xq = rng.integers(lo, hi + 1, (N, C, H, W)).astype(dtype)
+    wq = rng.integers(-127, 128, (M, kh, kw, C)).astype(np.int8)
+    zp = draw(lo, hi) if mode == "asymmetric" else 0
+    if draw(0, 4) == 0:
+        xq[:], wq[:], zp = (hi if mode == "asymmetric" else -127), -127, 0
+    ws = rng.uniform(1e-3, 1e-1, M).astype(np.float32)
+    bias = rng.standard_normal(M).astype(np.float32)
+    layout = ("NCHW", "NHWC")[draw(0, 1)]
+    if layout == "NHWC":
+        xq = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))
+    pads = as_padding(cfg["padding"], (kh, kw), cfg["dilation"])
+    kwargs = dict(stride=cfg["stride"], padding=pads, dilation=cfg["dilation"], layout=layout)
+    return (xq, zp, wq, ws, np.float32(rng.uniform(1e-3, 1)), bias), kwargs
+
+
 _CONV_TOL = ("elementwise |fast - ref| <= 4*K*2**-24*(|x| conv |w| + |b|) + 1e-7, "
              "K = C/groups*kh*kw + 1 (float32 sums in any order vs float64)")
 
@@ -567,4 +608,9 @@ PAIRS = [
          "bitwise split columns, thresholds and prototypes: both sum in float64 in the same "
          "order (rows one after another from +0.0; a subspace's columns in NumPy's pairwise "
          "order, reference.pairwise_sum), compare in float32 and break ties the same way"),
+    Pair("int8_quantize", _int8.quantize, R.quantize_naive, _int8_quantize_inputs, _check_exact,
+         "bitwise: the same float32 multiply, round-half-even and clamp"),
+    Pair("int8_conv", _int8.conv_quantized, R.int8_conv_naive, _int8_conv_inputs, _check_exact,
+         "bitwise: the integer sums are exact on both sides (int32 vs int64, extremes included), "
+         "then the same float32 multiply and add"),
 ]

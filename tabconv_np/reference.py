@@ -23,6 +23,8 @@ reference                      fast function
 :func:`fit_trees_naive`        :func:`tabconv_np.hashtree.fit_trees` (learning the trees)
 :func:`conv_epilogue_naive`    :class:`tabconv_np.plan.PreparedConv` (conv + bias, residual, clamp)
 :func:`matmul_naive`           :func:`tabconv_np.conv.strassen.strassen`
+:func:`quantize_naive`         :func:`tabconv_np.int8.quantize` (activations to 8 bits)
+:func:`int8_conv_naive`        :func:`tabconv_np.int8.conv_quantized` (``Int8Conv2d``'s integer core)
 =============================  =================================================
 
 The convolution is really a cross-correlation, as in every deep-learning
@@ -483,3 +485,48 @@ def matmul_naive(A, B, levels=None, cutoff=None):
         for j in range(B.shape[1]):
             C[i, j] = A[i] @ B[:, j]
     return C
+
+
+# ------------------------------------------------------------- int8 quantisation
+def quantize_naive(x, scale, zero_point, activations="asymmetric"):
+    """``clamp(rint(x * (1/scale)) + zero_point, lo, hi)``, in float32 as the kernel rounds.
+
+    Reference for :func:`tabconv_np.int8.quantize`: uint8 in [0, 255]
+    (asymmetric) or int8 in [-127, 127] (symmetric).
+    """
+    lo, hi, dtype = (0, 255, np.uint8) if activations == "asymmetric" else (-127, 127, np.int8)
+    inv = np.float32(1) / np.float32(scale)
+    q = np.rint(np.asarray(x, np.float32) * inv) + np.float32(zero_point)
+    return np.clip(q, lo, hi).astype(dtype)
+
+
+def int8_conv_naive(xq, zero_point, weight, weight_scale, input_scale, bias, stride=1, padding=(0, 0, 0, 0),
+                    dilation=1, layout="NCHW"):
+    """The int8 convolution as integer loops: exact sums, then one float32 multiply-add.
+
+    Reference for :func:`tabconv_np.int8.conv_quantized` (same arguments: ``weight``
+    int8 (M, kh, kw, C), padding (top, bottom, left, right), filled with the zero point)::
+
+        acc[n, m, p, q] = sum over c, i, j of (xpad[n, c, p*sh + i*dh, q*sw + j*dw] - z) * weight[m, i, j, c]
+        y = float32(acc) * float32(input_scale * weight_scale[m]) + bias[m]
+
+    in int64 (the fast side's int32 cannot overflow for the sizes the layers accept).
+    """
+    x = np.asarray(xq).astype(np.int64)
+    if layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    top, bottom, left, right = padding
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=zero_point) - zero_point
+    (sh, sw), (dh, dw) = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    M, kh, kw, C = weight.shape
+    w = np.asarray(weight).astype(np.int64)
+    N, _, Hp, Wp = x.shape
+    Ho, Wo = (Hp - dh * (kh - 1) - 1) // sh + 1, (Wp - dw * (kw - 1) - 1) // sw + 1
+    acc = np.zeros((N, M, Ho, Wo), np.int64)
+    for p in range(Ho):
+        for q in range(Wo):
+            win = x[:, :, p * sh:p * sh + dh * (kh - 1) + 1:dh, q * sw:q * sw + dw * (kw - 1) + 1:dw]
+            acc[:, :, p, q] = np.einsum("ncij,mijc->nm", win, w)
+    scale = (np.float32(input_scale) * np.asarray(weight_scale, np.float32)).reshape(1, -1, 1, 1)
+    y = acc.astype(np.float32) * scale + np.asarray(bias, np.float32).reshape(1, -1, 1, 1)
+    return y if layout == "NCHW" else y.transpose(0, 2, 3, 1)

@@ -17,6 +17,7 @@ from .joins import Binary, Concat, Scale
 from .layers import LRN, GlobalMaxPool2d
 from .reshapes import ChannelGather, Pad, Reshape, Transpose
 from .upsampling import ConvTranspose2d, Resize
+from .int8 import Int8Conv2d, Int8Linear
 
 #: The layer types :func:`from_config` builds, by config ``"type"``.
 LAYER_TYPES = {cls.__name__: cls for cls in (
@@ -26,6 +27,7 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
     TreeConv2d, TreeLinear,
     LeakyReLU, PReLU, Sigmoid, Tanh, HardSigmoid, HardSwish, Softmax, LRN, GlobalMaxPool2d,
     Concat, Binary, Scale, Reshape, Transpose, ChannelGather, Pad, Resize, ConvTranspose2d,
+    Int8Conv2d, Int8Linear,
 )}
 
 

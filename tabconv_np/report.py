@@ -70,3 +70,15 @@ def reduction_lines(red):
         f"{size_ratio(st['network_bytes'], st['exact_network_bytes'])} ({st['exact_network_bytes'] / MIB:.1f} MiB); "
         f"table layers {st['table_bytes'] / MIB:.1f} MiB replace {st['replaced_weight_bytes'] / MIB:.1f} MiB "
         f"of weights"]
+
+
+def int8_line(totals, exact_totals):
+    """The ``ops`` report line of an int8 network: its int8 MACs next to the float MACs they replace.
+
+    ``totals``, ``exact_totals``: :attr:`tabconv_np.ops.OpCount.total` of the int8 and the exact
+    network (float MACs in ``macs``, 8-bit ones in ``int8_macs``).
+    """
+    t, e = totals, exact_totals
+    return (f"{'ops':<11}{t['int8_macs'] / 1e6:.2f} M int8 MACs + {t['macs'] / 1e6:.2f} M float MACs "
+            f"(exact: {e['macs'] / 1e6:.2f} M float MACs); {t['quant_ops'] / 1e6:.2f} M activations "
+            f"quantised, {t['dequant_mults'] / 1e6:.2f} M requantising multiplies")

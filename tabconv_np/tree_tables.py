@@ -39,12 +39,9 @@ from .kernels import tree_kernels as _k
 from .kernels._jit import pick
 from .layers import LinearShape
 from .module import Module
-from .ops import declare_quantity
 from .pq import subspace_length
 from .tables import table_from_weights
 from .validate import as_n_codebooks
-
-declare_quantity("dequant_mults", "arithmetic", "multiplies that dequantise integer sums")
 
 #: Lookup-adds that count as one unit of work when choosing between the serial and the
 #: parallel kernel (``kernels._jit.PARALLEL_MIN_WORK`` is in multiply-adds): an 8-bit add of a

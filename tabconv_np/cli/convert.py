@@ -14,7 +14,8 @@ from ..errors import ConfigError, DataError
 from ..demo import parse_setting
 from ..io import load, save
 from ..outputs import check_output
-from ..report import command_line, reduction_lines
+from ..ops import count_ops
+from ..report import command_line, int8_line, reduction_lines
 from ..userdata import command_images
 from .options import add_data_options, count
 
@@ -26,12 +27,15 @@ METHOD_DEFAULTS = {
     "tabconv": {"codebooks": "8", "prototypes": "256", "iters": 16, "refine": "none"},
     "maddness": {"codebooks": "auto", "refine": "exact"},
     "lowrank": {"rank": "auto", "energy": 0.95, "form": "svd", "refine": "exact"},
+    "int8": {"bits": "8", "activations": "asymmetric", "range_rule": "minmax", "percentile": "99.99",
+             "min_images": 32},
 }
 #: ``--encoder``'s names of the table methods.
 ENCODERS = {"pq": "tabconv", "tree": "maddness"}
 ENCODER_DEFAULTS = {e: METHOD_DEFAULTS[m] for e, m in ENCODERS.items()}
 #: How each method option is read: per-layer values (``parse_setting`` of that kind) or one value.
-PER_LAYER = {"codebooks": str, "prototypes": int, "rank": str}
+PER_LAYER = {"codebooks": str, "prototypes": int, "rank": str, "bits": int, "activations": str.lower,
+             "range_rule": str.lower, "percentile": float}
 
 
 def add_parser(sub):
@@ -46,7 +50,10 @@ def add_parser(sub):
     c.add_argument("--force", action="store_true", help="replace an existing output file")
     c.add_argument("--method", choices=sorted(METHOD_DEFAULTS),
                    help="tabconv: the paper's PQ tables; maddness: hash trees and 8-bit tables; "
-                   "lowrank: truncated SVD factors (--rank, --energy, --form); default: from --encoder")
+                   "lowrank: truncated SVD factors (--rank, --energy, --form); int8: post-training "
+                   "quantisation, int8 weights per output channel, 8-bit inputs per tensor calibrated "
+                   "on the training images (--bits, --activations, --range-rule, --percentile, "
+                   "--min-images); default: from --encoder")
     c.add_argument("--encoder", choices=sorted(ENCODERS),
                    help="the table methods by their encoder: pq = --method tabconv (the default), "
                    "tree = --method maddness")
@@ -64,6 +71,17 @@ def add_parser(sub):
     c.add_argument("--form", choices=["svd", "spatial", "tucker2"],
                    help="lowrank only: the decomposition: svd (conv to r channels + 1x1), spatial "
                    "(k x 1 then 1 x k) or tucker2 (1x1, core, 1x1); default svd")
+    c.add_argument("--bits", help="int8 only: bits per layer, an int or PATTERN=VALUE items; 8 is the only "
+                   "width supported; default 8")
+    c.add_argument("--activations", help="int8 only: asymmetric (uint8 with a zero point) or symmetric "
+                   "(int8 in [-127, 127]), one value or PATTERN=VALUE items; default asymmetric")
+    c.add_argument("--range-rule", help="int8 only: each layer's input range from the calibration "
+                   "activations' minmax or percentile (see --percentile), one value or PATTERN=VALUE "
+                   "items; default minmax")
+    c.add_argument("--percentile", help="int8 only: P of --range-rule percentile (range from the 100-P to "
+                   "the P percentile), in (50, 100], one value or PATTERN=VALUE items; default 99.99")
+    c.add_argument("--min-images", type=count(2), metavar="N",
+                   help="int8 only: refuse fewer calibration images than N (default: 32)")
     c.add_argument("--mask-rate", type=float, metavar="M",
                    help="priority masking: keep exact the floor(M x switches / 100) switches whose "
                    "similarity to the exact network drops most (percent; default: no masking)")
@@ -104,7 +122,8 @@ def effective(args):
     for name in sorted({k for d in METHOD_DEFAULTS.values() for k in d} - set(defaults)):
         if getattr(args, name) is not None:
             takers = ", ".join(m for m, d in METHOD_DEFAULTS.items() if name in d)
-            raise ConfigError(f"tabconv convert: --{name} applies to --method {takers}, not {method}")
+            raise ConfigError(f"tabconv convert: --{name.replace('_', '-')} applies to --method {takers}, "
+                              f"not {method}")
     out = {"method": method}
     for name, default in defaults.items():
         given = getattr(args, name)
@@ -125,8 +144,8 @@ def run(args):
     # command would pay for at start-up
     from ..conversion import convert, op_reduction
     opts = effective(args)
-    own = {k: (parse_setting(v, PER_LAYER[k]) if k in PER_LAYER else v)
-           for k, v in opts.items() if k in METHOD_DEFAULTS[opts["method"]] and k != "refine"}
+    own = {k: (parse_setting(v, PER_LAYER[k]) if k in PER_LAYER else None if v == "none" else v)
+           for k, v in opts.items() if k in METHOD_DEFAULTS[opts["method"]]}
     check_output(args.output, overwrite=args.force, inputs=[args.model])
     net = load(args.model)
     xc, _, source = command_images(net, "tabconv convert", "train", args.dataset, args.data,
@@ -140,8 +159,7 @@ def run(args):
     print(f"settings: {line}", file=sys.stderr if args.json else sys.stdout, flush=True)
     res = convert(net, xc, method=opts["method"], switches=args.switches,
                   mask_rate=args.mask_rate, refit_classifier=not args.no_refit, seed=args.seed,
-                  calibrate=args.calibrate,
-                  max_rows=args.max_rows, refine=None if opts["refine"] == "none" else opts["refine"], **own)
+                  calibrate=args.calibrate, max_rows=args.max_rows, **own)
     res.network.meta[res.method.name]["calibration_dataset"] = source
     save(res.network, args.output, overwrite=args.force)
     red = op_reduction(res.network, res.exact)
@@ -151,5 +169,8 @@ def run(args):
         print(json.dumps(d))
         return
     print(res.summary())
-    print("\n".join(reduction_lines(red)))
+    lines = reduction_lines(red)
+    if opts["method"] == "int8":          # the paper convention counts no int8 MACs: say what they are
+        lines[0] = int8_line(count_ops(res.network).total, count_ops(res.exact).total)
+    print("\n".join(lines))
     print(f"calibrated on {len(xc)} {source} images in {res.seconds:.1f} s; wrote {args.output}")
