@@ -37,6 +37,7 @@ from .conv.strassen import strassen
 from .geometry import ConvGeometry
 from .functional import winograd_applies
 from .plan import PreparedConv
+from .lcnn import LCNNConv2d
 
 #: Slack on the ``K*u`` rounding-error bounds.
 TOL_FACTOR = 4.0
@@ -513,6 +514,36 @@ def _check_trees(got, want, args, kwargs):
             _assert_equal(g.view(np.uint32), w.view(np.uint32), f"{name} (bits)")
 
 
+def lcnn_conv(x, dictionary, indices, coefs, bias, stride=1, padding=0, dilation=1, layout="NCHW"):
+    """``LCNNConv2d.forward`` with the given parameters."""
+    C_out, kh, kw, s = indices.shape
+    layer = LCNNConv2d(dictionary.shape[1], C_out, (kh, kw), stride, padding, dilation,
+                       len(dictionary), s)
+    for k, v in (("dictionary", dictionary), ("indices", indices), ("coefs", coefs), ("bias", bias)):
+        layer.params[k][...] = v
+    return layer.forward(x, layout)
+
+
+def _lcnn_inputs(draw, rng):
+    (x, w, _b, cfg), layout = conv_case(draw, rng, max_groups=1), ("NCHW", "NHWC")[draw(0, 1)]
+    C_out, C_in, kh, kw = w.shape
+    k = draw(1, 9)
+    s = draw(1, k)
+    D = rng.standard_normal((k, C_in)).astype(np.float32)
+    idx = rng.integers(0, k, (C_out, kh, kw, s)).astype(np.int32)
+    coefs = rng.standard_normal((C_out, kh, kw, s)).astype(np.float32)
+    bias = rng.standard_normal(C_out).astype(np.float32)
+    kwargs = {k: cfg[k] for k in ("stride", "padding", "dilation")}
+    return (x if layout == "NCHW" else _nhwc(x), D, idx, coefs, bias), dict(kwargs, layout=layout)
+
+
+def _check_lcnn(got, want, args, kwargs):
+    x, D, idx, coefs, bias = args
+    absref = R.lcnn_conv_naive(np.abs(x), np.abs(D), idx, np.abs(coefs), np.abs(bias), **kwargs)
+    K = D.shape[1] + idx[0].size + 1
+    _assert_within(got, want, TOL_FACTOR * K * U * absref.astype(np.float64) + 1e-7, "lcnn conv")
+
+
 _CONV_TOL = ("elementwise |fast - ref| <= 4*K*2**-24*(|x| conv |w| + |b|) + 1e-7, "
              "K = C/groups*kh*kw + 1 (float32 sums in any order vs float64)")
 
@@ -567,4 +598,8 @@ PAIRS = [
          "bitwise split columns, thresholds and prototypes: both sum in float64 in the same "
          "order (rows one after another from +0.0; a subspace's columns in NumPy's pairwise "
          "order, reference.pairwise_sum), compare in float32 and break ties the same way"),
+    Pair("lcnn_conv", lcnn_conv, R.lcnn_conv_naive, _lcnn_inputs, _check_lcnn,
+         "elementwise |fast - ref| <= 4*K*2**-24*(|x| conv W_abs + |b|) + 1e-7, K = C_in + kh*kw*s + 1, "
+         "W_abs[o, :, i, j] = sum_t |coef| |D[idx]| (float32 dictionary maps, then float32 lookup "
+         "sums, vs the float64 dense conv of the rebuilt filters)"),
 ]

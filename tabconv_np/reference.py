@@ -23,6 +23,7 @@ reference                      fast function
 :func:`fit_trees_naive`        :func:`tabconv_np.hashtree.fit_trees` (learning the trees)
 :func:`conv_epilogue_naive`    :class:`tabconv_np.plan.PreparedConv` (conv + bias, residual, clamp)
 :func:`matmul_naive`           :func:`tabconv_np.conv.strassen.strassen`
+:func:`lcnn_conv_naive`        :class:`tabconv_np.lcnn.LCNNConv2d` (dictionary conv + lookups)
 =============================  =================================================
 
 The convolution is really a cross-correlation, as in every deep-learning
@@ -483,3 +484,25 @@ def matmul_naive(A, B, levels=None, cutoff=None):
         for j in range(B.shape[1]):
             C[i, j] = A[i] @ B[:, j]
     return C
+
+
+# ------------------------------------------------------------- LCNN
+def lcnn_conv_naive(x, dictionary, indices, coefs, bias, stride=1, padding=0, dilation=1,
+                    layout="NCHW"):
+    """The LCNN convolution as the dense convolution of its rebuilt filters.
+
+    Reference for :class:`tabconv_np.lcnn.LCNNConv2d` (called with its
+    parameters): ``W[o, :, i, j] = sum_t coefs[o, i, j, t] * dictionary[indices[o, i, j, t]]``
+    in float64, then :func:`conv2d_naive`.
+
+    dictionary (k, C_in); indices, coefs (C_out, kh, kw, s); bias (C_out,).
+    """
+    D = np.asarray(dictionary, np.float64)
+    C_out, kh, kw, s = np.shape(indices)
+    W = np.zeros((C_out, D.shape[1], kh, kw))
+    for o in range(C_out):
+        for i in range(kh):
+            for j in range(kw):
+                for t in range(s):
+                    W[o, :, i, j] += coefs[o, i, j, t] * D[indices[o, i, j, t]]
+    return conv2d_naive(x, W, bias, stride, padding, dilation, layout=layout)

@@ -1,0 +1,103 @@
+"""LCNN (lookup-based convolution): the layer, its kernel, its counts and files; the conversion."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tabconv_np
+from tabconv_np import pairs
+from tabconv_np.blocks import Sequential
+from tabconv_np.errors import ConfigError, ShapeError
+from tabconv_np.kernels import lcnn_kernels
+from tabconv_np.layers import Conv2d
+from tabconv_np.lcnn import LCNNConv2d
+from tabconv_np.network import Network
+from tabconv_np.ops import count_ops
+from tabconv_np.reference import conv2d_naive
+
+PAIR = next(p for p in pairs.PAIRS if p.name == "lcnn_conv")
+
+
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=25, deadline=None)
+def test_layer_equals_dense_conv_of_rebuilt_filters(data, seed):
+    """Shapes, strides, padding (int, pair, 4-tuple), dilation, both layouts."""
+    pairs.run(PAIR, lambda lo, hi: data.draw(st.integers(lo, hi)), np.random.default_rng(seed))
+
+
+def _random_layer(rng, C_in=5, C_out=7, k=6, s=2, **geo):
+    layer = LCNNConv2d(C_in, C_out, 3, atoms=k, sparsity=s, **geo)
+    p = layer.params
+    p["dictionary"][...] = rng.standard_normal(p["dictionary"].shape)
+    p["indices"][...] = rng.integers(0, k, p["indices"].shape)
+    p["coefs"][...] = rng.standard_normal(p["coefs"].shape)
+    p["bias"][...] = rng.standard_normal(C_out)
+    return layer
+
+
+def test_serial_equals_parallel_bitwise():
+    rng = np.random.default_rng(3)
+    layer = _random_layer(rng, C_in=8, C_out=16, k=12, s=3, stride=2, padding=1)
+    x = rng.standard_normal((3, 8, 17, 15)).astype(np.float32)
+    P = layer.padded_maps(x, "NCHW")
+    p = layer.params
+    outs = []
+    for fn in lcnn_kernels.lookup_accumulate:
+        out = np.empty((3, 9, 8, 16), np.float32)
+        fn(P, p["indices"], p["coefs"], p["bias"], 2, 2, 1, 1, out)
+        outs.append(out)
+    assert np.array_equal(outs[0].view(np.uint32), outs[1].view(np.uint32))
+
+
+def test_identity_dictionary_is_the_exact_convolution():
+    """k = C_in atoms, the identity, s = C_in pairs: the filters are the conv's own."""
+    rng = np.random.default_rng(0)
+    conv = Conv2d(4, 6, 3, stride=2, padding=1)
+    conv.params["weight"][...] = rng.standard_normal(conv.params["weight"].shape)
+    conv.params["bias"][...] = rng.standard_normal(6)
+    W = conv.params["weight"]
+    idx = np.broadcast_to(np.arange(4, dtype=np.int32), (6, 3, 3, 4))
+    layer = LCNNConv2d.from_parts(conv, np.eye(4, dtype=np.float32), idx, W.transpose(0, 2, 3, 1),
+                                  conv.params["bias"])
+    np.testing.assert_array_equal(layer.filters(), W.astype(np.float64))
+    x = rng.standard_normal((2, 4, 9, 10)).astype(np.float32)
+    want = conv2d_naive(x, W, conv.params["bias"], 2, 1)
+    np.testing.assert_allclose(layer.forward(x, "NCHW"), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.forward(x.transpose(0, 2, 3, 1), "NHWC"),
+                               want.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_op_counts_by_hand():
+    """C_in 5, C_out 7, 3x3, stride 2, padding 1, k 6, s 2, input 5x9x9 -> output 7x5x5:
+    dictionary 9*9*6*5 = 2430 MACs, lookups 5*5*7*2*3*3 = 3150, bias 175."""
+    layer = _random_layer(np.random.default_rng(0), stride=2, padding=1)
+    assert layer.stage_macs((5, 9, 9)) == (2430, 3150)
+    c = count_ops(layer, (5, 9, 9))
+    row = c.rows[0]
+    assert (row["macs"], row["bias_adds"]) == (2430 + 3150, 175)
+    assert row["params"] == 6 * 5 + 2 * 7 * 9 * 2 + 7
+    assert row["storage_bytes"] == 4 * (6 * 5 + 2 * 7 * 9 * 2 + 7)
+    assert c.total["multiplies"] == 5580 and c.total["full"] == 5580 + 175
+    assert count_ops(layer, (2, 5, 9, 9)).total["macs"] == 2 * 5580
+
+
+def test_file_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    layer = _random_layer(rng, padding=(1, 0), dilation=2)
+    net = Network(Sequential([("0", layer)]), (5, 11, 12))
+    path = tmp_path / "lcnn.h5"
+    tabconv_np.save(net, path)
+    back = tabconv_np.load(path)
+    x = rng.standard_normal((2, 5, 11, 12)).astype(np.float32)
+    got = back.body.children["0"]
+    assert isinstance(got, LCNNConv2d) and got.config() == layer.config()
+    np.testing.assert_array_equal(back.body(x), net.body(x))
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(ConfigError, match="sparsity"):
+        LCNNConv2d(4, 4, 3, atoms=2, sparsity=3)
+    layer = _random_layer(np.random.default_rng(0))
+    layer.params["indices"][0, 0, 0, 0] = 6
+    with pytest.raises(ShapeError, match="indices"):
+        layer.forward(np.zeros((1, 5, 6, 6), np.float32), "NCHW")
