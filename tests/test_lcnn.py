@@ -101,3 +101,92 @@ def test_bad_parameters_are_refused():
     layer.params["indices"][0, 0, 0, 0] = 6
     with pytest.raises(ShapeError, match="indices"):
         layer.forward(np.zeros((1, 5, 6, 6), np.float32), "NCHW")
+
+
+# ------------------------------------------------------------------ conversion
+import os  # noqa: E402
+
+from tabconv_np.conversion import convert  # noqa: E402
+from tabconv_np.conversion.lcnn import fit_lcnn, omp  # noqa: E402
+from tabconv_np.data import load_dataset  # noqa: E402
+from tabconv_np.fold import fold_batchnorm  # noqa: E402
+
+WEIGHTS = os.path.join(os.path.dirname(__file__), os.pardir, "weights")
+SWITCHES = [0, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+
+
+@pytest.fixture(scope="module")
+def data():
+    net = tabconv_np.load(os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"))
+    xc, _ = load_dataset("sample", "train", limit=120)
+    xt, yt = load_dataset("sample", "test", limit=200)
+    return net, xc, xt, yt
+
+
+def _conv(net, path):
+    return dict(fold_batchnorm(net).body.modules())[path]
+
+
+def test_omp_recovers_a_sparse_combination():
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((12, 6))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    V = 2.0 * D[[3, 7]] + D[[5, 1]]                    # rows: 2*D3 + D5, 2*D7 + D1
+    idx, coef = omp(V, D, 2)
+    assert [sorted(r) for r in idx.tolist()] == [[3, 5], [1, 7]]
+    np.testing.assert_allclose(np.einsum("nt,ntm->nm", coef, D[idx]), V, atol=1e-9)
+
+
+def test_full_dictionary_conversion_is_exact(data):
+    """k = s = C_in: every filter vector is reconstructed exactly (real ResNet-18 weights)."""
+    conv = _conv(data[0], "layer1.0.conv1")
+    C = conv.in_channels
+    layer = fit_lcnn(conv, C, C, 0, np.random.default_rng(0))
+    W = conv.params["weight"].astype(np.float64)
+    assert np.linalg.norm(layer.filters() - W) <= 1e-5 * np.linalg.norm(W)
+
+
+def test_dictionary_learning_is_deterministic_and_improves(data):
+    conv = _conv(data[0], "layer2.0.conv1")
+    a, b = (fit_lcnn(conv, 16, 2, 4, np.random.default_rng(7)) for _ in range(2))
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k]), k
+    W = conv.params["weight"].astype(np.float64)
+    err = {it: np.linalg.norm(fit_lcnn(conv, 16, 2, it, np.random.default_rng(7)).filters() - W)
+           for it in (0, 4)}
+    assert err[4] < err[0]
+
+
+def test_conversion_keeps_accuracy_refit_helps_and_round_trips(data, tmp_path):
+    net, xc, xt, yt = data
+    exact = np.mean(net.predict(xt).argmax(1) == yt)
+    res = {r: convert(net, xc, method="lcnn", atoms=32, sparsity=2, iters=4, refine=r,
+                      switches=SWITCHES, progress=False) for r in (None, "exact")}
+    acc = {r: np.mean(v.network.predict(xt).argmax(1) == yt) for r, v in res.items()}
+    assert acc["exact"] >= exact - 0.06 and acc["exact"] >= acc[None] - 0.01
+    err = {r: np.mean([rec["rel_error"] for rec in v.layers if "k" in rec]) for r, v in res.items()}
+    assert err["exact"] < err[None]
+    net2 = res["exact"].network
+    types = {type(m).__name__ for _, m in net2.body.modules()}
+    assert "LCNNConv2d" in types
+    assert count_ops(net2).total["macs"] < count_ops(res["exact"].exact).total["macs"]
+    path = tmp_path / "lcnn.h5"
+    tabconv_np.save(net2, path)
+    x = net2.normalize(xt[:4])
+    np.testing.assert_array_equal(tabconv_np.load(path)(x), net2(x))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(atoms=10 ** 6), r"atoms k = 1000000 for layer1\.0\.conv1 exceeds"),
+    (dict(atoms=4, sparsity=5), r"sparsity s = 5 for layer1\.0\.conv1 exceeds its atoms k = 4"),
+    (dict(atoms=0), "atoms"), (dict(refine="local"), "refine")])
+def test_bad_settings_are_refused_naming_layer_and_value(data, kw, match):
+    net, xc, _, _ = data
+    with pytest.raises(ConfigError, match=match):
+        convert(net, xc[:8], method="lcnn", switches=SWITCHES, progress=False, **kw)
+
+
+def test_grouped_convolution_is_refused():
+    from tabconv_np.conversion.lcnn import LCNN, LCNNSettings
+    with pytest.raises(ConfigError, match="b.conv is a grouped convolution"):
+        LCNN().resolve("b.conv", Conv2d(4, 4, 3, groups=2), {"atoms": 2, "sparsity": 1}, LCNNSettings())

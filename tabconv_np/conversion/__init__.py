@@ -15,6 +15,7 @@ module             what it holds
 ``tabconv``        the TabConv method (PQ prototypes + lookup tables)
 ``maddness``       hash-tree encoding + 8-bit output-targeted tables
 ``lowrank``        truncated SVD of each layer, refit to the outputs
+``lcnn``           LCNN: a learned dictionary and sparse codes per conv, refit to the outputs
 =================  ===============================================================
 
 A new method subclasses :class:`Method` (three things: ``resolve``, ``fit``,
@@ -32,9 +33,10 @@ from .switches import Switch, find_switches
 from .maddness import Maddness, MaddnessSettings
 from .tabconv import TabConv, TabConvSettings
 from .lowrank import LowRank, LowRankSettings
+from .lcnn import LCNN, LCNNSettings
 
 __all__ = ["convert", "skeleton", "table_structure", "op_reduction", "ConversionResult",
            "ConversionSettings", "Switch", "find_switches", "priority_mask", "cosine_similarity",
            "switch_similarities", "augment_images", "Method", "METHODS", "register_method",
            "get_method", "TabConv", "TabConvSettings", "Maddness", "MaddnessSettings", "LowRank",
-           "LowRankSettings"]
+           "LowRankSettings", "LCNN", "LCNNSettings"]
