@@ -86,6 +86,12 @@ def parse_setting(text, kind):
         return out
     vals = []
     for p in parts:
+        if kind is float:
+            try:
+                vals.append(float(p))
+                continue
+            except ValueError:
+                raise ConfigError(f"expected a number, got {p!r}") from None
         if kind is not int and p.lower() == "auto":
             vals.append("auto")
             continue

@@ -38,6 +38,7 @@ from .geometry import ConvGeometry
 from .functional import winograd_applies
 from .plan import PreparedConv
 from .lcnn import LCNNConv2d
+from .rsdtr import CORES, RSDTRConv2d
 
 #: Slack on the ``K*u`` rounding-error bounds.
 TOL_FACTOR = 4.0
@@ -544,6 +545,37 @@ def _check_lcnn(got, want, args, kwargs):
     _assert_within(got, want, TOL_FACTOR * K * U * absref.astype(np.float64) + 1e-7, "lcnn conv")
 
 
+def rsdtr_conv(x, core_out, core_in, core_h, core_w, bias, stride=1, padding=0, dilation=1,
+               layout="NCHW"):
+    """``RSDTRConv2d.forward`` with the given cores and bias."""
+    cores = (core_out, core_in, core_h, core_w)
+    layer = RSDTRConv2d(core_in.shape[1], core_out.shape[1], (core_h.shape[1], core_w.shape[1]), stride,
+                        padding, dilation, (core_in.shape[0], core_h.shape[0], core_w.shape[0],
+                                            core_out.shape[0]))
+    for name, v in zip(CORES + ("bias",), cores + (bias,)):
+        layer.params[name][...] = v
+    return layer.forward(x, layout)
+
+
+def _rsdtr_inputs(draw, rng):
+    (x, w, _b, cfg), layout = conv_case(draw, rng, max_groups=1), ("NCHW", "NHWC")[draw(0, 1)]
+    C_out, C_in, kh, kw = w.shape
+    r0, r1, r2, r3 = (draw(1, 4) for _ in range(4))
+    cores = tuple(rng.standard_normal(s).astype(np.float32) for s in
+                  ((r3, C_out, r0), (r0, C_in, r1), (r1, kh, r2), (r2, kw, r3)))
+    bias = rng.standard_normal(C_out).astype(np.float32)
+    kwargs = {k: cfg[k] for k in ("stride", "padding", "dilation")}
+    return (x if layout == "NCHW" else _nhwc(x), *cores, bias), dict(kwargs, layout=layout)
+
+
+def _check_rsdtr(got, want, args, kwargs):
+    x, core_out, core_in, core_h, core_w, bias = args
+    absref = R.rsdtr_conv_naive(*(np.abs(a) for a in args), **kwargs)
+    r0, r1, r2, r3 = core_in.shape[0], core_h.shape[0], core_w.shape[0], core_out.shape[0]
+    K = core_in.shape[1] + r1 * core_h.shape[1] + r2 * core_w.shape[1] + r0 * r3 + 1
+    _assert_within(got, want, TOL_FACTOR * K * U * absref.astype(np.float64) + 1e-7, "rsdtr conv")
+
+
 _CONV_TOL = ("elementwise |fast - ref| <= 4*K*2**-24*(|x| conv |w| + |b|) + 1e-7, "
              "K = C/groups*kh*kw + 1 (float32 sums in any order vs float64)")
 
@@ -602,4 +634,7 @@ PAIRS = [
          "elementwise |fast - ref| <= 4*K*2**-24*(|x| conv W_abs + |b|) + 1e-7, K = C_in + kh*kw*s + 1, "
          "W_abs[o, :, i, j] = sum_t |coef| |D[idx]| (float32 dictionary maps, then float32 lookup "
          "sums, vs the float64 dense conv of the rebuilt filters)"),
+    Pair("rsdtr_conv", rsdtr_conv, R.rsdtr_conv_naive, _rsdtr_inputs, _check_rsdtr,
+         "elementwise |fast - ref| <= 4*K*2**-24*(|x| conv W_abs + |b|) + 1e-7, K = C_in + r1*kH + "
+         "r2*kW + r0*r3 + 1 (the four float32 sublayers' sums), W_abs the kernel rebuilt from |cores|"),
 ]

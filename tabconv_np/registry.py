@@ -13,6 +13,7 @@ from .layers import (AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Flatten, Glo
 from .tables import TableConv2d, TableLinear
 from .tree_tables import TreeConv2d, TreeLinear
 from .lcnn import LCNNConv2d
+from .rsdtr import RSDTRConv2d
 
 #: The layer types :func:`from_config` builds, by config ``"type"``.
 LAYER_TYPES = {cls.__name__: cls for cls in (
@@ -20,7 +21,7 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
     Sequential, BasicBlock, Graph,
     TableConv2d, TableLinear,
     TreeConv2d, TreeLinear,
-    LCNNConv2d,
+    LCNNConv2d, RSDTRConv2d,
 )}
 
 

@@ -190,3 +190,33 @@ def test_grouped_convolution_is_refused():
     from tabconv_np.conversion.lcnn import LCNN, LCNNSettings
     with pytest.raises(ConfigError, match="b.conv is a grouped convolution"):
         LCNN().resolve("b.conv", Conv2d(4, 4, 3, groups=2), {"atoms": 2, "sparsity": 1}, LCNNSettings())
+
+
+def test_cli_convert_ops_and_eval(tmp_path, capsys):
+    """``tabconv convert --method lcnn`` with per-layer values; ``ops`` and ``eval`` read the result."""
+    from tabconv_np.cli import main
+    out = tmp_path / "lcnn.h5"
+    model = os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5")
+    assert main(["convert", model, "-o", str(out), "--method", "lcnn", "--atoms", "layer4.*=16,*=8",
+                 "--sparsity", "1", "--switches", "0,0,0,0,0,0,0,1,1,0", "--dataset", "sample",
+                 "--calib", "40", "--json"]) == 0
+    cap = capsys.readouterr()
+    assert "--method lcnn --atoms 'layer4.*=16,*=8' --sparsity 1 --refine exact" in cap.err
+    import json
+    d = json.loads(cap.out)
+    assert d["op_reduction"]["full"]["reduction"] > 0
+    assert main(["ops", str(out)]) == 0 and "LCNNConv2d" in capsys.readouterr().out
+    assert main(["eval", str(out), "--limit", "50", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] > 0.5
+    assert main(["convert", model, "-o", str(tmp_path / "x.h5"), "--method", "lcnn", "--eps", "0.3",
+                 "--dataset", "sample"]) == 2
+    assert "--eps do(es) not apply to --method lcnn" in capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_methods_defaults():
+    from tabconv_np.cli.convert import METHOD_DEFAULTS
+    from tabconv_np.conversion import LCNNSettings, RSDTRSettings
+    lc, rs = LCNNSettings(), RSDTRSettings()
+    assert METHOD_DEFAULTS["lcnn"] == {"atoms": str(lc.atoms), "sparsity": str(lc.sparsity),
+                                       "refine": str(lc.refine).lower()}
+    assert METHOD_DEFAULTS["rsdtr"] == {"eps": str(rs.eps), "convs": rs.convs, "refine": str(rs.refine).lower()}

@@ -1,4 +1,5 @@
-"""``tabconv convert``: a network file to a table network file (TabConv PQ tables or hash trees).
+"""``tabconv convert``: a network file to a table network file (TabConv PQ tables or hash trees),
+or, with ``--method``, to LCNN or RSDTR layers.
 
 Everything is checked before the work starts (the output path, the settings,
 the calibration data), and the effective settings, defaults included, are
@@ -45,6 +46,22 @@ def add_parser(sub):
     c.add_argument("--prototypes",
                    help="pq only: K per layer (1..16384): an int, a comma list per switch, or "
                    "PATTERN=VALUE items; default 256")
+    c.add_argument("--method", choices=["lcnn", "rsdtr"],
+                   help="another engine instead of the tables of --encoder: lcnn (a dictionary 1x1 conv "
+                   "and sparse lookups, --atoms, --sparsity) or rsdtr (tensor-ring cores from the "
+                   "weights, --eps); default: the tables")
+    c.add_argument("--atoms",
+                   help="lcnn only: the dictionary size k per layer (at most kh*kw*C_out): an int, a "
+                   "comma list per switch, or PATTERN=VALUE items; default 32")
+    c.add_argument("--sparsity",
+                   help="lcnn only: s (index, coefficient) pairs per output channel and kernel "
+                   "position (at most k), in the same forms; default 2")
+    c.add_argument("--eps",
+                   help="rsdtr only: the relative error eps_p of each kernel's TR-SVD, in (0, 1), in "
+                   "the same forms (e.g. 'layer4.*=0.5,*=0.3'); default 0.3")
+    c.add_argument("--convs", choices=["all", "blocks"],
+                   help="rsdtr only: decompose every conv of a converted switch, or only the 3x3 "
+                   "convs inside blocks as the authors do; default: all")
     c.add_argument("--mask-rate", type=float, metavar="M",
                    help="priority masking: keep exact the floor(M x switches / 100) switches whose "
                    "similarity to the exact network drops most (percent; default: no masking)")
@@ -61,21 +78,64 @@ def add_parser(sub):
     c.add_argument("--no-refit", action="store_true", help="do not refit the final Linear")
     c.add_argument("--refine", choices=["exact", "local", "none"],
                    help="least-squares table refinement toward the exact network (default: none for "
-                   "pq, the authors' plain tables; exact for tree)")
+                   "pq, the authors' plain tables; exact for tree); lcnn: refit the coefficients "
+                   "(default exact); rsdtr: refit the last core (default none); local: tables only")
     c.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     c.set_defaults(func=run)
     return c
 
 
+#: The defaults of ``--method lcnn`` / ``rsdtr`` (LCNNSettings, RSDTRSettings; tests/test_cli.py
+#: checks that they agree).
+METHOD_DEFAULTS = {"lcnn": {"atoms": "32", "sparsity": "2", "refine": "exact"},
+                   "rsdtr": {"eps": "0.3", "convs": "all", "refine": "none"}}
+#: The options of each --method (the others are refused with it).
+METHOD_OPTIONS = {"lcnn": ("atoms", "sparsity"), "rsdtr": ("eps", "convs")}
+TABLE_OPTIONS = ("codebooks", "prototypes", "iters")
+
+
+def _method_settings(args):
+    """``(effective options, method's own settings)`` of a ``--method`` run; ConfigError for an
+    option of another engine."""
+    d = METHOD_DEFAULTS[args.method]
+    own_opts = METHOD_OPTIONS[args.method]
+    foreign = [o for o in TABLE_OPTIONS + sum(METHOD_OPTIONS.values(), ()) if o not in own_opts
+               and getattr(args, o) is not None] + (["encoder"] if args.encoder != "pq" else [])
+    if foreign:
+        raise ConfigError(f"tabconv convert: --{', --'.join(foreign)} do(es) not apply to --method "
+                          f"{args.method} (its options: --{', --'.join(own_opts)}, --refine)")
+    if args.refine == "local":
+        raise ConfigError(f"tabconv convert: --refine local applies to the tables only, not to "
+                          f"--method {args.method}")
+    out = {"method": args.method}
+    out.update({o: getattr(args, o) or d[o] for o in own_opts})
+    out["refine"] = args.refine or d["refine"]
+    if args.method == "lcnn":
+        own = {"atoms": parse_setting(out["atoms"], int), "sparsity": parse_setting(out["sparsity"], int)}
+    else:
+        own = {"eps": parse_setting(out["eps"], float), "convs": out["convs"]}
+    own["refine"] = None if out["refine"] == "none" else out["refine"]
+    return out, own
+
+
 def effective(args):
     """The settings of a run, defaults filled in: ``{option name: value}`` in command-line order."""
+    if getattr(args, "method", None):
+        out = _method_settings(args)[0]
+        out.update(calibrate=args.calibrate, max_rows=args.max_rows)
+        return _common(args, out)
     d = ENCODER_DEFAULTS[args.encoder]
     out = {"encoder": args.encoder, "codebooks": args.codebooks or d["codebooks"]}
     if args.encoder == "pq":
         out.update(prototypes=args.prototypes or d["prototypes"],
                    iters=d["iters"] if args.iters is None else args.iters)
     out.update(refine=args.refine or d["refine"], calibrate=args.calibrate, max_rows=args.max_rows)
+    return _common(args, out)
+
+
+def _common(args, out):
+    """``out`` with the options every engine shares (masking, switches, refit, calibration, seed)."""
     if args.mask_rate is not None:
         out["mask_rate"] = f"{args.mask_rate:g}"
     if args.switches is not None:
@@ -91,13 +151,19 @@ def run(args):
     # command would pay for at start-up
     from ..conversion import convert, op_reduction
     tree = args.encoder == "tree"
-    if tree and (args.prototypes is not None or args.iters is not None):
-        raise ConfigError("tabconv convert: --prototypes and --iters apply to --encoder pq only "
-                          "(a hash tree has 16 leaves)")
+    if args.method:
+        method, own = args.method, _method_settings(args)[1]
+    else:
+        if tree and (args.prototypes is not None or args.iters is not None):
+            raise ConfigError("tabconv convert: --prototypes and --iters apply to --encoder pq only "
+                              "(a hash tree has 16 leaves)")
+        method = "maddness" if tree else "tabconv"
     opts = effective(args)
-    own = {"codebooks": parse_setting(opts["codebooks"], str)}
-    if not tree:
-        own.update(prototypes=parse_setting(opts["prototypes"], int), iters=opts["iters"])
+    if not args.method:
+        own = {"codebooks": parse_setting(opts["codebooks"], str),
+               "refine": None if opts["refine"] == "none" else opts["refine"]}
+        if not tree:
+            own.update(prototypes=parse_setting(opts["prototypes"], int), iters=opts["iters"])
     check_output(args.output, overwrite=args.force, inputs=[args.model])
     net = load(args.model)
     xc, _, source = command_images(net, "tabconv convert", "train", args.dataset, args.data,
@@ -109,10 +175,9 @@ def run(args):
     where = f"--data {shlex.quote(args.data)}" if args.data else f"--dataset {source.split('/')[0]}"
     line = f"tabconv convert {shlex.quote(args.model)} -o {shlex.quote(args.output)} {command_line(opts)} {where}"
     print(f"settings: {line}", file=sys.stderr if args.json else sys.stdout, flush=True)
-    res = convert(net, xc, method="maddness" if tree else "tabconv", switches=args.switches,
+    res = convert(net, xc, method=method, switches=args.switches,
                   mask_rate=args.mask_rate, refit_classifier=not args.no_refit, seed=args.seed,
-                  calibrate=args.calibrate,
-                  max_rows=args.max_rows, refine=None if opts["refine"] == "none" else opts["refine"], **own)
+                  calibrate=args.calibrate, max_rows=args.max_rows, **own)
     res.network.meta[res.method.name]["calibration_dataset"] = source
     save(res.network, args.output, overwrite=args.force)
     red = op_reduction(res.network, res.exact)

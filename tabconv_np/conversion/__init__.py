@@ -16,6 +16,7 @@ module             what it holds
 ``maddness``       hash-tree encoding + 8-bit output-targeted tables
 ``lowrank``        truncated SVD of each layer, refit to the outputs
 ``lcnn``           LCNN: a learned dictionary and sparse codes per conv, refit to the outputs
+``rsdtr``          RSDTR: a tensor ring of four cores per conv, from the weights (TR-SVD search)
 =================  ===============================================================
 
 A new method subclasses :class:`Method` (three things: ``resolve``, ``fit``,
@@ -34,9 +35,11 @@ from .maddness import Maddness, MaddnessSettings
 from .tabconv import TabConv, TabConvSettings
 from .lowrank import LowRank, LowRankSettings
 from .lcnn import LCNN, LCNNSettings
+from .rsdtr import RSDTR, RSDTRSettings
 
 __all__ = ["convert", "skeleton", "table_structure", "op_reduction", "ConversionResult",
            "ConversionSettings", "Switch", "find_switches", "priority_mask", "cosine_similarity",
            "switch_similarities", "augment_images", "Method", "METHODS", "register_method",
            "get_method", "TabConv", "TabConvSettings", "Maddness", "MaddnessSettings", "LowRank",
-           "LowRankSettings", "LCNN", "LCNNSettings"]
+           "LowRankSettings", "LCNN", "LCNNSettings", "RSDTR",
+           "RSDTRSettings"]
