@@ -19,6 +19,16 @@ it reports, per method (``im2col``, ``winograd`` = F(2x2, 3x3),
   the same process, at each batch size, with ``--threads`` threads.
 
 Winograd applies to stride-1 layers only; other rows show "–".
+
+With ``--engines`` (default ``lcnn,rsdtr``; ``none`` skips it), a second table
+converts the shipped ResNet-18 "paper" (Fashion-MNIST) with the approximate
+engines at the settings of :data:`ENGINE_SETTINGS` (calibration: 1000 seeded
+training images; test: the shipped 1000-image sample) and reports, per setting:
+accuracy, retention (accuracy / exact accuracy), MACs (for LCNN and RSDTR every
+multiply is a MAC: the ``multiplies`` convention, which is what the LCNN paper
+counts), all arithmetic (the ``full`` convention), parameters, storage and the
+latency of ``predict`` as a ratio to the exact (BN-folded) network timed in the
+same round robin.
 """
 import argparse
 import os
@@ -38,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "methods.md"))
+    p.add_argument("--engines", default="lcnn,rsdtr",
+                   help="approximate engines for the network table (comma list, or 'none')")
     a = p.parse_args(argv)
     a.batch_list = _ints(p, a.batches, "--batches")
     return a
@@ -147,10 +159,69 @@ def main(args):
     L += ["", "Errors are not measured above 14x14 (the float64 reference is a plain loop). "
           "Strassen recurses only where rows, columns and outputs are all >= 64 "
           "(`tabconv_np.conv.strassen.CUTOFF`); elsewhere it is one BLAS call and counts as im2col.", ""]
+    engines = [e for e in args.engines.split(",") if e and e != "none"]
+    if engines:
+        L += engine_rows(engines, batches, args.repeats)
     text = "\n".join(L)
     print(text)
     if args.out:
         write_text_atomic(args.out, text)
+
+
+#: The settings of the engine table, per method: ``convert`` keywords (the stem conv and the
+#: classifier stay exact for LCNN; RSDTR as the authors do it, 3x3 convs inside blocks).
+ENGINE_SETTINGS = {
+    "lcnn": [dict(atoms=a, sparsity=s_, refine=r, switches=[0, 1, 1, 1, 1, 1, 1, 1, 1, 0])
+             for a, s_, r in ((32, 2, None), (32, 2, "exact"), (64, 3, "exact"))],
+    "rsdtr": [dict(eps=e, convs="blocks", refine=r) for e, r in ((0.1, None), (0.3, None), (0.5, None),
+                                                                 (0.3, "exact"))],
+}
+
+
+def _setting_text(kw):
+    return ", ".join(f"{k}={v}" for k, v in kw.items() if k != "switches")
+
+
+def engine_rows(engines, batches, repeats):
+    """Markdown lines of the engine table (module docstring) for ``engines``."""
+    import numpy as np
+    import tabconv_np
+    from tabconv_np.conversion import convert
+    from tabconv_np.data import load_dataset
+    from tabconv_np.fold import fold_batchnorm
+    from tabconv_np.ops import count_ops
+    net = tabconv_np.load(os.path.join(ROOT, "weights", "resnet18-paper_fashion-mnist.h5"))
+    xtr, _ = load_dataset("fashion-mnist", "train")
+    xc = xtr[np.sort(np.random.default_rng(0).choice(len(xtr), 1000, replace=False))]
+    xt, yt = load_dataset("sample", "test")
+    exact_net = fold_batchnorm(net)
+    e = count_ops(exact_net).total
+    acc0 = float(np.mean(exact_net.predict(xt).argmax(1) == yt))
+    L = ["", "## Approximate engines on a whole network", "",
+         f"ResNet-18 \"paper\", Fashion-MNIST: calibration on 1000 seeded training images, accuracy on the "
+         f"shipped 1000-image test sample (exact: {acc0:.3f}, {e['macs'] / 1e6:.2f} M MACs, "
+         f"{e['storage_bytes'] / 1e6:.2f} MB). MACs per image (every multiply of these engines is a MAC: "
+         "the `multiplies` convention, the LCNN paper's count); all ops = the `full` convention; time = "
+         f"median of {repeats} round-robin samples of `predict` as a ratio to the exact network.", "",
+         "| method | setting | accuracy | retention | MACs (M) | all ops (M) | params (M) | storage (MB) | "
+         + " | ".join(f"time b{b} / exact" for b in batches) + " |",
+         "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(batches)]
+    for method in engines:
+        for kw in ENGINE_SETTINGS[method]:
+            res = convert(net, xc, method=method, progress=False, **kw)
+            acc = float(np.mean(res.network.predict(xt).argmax(1) == yt))
+            c = count_ops(res.network).total
+            times = []
+            for b in batches:
+                xb = exact_net.normalize(xt[:b])
+                t = time_round_robin({"exact": lambda: exact_net(xb), "engine": lambda: res.network(xb)},
+                                     repeats, warmup=1, min_sample=0.01, pause=0.0)
+                times.append(t["engine"]["median"] / t["exact"]["median"])
+            L.append(f"| {method} | {_setting_text(kw)} | {acc:.3f} | {acc / acc0:.3f} | {c['macs'] / 1e6:.2f} | "
+                     f"{c['full'] / 1e6:.2f} | {c['params'] / 1e6:.3f} | {c['storage_bytes'] / 1e6:.2f} | "
+                     + " | ".join(f"{r:.2f}" for r in times) + " |")
+            print(L[-1], file=sys.stderr, flush=True)
+    return L
 
 
 if __name__ == "__main__":
