@@ -34,11 +34,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..geometry import ConvGeometry
-from ..layers import Conv2d, Linear
 from ..lcnn import LCNNConv2d
 from ..validate import as_choice, as_int
 from .calibration import BATCH, apply
-from .method import Method, register_method
+from .method import Method, convolution_or_keep, register_method
 
 #: Ridge (relative to the mean diagonal of the Gram matrix) of the output refit and the atom
 #: update; the sparse coding uses :data:`OMP_RIDGE`, small enough that a full dictionary
@@ -164,11 +163,9 @@ class LCNN(Method):
     per_layer = ("atoms", "sparsity")
 
     def resolve(self, path, layer, values, settings):
-        if isinstance(layer, Linear):
-            return {"keep": "a Linear layer (LCNN converts convolutions)"}
-        if not isinstance(layer, Conv2d) or layer.groups != 1:
-            raise ConfigError(f"convert: {path} is a grouped convolution (groups={layer.groups}); the "
-                              f"lcnn method converts groups=1 only: keep its switch exact")
+        keep = convolution_or_keep(self.name, path, layer)
+        if keep:
+            return keep
         kh, kw = layer.kernel_size
         k = as_int(values["atoms"], f"convert: atoms for {path}", 1)
         s = as_int(values["sparsity"], f"convert: sparsity for {path}", 1)
@@ -189,7 +186,7 @@ class LCNN(Method):
         """Least squares of each output channel's coefficients (on their atoms) and bias."""
         if "keep" in ls or not settings.refine:
             return None
-        k, s = ls["k"], ls["s"]
+        k = ls["k"]
         kh, kw = new.kernel_size
         g = ConvGeometry(k, new.out_channels, new.kernel_size, new.stride, new.geometry.padding_spec,
                          new.dilation)

@@ -31,11 +31,10 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import ConfigError
 from ..geometry import to_rows
-from ..layers import Conv2d, Linear
 from ..rsdtr import RSDTRConv2d
 from ..validate import as_choice
 from .calibration import apply
-from .method import Method, register_method
+from .method import Method, convolution_or_keep, register_method
 
 #: Ridge (relative to the mean squared feature) of the output refit.
 RIDGE = 1e-6
@@ -170,11 +169,9 @@ class RSDTR(Method):
     per_layer = ("eps",)
 
     def resolve(self, path, layer, values, settings):
-        if isinstance(layer, Linear):
-            return {"keep": "a Linear layer"}
-        if not isinstance(layer, Conv2d) or layer.groups != 1:
-            raise ConfigError(f"convert: {path} is a grouped convolution (groups={layer.groups}); the "
-                              f"rsdtr method converts groups=1 only: keep its switch exact")
+        keep = convolution_or_keep(self.name, path, layer)
+        if keep:
+            return keep
         eps = values["eps"]
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
             raise ConfigError(f"convert: eps for {path} must be in (0, 1), got {eps!r}")
