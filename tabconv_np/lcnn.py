@@ -166,3 +166,13 @@ class LCNNConv2d(Module):
         if bias is not None:
             p["bias"][...] = bias
         return layer
+
+
+def warmup():
+    """Compile (or load from the on-disk cache) the lookup kernel, serial and parallel."""
+    layer = LCNNConv2d(2, 3, 3, padding=1, atoms=2, sparsity=1)
+    P = np.zeros((1, 5, 5, 2), np.float32)
+    for fn in _k.lookup_accumulate:
+        fn(P, layer.params["indices"], layer.params["coefs"], layer.params["bias"], 1, 1, 1, 1,
+           np.empty((1, 3, 3, 3), np.float32))
+    return True
