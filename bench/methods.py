@@ -21,6 +21,7 @@ it reports, per method (``im2col``, ``winograd`` = F(2x2, 3x3),
 Winograd applies to stride-1 layers only; other rows show "–".
 
 With ``--engines`` (default ``lcnn,rsdtr``; ``none`` skips it), a second table
+(alone, printed and not written, with ``--only-engines``)
 converts the shipped ResNet-18 "paper" (Fashion-MNIST) with the approximate
 engines at the settings of :data:`ENGINE_SETTINGS` (calibration: 1000 seeded
 training images; test: the shipped 1000-image sample) and reports, per setting:
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "methods.md"))
     p.add_argument("--engines", default="lcnn,rsdtr",
                    help="approximate engines for the network table (comma list, or 'none')")
+    p.add_argument("--only-engines", action="store_true",
+                   help="print the engine table only (no per-layer table, nothing written)")
     a = p.parse_args(argv)
     a.batch_list = _ints(p, a.batches, "--batches")
     return a
@@ -225,4 +228,9 @@ def engine_rows(engines, batches, repeats):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    _args = parse_args()
+    if _args.only_engines:
+        print("\n".join(engine_rows([e for e in _args.engines.split(",") if e and e != "none"],
+                                     _args.batch_list, _args.repeats)))
+    else:
+        main(_args)
