@@ -44,6 +44,8 @@ from .method import Method, convolution_or_keep, register_method
 #: (k = s = C_in) reconstructs the filters to float32 precision.
 RIDGE = 1e-8
 OMP_RIDGE = 1e-13
+#: Most lowered map values held at once by the output refit (float32: 64 MB).
+LOWERED_FLOATS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -195,11 +197,12 @@ class LCNN(Method):
         G, B = 0.0, 0.0
         Y = data.target_rows(True)[0]
         x, per = data.x, n // len(data.x)
-        for i0 in range(0, len(x), BATCH):
-            rows, _ = g.lower(new.maps(x[i0:i0 + BATCH], data.layout), "NHWC")  # (rows, k*kh*kw)
-            y = Y[i0 * per:(i0 + BATCH) * per]
+        step = max(1, min(BATCH, LOWERED_FLOATS // (per * k * kh * kw)))     # images per chunk
+        for i0 in range(0, len(x), step):
+            rows, _ = g.lower(new.maps(x[i0:i0 + step], data.layout), "NHWC")  # (rows, k*kh*kw)
+            y = Y[i0 * per:(i0 + step) * per]
             if sel is not None:
-                lo, hi = np.searchsorted(sel, [i0 * per, min(len(x), i0 + BATCH) * per])
+                lo, hi = np.searchsorted(sel, [i0 * per, min(len(x), i0 + step) * per])
                 rows, y = rows[sel[lo:hi] - i0 * per], y[sel[lo:hi] - i0 * per]
             A = np.hstack([rows, np.ones((len(rows), 1), np.float32)]).astype(np.float64)
             G, B = G + A.T @ A, B + A.T @ y.astype(np.float64)
