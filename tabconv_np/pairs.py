@@ -39,6 +39,8 @@ from .functional import winograd_applies
 from .plan import PreparedConv
 from . import int8 as _int8
 from .validate import as_padding
+from .lcnn import LCNNConv2d
+from .rsdtr import CORES, RSDTRConv2d
 
 #: Slack on the ``K*u`` rounding-error bounds.
 TOL_FACTOR = 4.0
@@ -552,6 +554,65 @@ def _int8_conv_inputs(draw, rng):
     pads = as_padding(cfg["padding"], (kh, kw), cfg["dilation"])
     kwargs = dict(stride=cfg["stride"], padding=pads, dilation=cfg["dilation"], layout=layout)
     return (xq, zp, wq, ws, np.float32(rng.uniform(1e-3, 1)), bias), kwargs
+def lcnn_conv(x, dictionary, indices, coefs, bias, stride=1, padding=0, dilation=1, layout="NCHW"):
+    """``LCNNConv2d.forward`` with the given parameters."""
+    C_out, kh, kw, s = indices.shape
+    layer = LCNNConv2d(dictionary.shape[1], C_out, (kh, kw), stride, padding, dilation,
+                       len(dictionary), s)
+    for k, v in (("dictionary", dictionary), ("indices", indices), ("coefs", coefs), ("bias", bias)):
+        layer.params[k][...] = v
+    return layer.forward(x, layout)
+
+
+def _lcnn_inputs(draw, rng):
+    (x, w, _b, cfg), layout = conv_case(draw, rng, max_groups=1), ("NCHW", "NHWC")[draw(0, 1)]
+    C_out, C_in, kh, kw = w.shape
+    k = draw(1, 9)
+    s = draw(1, k)
+    D = rng.standard_normal((k, C_in)).astype(np.float32)
+    idx = rng.integers(0, k, (C_out, kh, kw, s)).astype(np.int32)
+    coefs = rng.standard_normal((C_out, kh, kw, s)).astype(np.float32)
+    bias = rng.standard_normal(C_out).astype(np.float32)
+    kwargs = {k: cfg[k] for k in ("stride", "padding", "dilation")}
+    return (x if layout == "NCHW" else _nhwc(x), D, idx, coefs, bias), dict(kwargs, layout=layout)
+
+
+def _check_lcnn(got, want, args, kwargs):
+    x, D, idx, coefs, bias = args
+    absref = R.lcnn_conv_naive(np.abs(x), np.abs(D), idx, np.abs(coefs), np.abs(bias), **kwargs)
+    K = D.shape[1] + idx[0].size + 1
+    _assert_within(got, want, TOL_FACTOR * K * U * absref.astype(np.float64) + 1e-7, "lcnn conv")
+
+
+def rsdtr_conv(x, core_out, core_in, core_h, core_w, bias, stride=1, padding=0, dilation=1,
+               layout="NCHW"):
+    """``RSDTRConv2d.forward`` with the given cores and bias."""
+    cores = (core_out, core_in, core_h, core_w)
+    layer = RSDTRConv2d(core_in.shape[1], core_out.shape[1], (core_h.shape[1], core_w.shape[1]), stride,
+                        padding, dilation, (core_in.shape[0], core_h.shape[0], core_w.shape[0],
+                                            core_out.shape[0]))
+    for name, v in zip(CORES + ("bias",), cores + (bias,)):
+        layer.params[name][...] = v
+    return layer.forward(x, layout)
+
+
+def _rsdtr_inputs(draw, rng):
+    (x, w, _b, cfg), layout = conv_case(draw, rng, max_groups=1), ("NCHW", "NHWC")[draw(0, 1)]
+    C_out, C_in, kh, kw = w.shape
+    r0, r1, r2, r3 = (draw(1, 4) for _ in range(4))
+    cores = tuple(rng.standard_normal(s).astype(np.float32) for s in
+                  ((r3, C_out, r0), (r0, C_in, r1), (r1, kh, r2), (r2, kw, r3)))
+    bias = rng.standard_normal(C_out).astype(np.float32)
+    kwargs = {k: cfg[k] for k in ("stride", "padding", "dilation")}
+    return (x if layout == "NCHW" else _nhwc(x), *cores, bias), dict(kwargs, layout=layout)
+
+
+def _check_rsdtr(got, want, args, kwargs):
+    x, core_out, core_in, core_h, core_w, bias = args
+    absref = R.rsdtr_conv_naive(*(np.abs(a) for a in args), **kwargs)
+    r0, r1, r2, r3 = core_in.shape[0], core_h.shape[0], core_w.shape[0], core_out.shape[0]
+    K = core_in.shape[1] + r1 * core_h.shape[1] + r2 * core_w.shape[1] + r0 * r3 + 1
+    _assert_within(got, want, TOL_FACTOR * K * U * absref.astype(np.float64) + 1e-7, "rsdtr conv")
 
 
 _CONV_TOL = ("elementwise |fast - ref| <= 4*K*2**-24*(|x| conv |w| + |b|) + 1e-7, "
@@ -613,4 +674,11 @@ PAIRS = [
     Pair("int8_conv", _int8.conv_quantized, R.int8_conv_naive, _int8_conv_inputs, _check_exact,
          "bitwise: the integer sums are exact on both sides (int32 vs int64, extremes included), "
          "then the same float32 multiply and add"),
+    Pair("lcnn_conv", lcnn_conv, R.lcnn_conv_naive, _lcnn_inputs, _check_lcnn,
+         "elementwise |fast - ref| <= 4*K*2**-24*(|x| conv W_abs + |b|) + 1e-7, K = C_in + kh*kw*s + 1, "
+         "W_abs[o, :, i, j] = sum_t |coef| |D[idx]| (float32 dictionary maps, then float32 lookup "
+         "sums, vs the float64 dense conv of the rebuilt filters)"),
+    Pair("rsdtr_conv", rsdtr_conv, R.rsdtr_conv_naive, _rsdtr_inputs, _check_rsdtr,
+         "elementwise |fast - ref| <= 4*K*2**-24*(|x| conv W_abs + |b|) + 1e-7, K = C_in + r1*kH + "
+         "r2*kW + r0*r3 + 1 (the four float32 sublayers' sums), W_abs the kernel rebuilt from |cores|"),
 ]

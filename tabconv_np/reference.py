@@ -25,6 +25,8 @@ reference                      fast function
 :func:`matmul_naive`           :func:`tabconv_np.conv.strassen.strassen`
 :func:`quantize_naive`         :func:`tabconv_np.int8.quantize` (activations to 8 bits)
 :func:`int8_conv_naive`        :func:`tabconv_np.int8.conv_quantized` (``Int8Conv2d``'s integer core)
+:func:`lcnn_conv_naive`        :class:`tabconv_np.lcnn.LCNNConv2d` (dictionary conv + lookups)
+:func:`rsdtr_conv_naive`       :class:`tabconv_np.rsdtr.RSDTRConv2d` (four tensor-ring sublayers)
 =============================  =================================================
 
 The convolution is really a cross-correlation, as in every deep-learning
@@ -530,3 +532,44 @@ def int8_conv_naive(xq, zero_point, weight, weight_scale, input_scale, bias, str
     scale = (np.float32(input_scale) * np.asarray(weight_scale, np.float32)).reshape(1, -1, 1, 1)
     y = acc.astype(np.float32) * scale + np.asarray(bias, np.float32).reshape(1, -1, 1, 1)
     return y if layout == "NCHW" else y.transpose(0, 2, 3, 1)
+# ------------------------------------------------------------- LCNN
+def lcnn_conv_naive(x, dictionary, indices, coefs, bias, stride=1, padding=0, dilation=1,
+                    layout="NCHW"):
+    """The LCNN convolution as the dense convolution of its rebuilt filters.
+
+    Reference for :class:`tabconv_np.lcnn.LCNNConv2d` (called with its
+    parameters): ``W[o, :, i, j] = sum_t coefs[o, i, j, t] * dictionary[indices[o, i, j, t]]``
+    in float64, then :func:`conv2d_naive`.
+
+    dictionary (k, C_in); indices, coefs (C_out, kh, kw, s); bias (C_out,).
+    """
+    D = np.asarray(dictionary, np.float64)
+    C_out, kh, kw, s = np.shape(indices)
+    W = np.zeros((C_out, D.shape[1], kh, kw))
+    for o in range(C_out):
+        for i in range(kh):
+            for j in range(kw):
+                for t in range(s):
+                    W[o, :, i, j] += coefs[o, i, j, t] * D[indices[o, i, j, t]]
+    return conv2d_naive(x, W, bias, stride, padding, dilation, layout=layout)
+
+
+# ------------------------------------------------------------- RSDTR
+def rsdtr_conv_naive(x, core_out, core_in, core_h, core_w, bias, stride=1, padding=0, dilation=1,
+                     layout="NCHW"):
+    """The tensor-ring convolution as the dense convolution of its rebuilt kernel.
+
+    Reference for :class:`tabconv_np.rsdtr.RSDTRConv2d` (called with its
+    parameters): ``W[o, c, i, j] = trace(core_out[:, o, :] core_in[:, c, :]
+    core_h[:, i, :] core_w[:, j, :])`` in float64, one entry at a time, then
+    :func:`conv2d_naive`.  Cores (r3, C_out, r0), (r0, C_in, r1), (r1, kH, r2), (r2, kW, r3).
+    """
+    G = [np.asarray(c, np.float64) for c in (core_out, core_in, core_h, core_w)]
+    C_out, C_in, kh, kw = G[0].shape[1], G[1].shape[1], G[2].shape[1], G[3].shape[1]
+    W = np.zeros((C_out, C_in, kh, kw))
+    for o in range(C_out):
+        for c in range(C_in):
+            for i in range(kh):
+                for j in range(kw):
+                    W[o, c, i, j] = np.trace(G[0][:, o, :] @ G[1][:, c, :] @ G[2][:, i, :] @ G[3][:, j, :])
+    return conv2d_naive(x, W, bias, stride, padding, dilation, layout=layout)

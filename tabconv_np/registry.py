@@ -18,6 +18,8 @@ from .layers import LRN, GlobalMaxPool2d
 from .reshapes import ChannelGather, Pad, Reshape, Transpose
 from .upsampling import ConvTranspose2d, Resize
 from .int8 import Int8Conv2d, Int8Linear
+from .lcnn import LCNNConv2d
+from .rsdtr import RSDTRConv2d
 
 #: The layer types :func:`from_config` builds, by config ``"type"``.
 LAYER_TYPES = {cls.__name__: cls for cls in (
@@ -28,6 +30,7 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
     LeakyReLU, PReLU, Sigmoid, Tanh, HardSigmoid, HardSwish, Softmax, LRN, GlobalMaxPool2d,
     Concat, Binary, Scale, Reshape, Transpose, ChannelGather, Pad, Resize, ConvTranspose2d,
     Int8Conv2d, Int8Linear,
+    LCNNConv2d, RSDTRConv2d,
 )}
 
 

@@ -29,13 +29,15 @@ METHOD_DEFAULTS = {
     "lowrank": {"rank": "auto", "energy": 0.95, "form": "svd", "refine": "exact"},
     "int8": {"bits": "8", "activations": "asymmetric", "range_rule": "minmax", "percentile": "99.99",
              "min_images": 32},
+    "lcnn": {"atoms": "32", "sparsity": "2", "refine": "exact"},
+    "rsdtr": {"eps": "0.3", "convs": "all", "refine": "none"},
 }
 #: ``--encoder``'s names of the table methods.
 ENCODERS = {"pq": "tabconv", "tree": "maddness"}
 ENCODER_DEFAULTS = {e: METHOD_DEFAULTS[m] for e, m in ENCODERS.items()}
 #: How each method option is read: per-layer values (``parse_setting`` of that kind) or one value.
 PER_LAYER = {"codebooks": str, "prototypes": int, "rank": str, "bits": int, "activations": str.lower,
-             "range_rule": str.lower, "percentile": float}
+             "range_rule": str.lower, "percentile": float, "atoms": int, "sparsity": int, "eps": float}
 
 
 def add_parser(sub):
@@ -53,7 +55,9 @@ def add_parser(sub):
                    "lowrank: truncated SVD factors (--rank, --energy, --form); int8: post-training "
                    "quantisation, int8 weights per output channel, 8-bit inputs per tensor calibrated "
                    "on the training images (--bits, --activations, --range-rule, --percentile, "
-                   "--min-images); default: from --encoder")
+                   "--min-images); lcnn: a dictionary 1x1 conv and sparse lookups (--atoms, "
+                   "--sparsity); rsdtr: tensor-ring cores from the weights (--eps, --convs); "
+                   "default: from --encoder")
     c.add_argument("--encoder", choices=sorted(ENCODERS),
                    help="the table methods by their encoder: pq = --method tabconv (the default), "
                    "tree = --method maddness")
@@ -82,6 +86,18 @@ def add_parser(sub):
                    "the P percentile), in (50, 100], one value or PATTERN=VALUE items; default 99.99")
     c.add_argument("--min-images", type=count(2), metavar="N",
                    help="int8 only: refuse fewer calibration images than N (default: 32)")
+    c.add_argument("--atoms",
+                   help="lcnn only: the dictionary size k per layer (at most kh*kw*C_out): an int, a "
+                   "comma list per switch, or PATTERN=VALUE items; default 32")
+    c.add_argument("--sparsity",
+                   help="lcnn only: s (index, coefficient) pairs per output channel and kernel "
+                   "position (at most k), in the same forms; default 2")
+    c.add_argument("--eps",
+                   help="rsdtr only: the relative error eps_p of each kernel's TR-SVD, in (0, 1), in "
+                   "the same forms (e.g. 'layer4.*=0.5,*=0.3'); default 0.3")
+    c.add_argument("--convs", choices=["all", "blocks"],
+                   help="rsdtr only: decompose every conv of a converted switch, or only the 3x3 "
+                   "convs inside blocks as the authors do; default: all")
     c.add_argument("--mask-rate", type=float, metavar="M",
                    help="priority masking: keep exact the floor(M x switches / 100) switches whose "
                    "similarity to the exact network drops most (percent; default: no masking)")
@@ -98,7 +114,9 @@ def add_parser(sub):
     c.add_argument("--no-refit", action="store_true", help="do not refit the final Linear")
     c.add_argument("--refine", choices=["exact", "local", "none"],
                    help="least-squares refinement toward the exact network (default: none for "
-                   "pq, the authors' plain tables; exact for tree and lowrank; lowrank has no local)")
+                   "pq, the authors' plain tables; exact for tree and lowrank; lcnn: refit the "
+                   "coefficients (default exact); rsdtr: refit the last core (default none); local: "
+                   "the tables only)")
     c.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     c.set_defaults(func=run)

@@ -38,4 +38,7 @@ def run(args):
     from ..plan import warmup as plan_warmup
     plan_warmup()
     print("warmed prepared-plan kernels (epilogue, Winograd)", file=sys.stderr)
+    from ..lcnn import warmup as lcnn_warmup
+    lcnn_warmup()
+    print("warmed LCNN lookup kernel", file=sys.stderr)
     print(f"kernels compiled and cached in {time.perf_counter() - t0:.1f} s")

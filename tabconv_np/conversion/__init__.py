@@ -16,6 +16,8 @@ module             what it holds
 ``maddness``       hash-tree encoding + 8-bit output-targeted tables
 ``lowrank``        truncated SVD of each layer, refit to the outputs
 ``int8``           int8 post-training quantisation, ranges calibrated on training images
+``lcnn``           LCNN: a learned dictionary and sparse codes per conv, refit to the outputs
+``rsdtr``          RSDTR: a tensor ring of four cores per conv, from the weights (TR-SVD search)
 =================  ===============================================================
 
 A new method subclasses :class:`Method` (three things: ``resolve``, ``fit``,
@@ -34,9 +36,11 @@ from .maddness import Maddness, MaddnessSettings
 from .tabconv import TabConv, TabConvSettings
 from .lowrank import LowRank, LowRankSettings
 from .int8 import Int8, Int8Settings
+from .lcnn import LCNN, LCNNSettings
+from .rsdtr import RSDTR, RSDTRSettings
 
 __all__ = ["convert", "skeleton", "table_structure", "op_reduction", "ConversionResult",
            "ConversionSettings", "Switch", "find_switches", "priority_mask", "cosine_similarity",
            "switch_similarities", "augment_images", "Method", "METHODS", "register_method",
            "get_method", "TabConv", "TabConvSettings", "Maddness", "MaddnessSettings", "LowRank",
-           "LowRankSettings", "Int8", "Int8Settings"]
+           "LowRankSettings", "Int8", "Int8Settings", "LCNN", "LCNNSettings", "RSDTR", "RSDTRSettings"]

@@ -102,3 +102,15 @@ class Method:
     def layer_meta(self, record):
         """What the converted network's metadata keeps about a layer."""
         return {}
+
+
+def convolution_or_keep(method, path, layer):
+    """For methods that convert convolutions only: None for a ``Conv2d`` of groups 1,
+    ``{"keep": reason}`` for a Linear layer (it stays exact), ConfigError for a grouped conv."""
+    from ..layers import Conv2d, Linear
+    if isinstance(layer, Linear):
+        return {"keep": f"a Linear layer ({method} converts convolutions)"}
+    if not isinstance(layer, Conv2d) or layer.groups != 1:
+        raise ConfigError(f"convert: {path} is a grouped convolution (groups={getattr(layer, 'groups', '?')}); "
+                          f"the {method} method converts groups=1 only: keep its switch exact")
+    return None
