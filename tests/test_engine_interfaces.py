@@ -250,11 +250,14 @@ def test_saved_files_round_trip_with_the_new_names(tmp_path):
                     reason="shipped weights not present")
 def test_demo_numbers_are_pinned():
     """``tabconv demo --json --calib 200 --test 200 --codebooks D/32 --prototypes 32 --refine exact
-    --mask-rate 20`` gave these numbers before the engine-interface refactoring."""
+    --mask-rate 20`` gave these numbers before the engine-interface refactoring; since ``auto`` picks
+    Winograd F(4x4, 3x3) for the large 3x3 calls of the calibration passes, whose float32 rounding
+    moves the k-means seeds, the table accuracy is 0.885 (0.86 with im2col there, every other
+    number unchanged)."""
     from tabconv_np.demo import run_demo
     r = run_demo(calib=200, test=200, codebooks="D/32", prototypes=32, mask_rate=20, refine="exact",
                  progress=False, latency=False)
-    assert r["exact_accuracy"] == 0.915 and r["table_accuracy"] == 0.86
+    assert r["exact_accuracy"] == 0.915 and r["table_accuracy"] == 0.885
     assert r["masked"] == ["layer1.0", "layer1.1"]
     assert r["ops"]["paper"]["cost"] == 9_099_008 and r["ops"]["paper"]["exact"] == 32_709_888
     assert r["ops"]["full"]["cost"] == 12_193_226 and r["ops"]["full"]["exact"] == 32_809_418
