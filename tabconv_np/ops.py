@@ -373,8 +373,9 @@ def op_reduction(network, exact_net, input_shape=None):
         each convention has ``reduction`` (fraction saved), ``cost``,
         ``exact``, ``ratio`` (exact / cost) and ``convention`` (what is
         counted; ``paper`` compares with the exact network's MACs).
-        ``storage``: ``table_bytes`` (the layers whose type changed),
-        ``replaced_weight_bytes`` (the exact layers they replace),
+        ``storage``: ``table_bytes`` (the converted layers: those whose type
+        changed, or new, as the factors of a low-rank layer), ``replaced_weight_bytes``
+        (the exact layers they replace),
         ``network_bytes`` and ``exact_network_bytes``.
     """
     t = count_ops(network, input_shape)
@@ -386,11 +387,12 @@ def op_reduction(network, exact_net, input_shape=None):
         base = e.cost("macs" if name == "paper" else name)
         out[name] = {"reduction": reduction(cost, base), "cost": int(cost), "exact": int(base),
                      "ratio": base / cost if cost else float("inf"), "convention": c.description}
-    exact_rows = {r["name"]: r for r in e.rows}
-    changed = [r for r in t.rows if r["name"] in exact_rows and r["type"] != exact_rows[r["name"]]["type"]]
+    exact_rows, rows = {r["name"]: r for r in e.rows}, {r["name"]: r for r in t.rows}
+    # layers whose type changed, or that are new / gone (a layer replaced by a block of several)
+    changed = [r for r in t.rows if r["type"] != exact_rows.get(r["name"], {}).get("type")]
+    replaced = [r for r in e.rows if r["type"] != rows.get(r["name"], {}).get("type")]
     out["storage"] = {"table_bytes": int(sum(r["storage_bytes"] for r in changed)),
-                      "replaced_weight_bytes": int(sum(exact_rows[r["name"]]["storage_bytes"]
-                                                       for r in changed)),
+                      "replaced_weight_bytes": int(sum(r["storage_bytes"] for r in replaced)),
                       "network_bytes": int(t.total["storage_bytes"]),
                       "exact_network_bytes": int(e.total["storage_bytes"])}
     out["table_layers"] = len(changed)
