@@ -63,7 +63,7 @@ def reduction_lines(red):
     p, f, st = red["paper"], red["full"], red["storage"]
     return [
         f"{'ops':<11}{compared(p['cost'], p['exact'], 'operations')} (paper convention: encoding not "
-        f"counted; {p['cost'] / 1e6:.2f} M vs {p['exact'] / 1e6:.2f} M MACs)",
+        f"counted; {p['cost'] / 1e6:.2f} M operations vs {p['exact'] / 1e6:.2f} M MACs)",
         f"{'':<11}{compared(f['cost'], f['exact'], 'arithmetic operations')} (full convention: every "
         f"arithmetic operation, encoding included; {f['cost'] / 1e6:.2f} M vs {f['exact'] / 1e6:.2f} M)",
         f"{'storage':<11}{st['network_bytes'] / MIB:.1f} MiB, "
