@@ -102,7 +102,8 @@ for _name, _kind, _doc in (
         ("int8_macs", "arithmetic", "int8 x int8 multiply-accumulates (int32 sums)"),
         ("quant_ops", "arithmetic", "activations quantised to 8 bits (multiply, round, clamp)"),
         ("zp_adds", "arithmetic", "zero-point corrections of int8 sums, one per output"),
-        ("dequant_mults", "arithmetic", "multiplies that dequantise integer sums")):
+        ("dequant_mults", "arithmetic", "multiplies that dequantise integer sums"),
+        ("index_reads", "memory", "column indices read by sparse (CSR) products, one per multiply")):
     declare_quantity(_name, _kind, _doc)
 
 #: The quantities every row carries (0 when a layer does not report them), in table order.

@@ -27,6 +27,7 @@ reference                      fast function
 :func:`int8_conv_naive`        :func:`tabconv_np.int8.conv_quantized` (``Int8Conv2d``'s integer core)
 :func:`lcnn_conv_naive`        :class:`tabconv_np.lcnn.LCNNConv2d` (dictionary conv + lookups)
 :func:`rsdtr_conv_naive`       :class:`tabconv_np.rsdtr.RSDTRConv2d` (four tensor-ring sublayers)
+:func:`sparse_conv_naive`      :class:`tabconv_np.sparse.SparseConv2d` (CSR weights, pruned)
 =============================  =================================================
 
 The convolution is really a cross-correlation, as in every deep-learning
@@ -573,3 +574,20 @@ def rsdtr_conv_naive(x, core_out, core_in, core_h, core_w, bias, stride=1, paddi
                 for j in range(kw):
                     W[o, c, i, j] = np.trace(G[0][:, o, :] @ G[1][:, c, :] @ G[2][:, i, :] @ G[3][:, j, :])
     return conv2d_naive(x, W, bias, stride, padding, dilation, layout=layout)
+
+
+def sparse_conv_naive(x, data, indices, indptr, bias, weight_shape, stride=1, padding=0, dilation=1,
+                      layout="NCHW"):
+    """The pruned convolution as the dense convolution of its CSR weights.
+
+    Reference for :class:`tabconv_np.sparse.SparseConv2d`: the weight
+    ``(C_out, C, kh, kw)`` rebuilt entry by entry from the compressed rows
+    (row ``o``: values ``data[indptr[o]:indptr[o+1]]`` at lowered columns
+    ``indices[...]``, ``(c*kh + i)*kw + j``), in float64, then :func:`conv2d_naive`.
+    """
+    C_out = len(indptr) - 1
+    W = np.zeros((C_out, int(np.prod(weight_shape[1:]))))
+    for o in range(C_out):
+        for p in range(indptr[o], indptr[o + 1]):
+            W[o, indices[p]] = data[p]
+    return conv2d_naive(x, W.reshape(weight_shape), bias, stride, padding, dilation, layout=layout)

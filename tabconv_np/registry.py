@@ -20,6 +20,7 @@ from .upsampling import ConvTranspose2d, Resize
 from .int8 import Int8Conv2d, Int8Linear
 from .lcnn import LCNNConv2d
 from .rsdtr import RSDTRConv2d
+from .sparse import SparseConv2d
 
 #: The layer types :func:`from_config` builds, by config ``"type"``.
 LAYER_TYPES = {cls.__name__: cls for cls in (
@@ -30,7 +31,7 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
     LeakyReLU, PReLU, Sigmoid, Tanh, HardSigmoid, HardSwish, Softmax, LRN, GlobalMaxPool2d,
     Concat, Binary, Scale, Reshape, Transpose, ChannelGather, Pad, Resize, ConvTranspose2d,
     Int8Conv2d, Int8Linear,
-    LCNNConv2d, RSDTRConv2d,
+    LCNNConv2d, RSDTRConv2d, SparseConv2d,
 )}
 
 

@@ -31,13 +31,15 @@ METHOD_DEFAULTS = {
              "min_images": 32},
     "lcnn": {"atoms": "32", "sparsity": "2", "refine": "exact"},
     "rsdtr": {"eps": "0.3", "convs": "all", "refine": "none"},
+    "prune": {"pruned": "0.5"},
 }
 #: ``--encoder``'s names of the table methods.
 ENCODERS = {"pq": "tabconv", "tree": "maddness"}
 ENCODER_DEFAULTS = {e: METHOD_DEFAULTS[m] for e, m in ENCODERS.items()}
 #: How each method option is read: per-layer values (``parse_setting`` of that kind) or one value.
 PER_LAYER = {"codebooks": str, "prototypes": int, "rank": str, "bits": int, "activations": str.lower,
-             "range_rule": str.lower, "percentile": float, "atoms": int, "sparsity": int, "eps": float}
+             "range_rule": str.lower, "percentile": float, "atoms": int, "sparsity": int, "eps": float,
+             "pruned": float}
 
 
 def add_parser(sub):
@@ -57,6 +59,7 @@ def add_parser(sub):
                    "on the training images (--bits, --activations, --range-rule, --percentile, "
                    "--min-images); lcnn: a dictionary 1x1 conv and sparse lookups (--atoms, "
                    "--sparsity); rsdtr: tensor-ring cores from the weights (--eps, --convs); "
+                   "prune: magnitude pruning to sparse (CSR) convolutions (--pruned); "
                    "default: from --encoder")
     c.add_argument("--encoder", choices=sorted(ENCODERS),
                    help="the table methods by their encoder: pq = --method tabconv (the default), "
@@ -98,6 +101,8 @@ def add_parser(sub):
     c.add_argument("--convs", choices=["all", "blocks"],
                    help="rsdtr only: decompose every conv of a converted switch, or only the 3x3 "
                    "convs inside blocks as the authors do; default: all")
+    c.add_argument("--pruned", help="prune only: the fraction of each layer's weights set to zero, in "
+                   "[0, 1): one value, a comma list per switch, or PATTERN=VALUE items; default 0.5")
     c.add_argument("--mask-rate", type=float, metavar="M",
                    help="priority masking: keep exact the floor(M x switches / 100) switches whose "
                    "similarity to the exact network drops most (percent; default: no masking)")

@@ -18,6 +18,7 @@ module             what it holds
 ``int8``           int8 post-training quantisation, ranges calibrated on training images
 ``lcnn``           LCNN: a learned dictionary and sparse codes per conv, refit to the outputs
 ``rsdtr``          RSDTR: a tensor ring of four cores per conv, from the weights (TR-SVD search)
+``prune``          magnitude pruning to CSR convolutions (``SparseConv2d``)
 =================  ===============================================================
 
 A new method subclasses :class:`Method` (three things: ``resolve``, ``fit``,
@@ -38,9 +39,11 @@ from .lowrank import LowRank, LowRankSettings
 from .int8 import Int8, Int8Settings
 from .lcnn import LCNN, LCNNSettings
 from .rsdtr import RSDTR, RSDTRSettings
+from .prune import Prune, PruneSettings
 
 __all__ = ["convert", "skeleton", "table_structure", "op_reduction", "ConversionResult",
            "ConversionSettings", "Switch", "find_switches", "priority_mask", "cosine_similarity",
            "switch_similarities", "augment_images", "Method", "METHODS", "register_method",
            "get_method", "TabConv", "TabConvSettings", "Maddness", "MaddnessSettings", "LowRank",
-           "LowRankSettings", "Int8", "Int8Settings", "LCNN", "LCNNSettings", "RSDTR", "RSDTRSettings"]
+           "LowRankSettings", "Int8", "Int8Settings", "LCNN", "LCNNSettings", "RSDTR", "RSDTRSettings", "Prune",
+           "PruneSettings"]
