@@ -104,8 +104,9 @@ def choose_method(C, H, W, C_out, kernel_size, stride=1, dilation=1, groups=1, N
     * otherwise ``im2col``, the fastest or near it on the other ResNet-18
       layers in ``docs/bench_conv.md``.
 
-    Depthwise Winograd is never picked: the direct kernel beats it on every
-    depthwise row of docs/bench_conv.md.
+    Depthwise Winograd is never picked: the direct kernel beats it on the
+    32- and 128-channel depthwise rows of docs/bench_conv.md; it won on one
+    512-channel 4x4 shape, too few to set a rule on.
 
     Parameters
     ----------

@@ -41,7 +41,7 @@ from . import int8 as _int8
 from .validate import as_padding
 from .lcnn import LCNNConv2d
 from .rsdtr import CORES, RSDTRConv2d
-from .sparse import SparseConv2d
+from .sparse import SparseConv2d, csr
 
 #: Slack on the ``K*u`` rounding-error bounds.
 TOL_FACTOR = 4.0
@@ -617,32 +617,32 @@ def _check_rsdtr(got, want, args, kwargs):
 
 
 
-def sparse_conv(x, data, indices, indptr, bias, weight_shape, stride=1, padding=0, dilation=1, layout="NCHW"):
-    """``SparseConv2d.forward`` with the given CSR weights and bias."""
+def _sparse_layer(data, indices, indptr, bias, weight_shape, stride=1, padding=0, dilation=1):
     C_out, C, kh, kw = weight_shape
     layer = SparseConv2d(C, C_out, (kh, kw), stride, padding, dilation, len(data))
     for k, v in (("data", data), ("indices", indices), ("indptr", indptr), ("bias", bias)):
         layer.params[k][...] = v
-    return layer.forward(x, layout)
+    return layer
+
+
+def sparse_conv(x, *csr_args, layout="NCHW", **geometry):
+    """``SparseConv2d.forward`` with the given CSR weights, bias and weight shape."""
+    return _sparse_layer(*csr_args, **geometry).forward(x, layout)
 
 
 def _sparse_inputs(draw, rng):
     """A conv case with its weight pruned to a random density (0 to 100%), as CSR."""
     (x, w, _b, cfg), layout = conv_case(draw, rng, max_groups=1), ("NCHW", "NHWC")[draw(0, 1)]
     Wl = w.reshape(len(w), -1) * (rng.random((len(w), w[0].size)) < draw(0, 4) / 4)
-    rows, cols = np.nonzero(Wl)
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(w)))]).astype(np.int32)
     bias = rng.standard_normal(len(w)).astype(np.float32)
     kwargs = {k: cfg[k] for k in ("stride", "padding", "dilation")}
-    return ((x if layout == "NCHW" else _nhwc(x), Wl[rows, cols].astype(np.float32), cols.astype(np.int32),
-             indptr, bias, w.shape), dict(kwargs, layout=layout))
+    return (x if layout == "NCHW" else _nhwc(x), *csr(Wl), bias, w.shape), dict(kwargs, layout=layout)
 
 
 def _check_sparse(got, want, args, kwargs):
-    x, data, indices, indptr, bias, shape = args
-    W = np.zeros((shape[0], int(np.prod(shape[1:]))), np.float32)
-    W[np.repeat(np.arange(shape[0]), np.diff(indptr)), indices] = data
-    assert_conv_close(got, want, conv_error_bound(x, W.reshape(shape), bias, **kwargs), "sparse conv")
+    x, *csr_args = args
+    W = _sparse_layer(*csr_args).dense()
+    assert_conv_close(got, want, conv_error_bound(x, W, csr_args[3], **kwargs), "sparse conv")
 
 _CONV_TOL = ("elementwise |fast - ref| <= 4*K*2**-24*(|x| conv |w| + |b|) + 1e-7, "
              "K = C/groups*kh*kw + 1 (float32 sums in any order vs float64)")

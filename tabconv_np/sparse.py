@@ -22,6 +22,14 @@ from .module import Module
 from .validate import as_int, check_parameters
 
 
+def csr(W):
+    """``(data, indices, indptr)`` of the nonzeros of ``W`` (M, K), row by row: float32, int32, int32."""
+    W = np.asarray(W, np.float32)
+    rows, cols = np.nonzero(W)                          # row-major: CSR order
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(W)))])
+    return W[rows, cols], cols.astype(np.int32), indptr.astype(np.int32)
+
+
 class SparseConv2d(Module):
     """A convolution (groups 1) with CSR weights; interchangeable with ``Conv2d``.
 
@@ -63,15 +71,12 @@ class SparseConv2d(Module):
         (default: its own weight) and its bias."""
         if conv.groups != 1:
             raise ConfigError(f"SparseConv2d: grouped convolutions (groups={conv.groups}) are not supported")
-        W = np.asarray(conv.params["weight"] if weight is None else weight, np.float32)
-        Wl = W.reshape(conv.out_channels, -1)
-        rows, cols = np.nonzero(Wl)                     # row-major: CSR order
+        W = conv.params["weight"] if weight is None else weight
+        data, indices, indptr = csr(np.reshape(W, (conv.out_channels, -1)))
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, len(rows))
+                    conv.dilation, len(data))
         p = layer.params
-        p["data"][...] = Wl[rows, cols]
-        p["indices"][...] = cols
-        p["indptr"][...] = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=conv.out_channels))])
+        p["data"][...], p["indices"][...], p["indptr"][...] = data, indices, indptr
         if conv.params.get("bias") is not None:
             p["bias"][...] = conv.params["bias"]
         return layer
