@@ -155,8 +155,8 @@ def test_auto_picks_winograd_only_where_it_applies_and_pays():
 
 @pytest.mark.parametrize("method", ["winograd", "winograd4"])
 def test_winograd_error_on_the_shipped_layers_is_within_the_stated_bound(method):
-    """Real weights and activations: |winograd - float64 reference| <= slack * K*u*(|x| conv |w|)."""
-    from tabconv_np.pairs import TOL_FACTOR, WINOGRAD_SLACK, assert_conv_close, conv_error_bound
+    """Real weights and activations: |winograd - float64 reference| within the tile-wise bound."""
+    from tabconv_np.pairs import assert_conv_close, winograd_error_bound
     from tabconv_np.evaluate import layer_inputs
     net = tabconv_np.load(os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"))
     seen = layer_inputs(net, load_dataset("sample", "test", limit=8)[0], lambda m: isinstance(m, Conv2d)
@@ -166,5 +166,5 @@ def test_winograd_error_on_the_shipped_layers_is_within_the_stated_bound(method)
         w, b, pad = m.params["weight"], m.params.get("bias"), m.geometry.padding
         got = conv2d(x, w, b, padding=pad, method=method)
         want = conv2d(x.astype(np.float64), w.astype(np.float64), b, padding=pad, method="naive")
-        bound = WINOGRAD_SLACK[method] / TOL_FACTOR * conv_error_bound(x, w, b, padding=pad)
+        bound = winograd_error_bound(x, w, b, padding=pad, method=method)
         assert_conv_close(got, want, bound, f"{method} on {m}")
