@@ -71,7 +71,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--network", required=True, help="a shipped network: weights/<network>.h5")
     p.add_argument("--method", required=True)
-    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="values of one setting; separated by ';' when they are lists themselves")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--calib", type=int, default=1000)
     p.add_argument("--batches", default="1,32")
@@ -80,7 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="markdown file (default: print)")
     p.add_argument("--cache-dir", default=os.path.join(ROOT, "bench", "_cache"))
     a = p.parse_args(argv)
-    a.grid = {k: [_value(v) for v in vs.split(",")] for k, vs in _pairs(p, a.grid, "--grid").items()}
+    a.grid = {k: [_value(v) for v in vs.split(";" if ";" in vs else ",")]
+              for k, vs in _pairs(p, a.grid, "--grid").items()}
     a.fixed = {k: _value(v) for k, v in _pairs(p, a.set, "--set").items()}
     try:
         a.batch_list = [int(b) for b in a.batches.split(",") if b.strip()]
