@@ -15,7 +15,7 @@ Settings:
 * ``ends``: ``"exact"`` (the default, as the BNN literature does: the
   network's first and last weight layers stay float) or ``"binary"``
   (converted too; :meth:`Binary.for_network` finds them);
-* ``refine``: ``"none"`` (the default: the closed forms above, nothing
+* ``refine``: None or ``"none"`` (the default: the closed forms above, nothing
   fitted) or ``"exact"``: each output channel's scale and bias refitted by
   least squares to the exact network's output on the calibration rows (two
   numbers per channel: the signs stay those of the weights).
@@ -39,7 +39,7 @@ from .switches import find_switches
 
 #: ``ends`` values and ``refine`` values.
 ENDS = ("exact", "binary")
-REFINES = ("none", "exact")
+REFINES = (None, "none", "exact")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class BinarySettings:
         Per layer: keep float inputs, or binarise them (a fully binary layer).
     ends : {"exact", "binary"}
         Keep the network's first and last weight layers exact, or convert them too.
-    refine : {"none", "exact"}
+    refine : {None, "none", "exact"}
         Refit each output channel's scale and bias to the exact outputs, or not.
     end_layers : tuple of str
         The first and last weight layers' paths; filled in by ``convert``.
@@ -60,14 +60,14 @@ class BinarySettings:
 
     activations: object = "float"
     ends: str = "exact"
-    refine: str = "none"
+    refine: object = None
     end_layers: tuple = ()
 
     def __post_init__(self):
         if self.ends not in ENDS:
             raise ConfigError(f"convert: ends must be one of {list(ENDS)}, got {self.ends!r}")
         if self.refine not in REFINES:
-            raise ConfigError(f"convert: refine must be one of {list(REFINES)} (binary, ternary), "
+            raise ConfigError(f"convert: refine must be 'none' or 'exact' (binary, ternary), "
                               f"got {self.refine!r}")
 
 
@@ -123,7 +123,7 @@ class Binary(Method):
     def refine(self, new, data, ls, settings, rng):
         """Least squares of each output channel's scale and bias: ``y_m = s_m * u_m + c_m``, ``u_m``
         the layer's unscaled output (the +-1 products), on the calibration inputs."""
-        if "keep" in ls or settings.refine == "none":
+        if "keep" in ls or settings.refine in (None, "none"):
             return None
         p = new.params
         alpha, beta = p["weight_scale"].copy(), float(p["input_scale"][0])
