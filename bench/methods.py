@@ -240,6 +240,12 @@ COMPRESSION = [
     ("rsdtr", dict(method="rsdtr", eps=0.5, convs="blocks", refine="exact"), ("macs", "MACs"), "resnet"),
     ("lowrank", dict(method="lowrank", form="spatial", energy=0.7, switches=_INNER), ("macs", "MACs"), "resnet18"),
     ("lowrank", dict(method="lowrank", form="tucker2", energy=0.7, switches=_INNER), ("macs", "MACs"), "resnet18"),
+    ("binary", dict(method="binary"), ("adds", "adds"), "resnet18"),
+    ("binary", dict(method="binary", refine="exact"), ("adds", "adds"), "resnet18"),
+    ("binary", dict(method="binary", activations="binary", refine="exact"), ("popcounts", "popcounts"), "resnet18"),
+    ("ternary", dict(method="ternary"), ("adds", "adds"), "resnet18"),
+    ("ternary", dict(method="ternary", refine="exact"), ("adds", "adds"), "resnet18"),
+    ("ternary", dict(method="ternary", activations="binary", refine="exact"), ("popcounts", "popcounts"), "resnet18"),
 ]
 
 
