@@ -128,10 +128,11 @@ def xnor_products(rows, weight_sign, weight_mask=None):
         return out
     work = out.size * A.shape[1] * _k.WORD
     if weight_mask is None:
-        pick(_k.xnor_gemm, work)(A, weight_sign, D, out)
+        nnz = np.full(len(weight_sign), D, np.int32)
     else:
         nnz = unpack_bits(weight_mask, D).sum(axis=1).astype(np.int32)
-        pick(_k.xnor_gemm_masked, work)(A, weight_sign, weight_mask, nnz, out)
+    pick(_k.xnor_gemm, work)(A, weight_sign, weight_sign if weight_mask is None else weight_mask, nnz,
+                             weight_mask is not None, out)
     return out
 
 

@@ -68,34 +68,15 @@ def _pack_signs(X, out):
                 out[r, w] = word
 
 
-def _xnor_gemm(A, S, D, out):
-    """Integer +-1 products of packed rows with packed binary weights.
+def _xnor_gemm(A, S, T, nnz, masked, out):
+    """Integer products of packed +-1 rows with packed binary or ternary weights.
 
-    A : uint64 (R, nw), the packed rows; S : uint64 (M, nw), the packed weight
-    signs; D : int, the values per row; out : int32 (R, M)::
+    A : uint64 (R, nw), the packed rows; S : uint64 (M, nw), the weight signs;
+    T : uint64 (M, nw), the mask of nonzero weights (read only when
+    ``masked``); nnz : int32 (M,), the nonzero weights per row (``D`` for
+    binary weights, ``popcount(T[m])`` for ternary); out : int32 (R, M)::
 
-        out[r, m] = D - 2 * sum_w popcount(A[r, w] ^ S[m, w])
-    """
-    R, nw = A.shape
-    M = S.shape[0]
-    for t in prange((R + CHUNK - 1) // CHUNK):
-        for r in range(t * CHUNK, min(R, (t + 1) * CHUNK)):
-            a = A[r]
-            for m in range(M):
-                s = S[m]
-                acc = np.uint64(0)
-                for w in range(nw):
-                    acc += popcount(a[w] ^ s[w])
-                out[r, m] = np.int32(D - 2 * np.int64(acc))
-
-
-def _xnor_gemm_masked(A, S, T, nnz, out):
-    """Integer products of packed +-1 rows with packed ternary weights.
-
-    A : uint64 (R, nw); S, T : uint64 (M, nw), the weight signs and the mask of
-    nonzero weights; nnz : int32 (M,), ``popcount(T[m])``; out : int32 (R, M)::
-
-        out[r, m] = nnz[m] - 2 * sum_w popcount((A[r, w] ^ S[m, w]) & T[m, w])
+        out[r, m] = nnz[m] - 2 * sum_w popcount((A[r, w] ^ S[m, w]) [& T[m, w]])
     """
     R, nw = A.shape
     M = S.shape[0]
@@ -106,10 +87,12 @@ def _xnor_gemm_masked(A, S, T, nnz, out):
                 s, k = S[m], T[m]
                 acc = np.uint64(0)
                 for w in range(nw):
-                    acc += popcount((a[w] ^ s[w]) & k[w])
+                    x = a[w] ^ s[w]
+                    if masked:
+                        x &= k[w]
+                    acc += popcount(x)
                 out[r, m] = np.int32(nnz[m] - 2 * np.int64(acc))
 
 
 pack_signs = kernel(_pack_signs)
 xnor_gemm = kernel(_xnor_gemm)
-xnor_gemm_masked = kernel(_xnor_gemm_masked)
