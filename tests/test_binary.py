@@ -38,7 +38,7 @@ def data():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = tabconv_np.load(R18)
-    xc, _ = load_dataset("sample", "train", limit=64)
+    xc, _ = load_dataset("sample", "train", limit=40)
     xt, yt = load_dataset("sample", "test", limit=200)
     return net, xc, xt, yt
 
