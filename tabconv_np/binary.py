@@ -21,7 +21,8 @@ Inputs (``activations``):
   product is an add or a subtract (a skip for a ternary zero), counted as
   ``adds``; this implementation computes them as a float32 BLAS product with
   the unpacked {-1, 0, 1} matrix (the same sums up to float32 order; a product
-  per weight on the machine, no faster than the float layer);
+  per weight on the machine, no faster than the float layer), unpacked at the
+  first call and kept in memory beside the bits;
 * ``"binary"``: a fully binary layer.  The input is binarised by the same
   sign (``x > 0``: +1, else -1) after zero padding, so **a padded position is
   -1**, as an input 0 is; its scale is one per tensor, ``beta`` = mean |x| of
@@ -115,11 +116,18 @@ def pack_rows(rows):
     return out
 
 
-def xnor_products(rows, weight_sign, weight_mask=None):
+def nonzeros(weight_mask, M, D):
+    """Nonzero weights per row, int32 ``(M,)``: ``D`` each for binary weights (``weight_mask`` None)."""
+    if weight_mask is None:
+        return np.full(M, D, np.int32)
+    return unpack_bits(weight_mask, D).sum(axis=1).astype(np.int32)
+
+
+def xnor_products(rows, weight_sign, weight_mask=None, nnz=None):
     """The exact +-1 products ``sign(rows) . T[m]``, int32 ``(R, M)``, by XNOR (AND) and popcount.
 
     rows : float32 (R, D); weight_sign, weight_mask : uint64 (M, words), the
-    mask None for binary weights.
+    mask None for binary weights; nnz : int32 (M,), :func:`nonzeros` (computed when None).
     """
     D = rows.shape[1]
     A = pack_rows(rows)
@@ -127,10 +135,7 @@ def xnor_products(rows, weight_sign, weight_mask=None):
     if not out.size:
         return out
     work = out.size * A.shape[1] * _k.WORD
-    if weight_mask is None:
-        nnz = np.full(len(weight_sign), D, np.int32)
-    else:
-        nnz = unpack_bits(weight_mask, D).sum(axis=1).astype(np.int32)
+    nnz = nonzeros(weight_mask, len(weight_sign), D) if nnz is None else nnz
     pick(_k.xnor_gemm, work)(A, weight_sign, weight_sign if weight_mask is None else weight_mask, nnz,
                              weight_mask is not None, out)
     return out
@@ -201,6 +206,20 @@ class _BinaryMixin:
         w = np.where(unpack_bits(p["weight_sign"], self.D), np.float32(1), np.float32(-1))
         return w * unpack_bits(p["weight_mask"], self.D) if self.weights == "ternary" else w
 
+    def _unpacked(self, what):
+        """``"signed"`` (:meth:`signed_weight`) or ``"nnz"`` (:func:`nonzeros`), computed once and kept
+        while the bit planes stay as they were (compared word by word on each call, 1/32 of the
+        float matrix's bytes): unpacking every call cost more than the product at batch 1."""
+        p = self.params
+        planes = [p[k] for k in ("weight_sign", "weight_mask") if k in p]
+        cache = self.__dict__.setdefault("_unpacked_cache", {})
+        hit = cache.get(what)
+        if hit is None or len(hit[0]) != len(planes) or not all(
+                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(hit[0], planes)):
+            value = self.signed_weight() if what == "signed" else nonzeros(p.get("weight_mask"), len(planes[0]), self.D)
+            hit = cache[what] = ([a.copy() for a in planes], value)
+        return hit[1]
+
     def dense_weight(self):
         """The float weights the layer stands for: ``alpha[m] * T[m]``, float32 ``(M, D)``."""
         return self.signed_weight() * self.params["weight_scale"][:, None]
@@ -210,11 +229,11 @@ class _BinaryMixin:
         p = self._checked()
         rows = np.ascontiguousarray(rows, np.float32)
         if self.activations == "float":
-            y = rows @ self.signed_weight().T
+            y = rows @ self._unpacked("signed").T
             y *= p["weight_scale"]
             y += p["bias"]
             return y
-        dots = xnor_products(rows, p["weight_sign"], p.get("weight_mask"))
+        dots = xnor_products(rows, p["weight_sign"], p.get("weight_mask"), self._unpacked("nnz"))
         y = dots.astype(np.float32) * (p["weight_scale"] * p["input_scale"][0]) + p["bias"]
         bad = ~np.isfinite(rows).all(axis=1)
         if bad.any():

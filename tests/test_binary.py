@@ -17,7 +17,7 @@ from tabconv_np.binary import (BinaryConv2d, BinaryLinear, binarize_weights, pac
                                ternarize_weights, unpack_bits, xnor_conv, xnor_products)
 from tabconv_np.blocks import Sequential
 from tabconv_np.cli import main
-from tabconv_np.conversion import convert
+from tabconv_np.conversion import convert, skeleton
 from tabconv_np.conversion.binary import BinarySettings
 from tabconv_np.data import load_dataset
 from tabconv_np.errors import ConfigError, ShapeError
@@ -159,6 +159,12 @@ def test_files_round_trip_and_damaged_bits(tmp_path):
     x = rng.random((3, 2, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(back(x), net(x))
     assert [type(m).__name__ for _, m in back.body.modules()][1:] == ["BinaryConv2d", "Flatten", "BinaryLinear"]
+    fc = dict(back.body.modules())["fc"]                 # the unpacked weights follow the bits
+    xf = rng.standard_normal((2, 27)).astype(np.float32)
+    fc.forward(xf, "NCHW")
+    fc.params["weight_sign"][0, 0] ^= np.uint64(1)
+    np.testing.assert_allclose(fc.forward(xf, "NCHW"), xf @ fc.dense_weight().T + fc.params["bias"], rtol=1e-5,
+                               atol=1e-5)
     c = dict(back.body.modules())["c"]
     c.params["weight_mask"][0, -1] |= np.uint64(1) << np.uint64(40)        # past D = 18
     with pytest.raises(ShapeError, match="weight_mask has bits set past the 18"):
@@ -178,7 +184,9 @@ def test_convert_keeps_the_ends_exact_or_not(data, tmp_path):
     assert isinstance(mods["conv1"], BinaryConv2d) and isinstance(mods["fc"], BinaryLinear)
     assert mods["conv1"].activations == "binary" and mods["conv1"].params["input_scale"][0] != 1
     assert both.network.meta["binary"]["end_layers"] == ["conv1", "fc"]
-    assert count_ops(both.network).total["popcounts"] > 0
+    t = count_ops(both.network).total
+    sk = skeleton(net, "binary", switches=SWITCHES, ends="binary", activations="binary")
+    assert t["popcounts"] > 0 and count_ops(sk).total == t                # counting needs no data
 
 
 @pytest.mark.parametrize("kw, match", [
