@@ -7,7 +7,6 @@ against the dense conv of ``alpha * T``).
 """
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from tabconv_np.blocks import Sequential
 from tabconv_np.cli import main
 from tabconv_np.conversion import convert, skeleton
 from tabconv_np.conversion.binary import BinarySettings
-from tabconv_np.data import load_dataset
 from tabconv_np.errors import ConfigError, ShapeError
 from tabconv_np.fold import fold_batchnorm
 from tabconv_np.functional import conv2d
@@ -34,13 +32,8 @@ SWITCHES = [1, 0, 1, 0, 0, 0, 1, 0, 0, 1]          # conv1, layer1.1, layer3.1, 
 
 
 @pytest.fixture(scope="module")
-def data():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = tabconv_np.load(R18)
-    xc, _ = load_dataset("sample", "train", limit=40)
-    xt, yt = load_dataset("sample", "test", limit=200)
-    return net, xc, xt, yt
+def data(r18_sample):
+    return r18_sample(40, 200)
 
 
 @pytest.fixture(scope="module")
