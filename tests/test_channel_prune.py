@@ -17,18 +17,14 @@ from tabconv_np.models import build, randomize
 R18 = os.path.join(os.path.dirname(__file__), os.pardir, "weights", "resnet18-paper_fashion-mnist.h5")
 #: layer1 and layer2 converted: enough calibration rows per weight at 120 images, and quick
 SWITCHES = [0, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+#: calibration and test images of the shipped sample (``r18_sample``)
+SAMPLE = (120, 150)
 
 
 @pytest.fixture(scope="module")
-def data(r18_sample):
-    net, xc, xt, yt = r18_sample(120, 150)
-    return net, xc, (xt, yt)
-
-
-@pytest.fixture(scope="module")
-def halved(data):
+def halved(r18_sample):
     """keep 0.5 with the least-squares rebuild and with channels only dropped (same selection rule)."""
-    net, xc, _ = data
+    net, xc, _, _ = r18_sample(*SAMPLE)
     kw = dict(method="channels", keep=0.5, switches=SWITCHES, refit_classifier=False, progress=False)
     return convert(net, xc, **kw), convert(net, xc, refine=None, **kw)
 
@@ -37,8 +33,8 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def test_keep_one_is_the_identity(data):
-    net, xc, (xt, _) = data
+def test_keep_one_is_the_identity(r18_sample):
+    net, xc, xt, _ = r18_sample(*SAMPLE)
     res = convert(net, xc[:20], method="channels", keep=1.0, refit_classifier=False, progress=False)
     x = net.normalize(xt[:50])
     np.testing.assert_array_equal(res.network(x), res.exact(x))
@@ -46,8 +42,8 @@ def test_keep_one_is_the_identity(data):
     assert all("kept" in r for r in res.layers)
 
 
-def test_least_squares_rebuild_beats_dropping_channels(data, halved):
-    net, _, (xt, yt) = data
+def test_least_squares_rebuild_beats_dropping_channels(r18_sample, halved):
+    net, _, xt, yt = r18_sample(*SAMPLE)
     ls, drop = halved
     x = net.normalize(xt)
     ref = ls.exact(x)
@@ -59,8 +55,8 @@ def test_least_squares_rebuild_beats_dropping_channels(data, halved):
     assert first[0] == first[1]
 
 
-def test_the_network_shrinks_and_round_trips(data, halved, tmp_path):
-    net, _, (xt, _) = data
+def test_the_network_shrinks_and_round_trips(r18_sample, halved, tmp_path):
+    net, _, xt, _ = r18_sample(*SAMPLE)
     res = halved[0]
     mods = dict(res.network.body.modules())
     assert mods["layer1.0.conv1"].params["weight"].shape == (32, 64, 3, 3)
@@ -127,15 +123,15 @@ def test_selections_on_small_problems():
 
 
 @pytest.mark.parametrize("keep", [0, -0.5, 1.5, "half", {"layer1.0.conv2": 0.0, "*": 0.5}])
-def test_bad_keep_values_are_refused_naming_the_layer(data, keep):
-    net, xc, _ = data
+def test_bad_keep_values_are_refused_naming_the_layer(r18_sample, keep):
+    net, xc, _, _ = r18_sample(*SAMPLE)
     with pytest.raises(ConfigError, match=r"keep for layer1\.0\.conv\d must be a fraction"):
         convert(net, xc[:4], method="channels", keep=keep, switches=SWITCHES, progress=False)
     with pytest.raises(ConfigError, match="select"):
         ChannelSettings(select="random")
 
 
-def test_cli_convert_ops_eval(data, tmp_path, capsys):
+def test_cli_convert_ops_eval(tmp_path, capsys):
     from tabconv_np.cli import main
     from tabconv_np.cli.convert import METHOD_DEFAULTS
     d = ChannelSettings()
