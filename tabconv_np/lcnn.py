@@ -95,6 +95,18 @@ class LCNNConv2d(Module):
                       p["dictionary"].astype(np.float64)[p["indices"]])
         return W
 
+    def map_filters(self):
+        """The lookup stage as a dense convolution of the ``k`` dictionary maps, float32
+        ``(C_out, k, kh, kw)``: ``F[o, a, i, j] = sum_t coefs[o, i, j, t] * [indices[o, i, j, t] == a]``
+        (zero where no pair points at atom ``a``).  ``conv(maps, F) + bias`` is the layer's output;
+        the prepared plan runs it that way (:class:`tabconv_np.plan.PreparedLCNN`)."""
+        p = self._checked()
+        idx = p["indices"]
+        F = np.zeros(idx.shape[:3] + (self.atoms,), np.float32)
+        o, i, j, _ = np.indices(idx.shape, sparse=True)
+        np.add.at(F, (o, i, j, idx), p["coefs"])
+        return np.ascontiguousarray(F.transpose(0, 3, 1, 2))
+
     def _checked(self):
         """The parameters, after checking the indices (a damaged file could hold any)."""
         p = self.params

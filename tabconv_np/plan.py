@@ -44,6 +44,7 @@ from .kernels.epilogue_kernels import bias_residual_clamp
 from .kernels.im2col_kernels import lower_gijc
 from .kernels import tree_kernels as _tree
 from .layers import Clip, Conv2d, ReLU
+from .lcnn import LCNNConv2d
 from .network import normalize
 from .structure import Chain, Residual, structure_of
 from .threads import get_num_threads
@@ -243,6 +244,46 @@ class PreparedTree(_Prepared):
 EVICT_BYTES = 64 << 20
 
 
+class PreparedLCNN(_Prepared):
+    """An :class:`~tabconv_np.lcnn.LCNNConv2d` as two prepared convolutions, epilogue fused:
+    the dictionary stage (1x1, ``C_in -> k``) and the lookup stage as a dense convolution of the
+    ``k`` maps with the layer's filters over them (``LCNNConv2d.map_filters``, mostly zeros).
+
+    The same sums as the lookup kernel, plus products by zero: ``k*kh*kw`` multiply-adds per
+    output where the lookups do ``s*kh*kw`` (the layer's op count is of the lookups).  BLAS runs
+    them faster than the lookup kernel gathers: measured 2.9x at batch 32 and 1.2x at batch 1
+    over the 20 LCNN layers of ResNet-18 "paper" (k = 32, s = 2; 1 thread).
+
+    Parameters
+    ----------
+    layer : LCNNConv2d
+    in_shape : (C, H, W)
+    act : (float, float)
+        Clamp bounds of the epilogue, as in :class:`PreparedConv`.
+    """
+
+    def __init__(self, layer, in_shape, act=(-np.inf, np.inf)):
+        C, H, W = in_shape
+        D = layer.params["dictionary"]
+        self.dictionary = PreparedConv(D[:, :, None, None], None, (1, 1), (0, 0, 0, 0), (1, 1), in_shape)
+        self.lookup = PreparedConv(layer.map_filters(), layer.params["bias"], layer.stride,
+                                   layer.geometry.padding, layer.dilation, (len(D), H, W), act)
+        self.in_shape, self.out_shape = tuple(in_shape), self.lookup.out_shape
+        self.method = "lcnn (dense)"
+
+    @property
+    def act(self):
+        return self.lookup.act
+
+    @act.setter
+    def act(self, bounds):
+        self.lookup.act = bounds
+
+    def __call__(self, x, residual=None):
+        """``clamp(lcnn(x) + residual)``; x (N, H, W, C), residual None or (N, Ho, Wo, C_out)."""
+        return self.lookup(self.dictionary(x), residual)
+
+
 def _seconds(step, x, scratch, repeats=3):
     """Best of ``repeats`` timed calls of ``step(x)``, each after the caches were flushed by
     writing ``scratch`` (an array of :data:`EVICT_BYTES`)."""
@@ -284,6 +325,8 @@ class _Build:
             step = PreparedConv.from_layer(m, shape, act, self.tune_batch, self.scratch)
         elif isinstance(m, TreeConv2d):
             step = PreparedTree(m, shape, act)
+        elif isinstance(m, LCNNConv2d):
+            step = PreparedLCNN(m, shape, act)
         else:
             return None
         self.found.append(step)

@@ -13,6 +13,7 @@ from tabconv_np.layers import Conv2d
 from tabconv_np.lcnn import LCNNConv2d
 from tabconv_np.network import Network
 from tabconv_np.ops import count_ops
+from tabconv_np.plan import PreparedLCNN
 from tabconv_np.reference import conv2d_naive
 
 PAIR = next(p for p in pairs.PAIRS if p.name == "lcnn_conv")
@@ -170,6 +171,24 @@ def test_conversion_keeps_accuracy_refit_helps_and_round_trips(data, tmp_path):
     tabconv_np.save(net2, path)
     x = net2.normalize(xt[:4])
     np.testing.assert_array_equal(tabconv_np.load(path)(x), net2(x))
+    plan = tabconv_np.prepare(net2)          # LCNN layers as two prepared convs, residual + ReLU fused
+    assert sum(isinstance(s, PreparedLCNN) for s in plan.prepared) == 20
+    want = net2(x)
+    np.testing.assert_allclose(plan(x), want, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("geo", [dict(), dict(stride=2, padding=1), dict(padding=(0, 2, 1, 0), dilation=2)])
+def test_prepared_lcnn_is_the_layer(geo):
+    """The plan's dense form (dictionary conv, then the map filters) computes the lookups' sums."""
+    rng = np.random.default_rng(3)
+    layer = _random_layer(rng, **geo)
+    x = rng.standard_normal((2, 9, 10, 5)).astype(np.float32)
+    res = rng.standard_normal((2,) + layer.out_shape((5, 9, 10))[1:] + (7,)).astype(np.float32)
+    step = PreparedLCNN(layer, (5, 9, 10), (0.0, np.inf))
+    want = np.maximum(layer.forward(x, "NHWC") + res, 0)
+    np.testing.assert_allclose(step(x, residual=res), want, atol=1e-5 * np.abs(want).max())
+    F = layer.map_filters()                  # each filter's nonzeros are its (index, coefficient) pairs
+    assert (np.count_nonzero(F, axis=1) <= layer.sparsity).all()
 
 
 @pytest.mark.parametrize("kw, match", [
