@@ -158,10 +158,11 @@ def convert_plan(model, calibration_images, plan, seed=0, calibrate="approx", ma
 
 def _refit(net, exact, images, alpha):
     """Refit ``net``'s final Linear (in place) to ``exact``'s logits on ``images``; its path, or None
-    when the network does not end in a Linear or the refit would not lower the squared error."""
+    when the network does not end in a Linear that the plan kept, or the refit would not lower the
+    squared error."""
     modules = dict(net.body.modules())
-    path = last_linear(find_switches(net.body), modules)
-    if path is None:
+    path = last_linear(find_switches(exact.body), dict(exact.body.modules()))
+    if path is None or type(modules.get(path)) is not type(dict(exact.body.modules())[path]):
         return None
     fc, seen = modules[path], []
 
