@@ -114,8 +114,10 @@ def command_of(args):
     """The command line of a run (its options that differ from the defaults), for the report."""
     out = ["tabconv compare", shlex.quote(args.model)]
     for name in ("methods", "budget", "calib", "val", "test", "dataset", "data", "data_dir", "repeats", "threads",
-                 "seed", "report"):
+                 "seed", "report", "fresh"):
         v = getattr(args, name)
-        if v is not None and v != DEFAULTS.get(name):
+        if v is True:
+            out.append(f"--{name}")
+        elif v not in (None, False, DEFAULTS.get(name)):
             out.append(f"--{name.replace('_', '-')} {shlex.quote(str(v))}")
     return " ".join(out)
