@@ -25,7 +25,9 @@ costs add up over switches, and is greedy:
 
 Latency is estimated from each switch's layers timed in place in the
 network's own forward pass; the plan's real latency is then measured as a
-prepared plan, as every result is.  A budget the exact network meets gives
+prepared plan, as every result is, and when it is over the budget the search
+runs again aiming lower by the ratio (at most
+:data:`~tabconv_np.compare.LATENCY_TRIES` tries in all).  A budget the exact network meets gives
 an all-exact plan.  The chosen plan is converted for real
 (:func:`~tabconv_np.conversion.mixed.convert_plan`), measured like every
 result, and compared with the best single-method result (by validation
@@ -140,8 +142,9 @@ def greedy(opts, total, limit):
     return choice, total
 
 
-def search(rows, exact_row, budget):
-    """The per-layer search (module docstring) over the grid's ``rows``.
+def search(rows, exact_row, budget, tighten=1.0):
+    """The per-layer search (module docstring) over the grid's ``rows``; the estimate aims at
+    ``tighten`` times the limit (below 1 when an earlier plan's measured latency was over it).
 
     Returns
     -------
@@ -158,7 +161,7 @@ def search(rows, exact_row, budget):
     # latency: the per-switch times are the forward's own, scaled to the plan's measured time
     scale = exact_fig / base if budget.kind == "latency" and base else 1.0
     rest = exact_fig - base * scale
-    choice, est = greedy(opts, base, (limit - rest) / scale)
+    choice, est = greedy(opts, base, (tighten * limit - rest) / scale)
     fits = [r for r in rows if figure(r, budget.kind, exact_row) <= limit]
     best = max(fits, key=lambda r: r["val_accuracy"], default=None)
     return {"budget": {"text": budget.text, "kind": budget.kind, "limit": limit, "exact": exact_fig},

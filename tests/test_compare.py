@@ -137,6 +137,14 @@ def test_resume_skips_finished_results(lenet, tmp_path, capsys, monkeypatch):
     assert calls == ["prune"] * len(METHODS["prune"].grid)
     assert "finished before" in err
     assert second["results"][:len(first["results"])] == first["results"]
+    # a run killed while writing its last line: that result is done again, the others are kept
+    with open(results) as f:
+        lines = f.readlines()
+    with open(results, "w") as f:
+        f.writelines(lines[:-1] + [lines[-1][:40]])
+    calls.clear()
+    third, _ = compare([lenet, "--methods", "int8,prune", *SMALL, "--results", results, "--json"], capsys)
+    assert calls == ["prune"] and third["results"][:-1] == second["results"][:-1]
     # a results file of another run (here: another seed) is refused, not mixed in
     assert main(["compare", lenet, "--methods", "int8", *SMALL, "--seed", "1", "--results", results]) == 2
     assert "another compare run" in capsys.readouterr().err
