@@ -124,6 +124,7 @@ def result_key(method, settings):
 
 
 def label(method, settings):
+    """A result's name for people: ``prune pruned=0.8``."""
     return method + (" " + " ".join(f"{k}={v}" for k, v in settings.items()) if settings else " (defaults)")
 
 
@@ -272,8 +273,9 @@ class Context:
         acc, pred = accuracy(net, s.test, s.test_labels)
         t = count_ops(net).total
         units = METHODS[method].units if method in METHODS else "macs"
-        ratio, ms = ((dict.fromkeys((f"b{b}" for b in BATCHES), 1.0), None) if method == "exact" else
-                     latency(self.plan, prepare(net), self.x_time, self.repeats))
+        ratio, ms = latency(self.plan, self.plan if net is self.exact else prepare(net), self.x_time, self.repeats)
+        if net is self.exact:
+            ratio = dict.fromkeys(ratio, 1.0)
         figs = switch_figures(net, self.names)
         secs = switch_seconds(net, s.test[:1], self.names, self.repeats)
         per = {}
@@ -293,18 +295,7 @@ class Context:
                "storage_bytes": int(t["storage_bytes"]),
                "storage_ratio": self.counts["storage_bytes"] / t["storage_bytes"] if t["storage_bytes"] else None,
                "latency": ratio, "latency_ms": ms, "conversion_s": seconds, "switches": per}
-        if method == "exact":
-            row["latency_ms"] = self._exact_ms()
         return row
-
-    def _exact_ms(self):
-        out = {}
-        for b in BATCHES:
-            x = np.ascontiguousarray(np.resize(self.x_time, (b,) + self.x_time.shape[1:]))
-            t = time_round_robin({"exact": lambda: self.plan.run(x)}, self.repeats, warmup=1, min_sample=0.02,
-                                 pause=0.0)
-            out[f"b{b}"] = 1e3 * t["exact"]["median"]
-        return out
 
     def convert(self, method, settings):
         """The row of ``method`` at ``settings`` (the network converted on the calibration images)."""
@@ -322,6 +313,7 @@ class Context:
 
 # ------------------------------------------------------------------ runs and resuming
 def file_digest(path):
+    """The first 16 hex digits of the SHA-256 of the file at ``path`` (a results file's context)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

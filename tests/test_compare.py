@@ -217,3 +217,14 @@ def test_report_without_matplotlib_says_how_to_get_the_plots(run, tmp_path, monk
     compare_report.write_report(str(tmp_path), doc, "tabconv compare x.h5")
     text = (tmp_path / "report.md").read_text()
     assert compare_report.NO_PLOTS in text and not list(tmp_path.glob("*.png"))
+
+
+def test_own_images_are_split_three_ways_by_class(lenet, tmp_path):
+    x, y = load_dataset("sample", "train")
+    path = tmp_path / "mine.npz"
+    np.savez(path, images=x[:300], labels=y[:300])
+    split = split_images(load(lenet), 40, 30, data=str(path))
+    assert len(split.test) == 100 and len(split.val) == 30 and len(split.calib) == 40
+    assert np.bincount(split.test_labels, minlength=10).tolist() == [10] * 10
+    seen = {a.tobytes() for a in split.test}
+    assert not any(a.tobytes() in seen for a in np.concatenate([split.val, split.calib]))

@@ -19,6 +19,7 @@ module             what it holds
 ``lcnn``           LCNN: a learned dictionary and sparse codes per conv, refit to the outputs
 ``rsdtr``          RSDTR: a tensor ring of four cores per conv, from the weights (TR-SVD search)
 ``prune``          magnitude pruning to CSR convolutions (``SparseConv2d``)
+``mixed``          per-switch plans: a method and settings per switch (``convert_plan``)
 =================  ===============================================================
 
 A new method subclasses :class:`Method` (three things: ``resolve``, ``fit``,
