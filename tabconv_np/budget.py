@@ -12,16 +12,20 @@ amount (``ops=12M``, ``latency=2.5ms``, ``storage=4MiB``).
 
 The search (:func:`search`) reads the per-switch figures of every result of
 the grid (:mod:`tabconv_np.compare`): for each switch and each setting that
-converted it, the validation accuracy drop of the exact network with that
-switch alone converted, and the switch's cost.  It assumes that drops and
-costs add up over switches, and is greedy:
+converted it, the damage done to the exact network by that switch alone
+converted, and the switch's cost.  The damage is measured as the increase of
+the validation cross-entropy rather than the accuracy drop: one switch alone
+rarely moves the accuracy of a few hundred images by more than an image or
+two (noise, often of either sign), while the loss moves smoothly with the
+error the switch adds.  It assumes that damages and costs add up over
+switches, and is greedy:
 
 1. start from the exact network;
 2. while the estimated cost is over the budget, make the move (one switch to
-   a cheaper option) that loses the least validation accuracy per unit of
-   cost saved (a move that loses none comes first, the largest saving first);
-3. then, while the budget allows, make the move that wins the most
-   validation accuracy back (an option with a smaller drop, more expensive).
+   a cheaper option) that adds the least validation loss per unit of cost
+   saved (a move that adds none comes first, the largest saving first);
+3. then, while the budget allows, make the move that takes the most
+   validation loss back (an option with less damage, more expensive).
 
 Latency is estimated from each switch's layers timed in place in the
 network's own forward pass; the plan's real latency is then measured as a
@@ -99,11 +103,11 @@ def _switch_cost(fig, kind):
 
 @dataclass(frozen=True)
 class Option:
-    """One way to run a switch: ``key`` of the result it comes from (None: exact), its validation
-    accuracy drop alone and its cost."""
+    """One way to run a switch: ``key`` of the result it comes from (None: exact), the validation loss
+    it adds alone and its cost."""
 
     key: object
-    drop: float
+    loss: float
     cost: float
 
 
@@ -114,8 +118,8 @@ def options(rows, exact_row, kind):
         out[name] = [Option(None, 0.0, _switch_cost(fig, kind))]
         for r in rows:
             f = r["switches"].get(name)
-            if f and f["converted"] and f["val_drop"] is not None:
-                out[name].append(Option(r["key"], f["val_drop"], _switch_cost(f, kind)))
+            if f and f["converted"] and f.get("val_loss_increase") is not None:
+                out[name].append(Option(r["key"], f["val_loss_increase"], _switch_cost(f, kind)))
     return out
 
 
@@ -127,16 +131,16 @@ def greedy(opts, total, limit):
         moves = [(s, o) for s, os in opts.items() for o in os if o.cost < choice[s].cost]
         if not moves:
             break                                            # cannot get under the budget
-        s, o = min(moves, key=lambda m: (max(m[1].drop - choice[m[0]].drop, 0.0)
+        s, o = min(moves, key=lambda m: (max(m[1].loss - choice[m[0]].loss, 0.0)
                                          / (choice[m[0]].cost - m[1].cost), -(choice[m[0]].cost - m[1].cost)))
         total += o.cost - choice[s].cost
         choice[s] = o
     while True:
         moves = [(s, o) for s, os in opts.items() for o in os
-                 if o.drop < choice[s].drop and total + o.cost - choice[s].cost <= limit]
+                 if o.loss < choice[s].loss and total + o.cost - choice[s].cost <= limit]
         if not moves or total > limit:
             break
-        s, o = max(moves, key=lambda m: choice[m[0]].drop - m[1].drop)
+        s, o = max(moves, key=lambda m: choice[m[0]].loss - m[1].loss)
         total += o.cost - choice[s].cost
         choice[s] = o
     return choice, total
@@ -151,7 +155,7 @@ def search(rows, exact_row, budget, tighten=1.0):
     dict
         ``budget`` (text, kind, limit), ``choice`` (``{switch: result key or None}``), ``estimate``
         (the estimated cost), ``feasible`` (whether the estimate meets the limit),
-        ``expected_drop`` (sum of the chosen drops), ``best_single`` (the key of the result with the
+        ``expected_loss_increase`` (sum of the chosen options' validation loss increases), ``best_single`` (the key of the result with the
         best validation accuracy among those that meet the budget, or None).
     """
     exact_fig = figure(exact_row, budget.kind, exact_row)
@@ -167,5 +171,5 @@ def search(rows, exact_row, budget, tighten=1.0):
     return {"budget": {"text": budget.text, "kind": budget.kind, "limit": limit, "exact": exact_fig},
             "choice": {s: o.key for s, o in choice.items()}, "estimate": rest + est * scale,
             "feasible": rest + est * scale <= limit * (1 + 1e-9),
-            "expected_drop": sum(o.drop for o in choice.values()),
+            "expected_loss_increase": sum(o.loss for o in choice.values()),
             "best_single": best["key"] if best else None}

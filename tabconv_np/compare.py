@@ -20,9 +20,10 @@ exact network (BN folded, as a prepared plan) on the same images:
   exact network timed in the same process right beside it;
 * **conversion time** (seconds of :func:`~tabconv_np.conversion.convert`);
 * **per switch** (what the per-layer search reads, :mod:`tabconv_np.budget`):
-  the validation accuracy drop of the exact network with that switch alone
-  taken from the converted one, its ``full`` operations, storage, and seconds
-  at batch 1 (the network's own forward, each layer timed in place).
+  the validation accuracy drop and cross-entropy increase of the exact network
+  with that switch alone taken from the converted one, its ``full``
+  operations, storage, and seconds at batch 1 (the network's own forward, each
+  layer timed in place).
 
 Every finished result is appended at once to a JSON-lines file (its first
 line: the context, model file digest and data sizes); a run given the same
@@ -34,8 +35,8 @@ JSON fields of a result (``tabconv compare --json``, ``results.json``):
 ``ops`` (``{"full", "macs", "full_ratio"}``: ratio = exact / this),
 ``storage_bytes``, ``storage_ratio``, ``latency`` (``{"b1", "b32"}``: time /
 exact time; ``latency_ms``: this network's own medians), ``conversion_s``,
-``switches`` (``{name: {"converted", "val_drop", "full_ops", "storage_bytes",
-"seconds"}}``).  The exact row has the same fields (ratios 1, no conversion).
+``switches`` (``{name: {"converted", "val_drop", "val_loss_increase", "full_ops",
+"storage_bytes", "seconds"}}``).  The exact row has the same fields (ratios 1, no conversion).
 """
 import hashlib
 import json
@@ -228,10 +229,13 @@ def converted_switches(exact, net, switches):
     return [any(type(b.get(p)) is not type(a[p]) for p in sw.leaves) for sw in switches]
 
 
-def accuracy(net, images, labels):
-    """``(accuracy, predicted classes)``."""
-    pred = net.predict(images).argmax(1)
-    return float(np.mean(pred == labels)), pred
+def scores(net, images, labels):
+    """``(accuracy, predicted classes, mean cross-entropy)`` of ``net`` on labelled ``images``."""
+    logits = net.predict(images).astype(np.float64)
+    top = logits.max(1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
+    pred = logits.argmax(1)
+    return float(np.mean(pred == labels)), pred, float(-logp[np.arange(len(labels)), labels].mean())
 
 
 def latency(exact_plan, plan, images, repeats, batches=BATCHES):
@@ -258,8 +262,8 @@ class Context:
         self.plan = prepare(self.exact)
         self.x_time = self.exact.normalize(split.test[:max(BATCHES)])
         self.counts = count_ops(self.exact).total
-        self.val_acc, _ = accuracy(self.exact, split.val, split.val_labels)
-        self.test_acc, self.test_pred = accuracy(self.exact, split.test, split.test_labels)
+        self.val_acc, _, self.val_loss = scores(self.exact, split.val, split.val_labels)
+        self.test_acc, self.test_pred, _ = scores(self.exact, split.test, split.test_labels)
         self.row = self.measure(self.exact, "exact", {}, 0.0)
 
     def measure(self, net, method, settings, seconds, parts=None):
@@ -269,8 +273,8 @@ class Context:
         validation accuracy drop alone (the search needs it; a plan's row does not).
         """
         s = self.split
-        val_acc, _ = accuracy(net, s.val, s.val_labels)
-        acc, pred = accuracy(net, s.test, s.test_labels)
+        val_acc, _, _ = scores(net, s.val, s.val_labels)
+        acc, pred, _ = scores(net, s.test, s.test_labels)
         t = count_ops(net).total
         units = METHODS[method].units if method in METHODS else "macs"
         ratio, ms = latency(self.plan, self.plan if net is self.exact else prepare(net), self.x_time, self.repeats)
@@ -280,10 +284,12 @@ class Context:
         secs = switch_seconds(net, s.test[:1], self.names, self.repeats)
         per = {}
         for sw, f in zip(self.switches, converted_switches(self.exact, net, self.switches)):
-            drop = None
+            drop = loss = None
             if f and parts is not None:
-                drop = self.val_acc - accuracy(splice(self.exact, parts, sw), s.val, s.val_labels)[0]
-            per[sw.name] = {"converted": bool(f), "val_drop": drop, **figs[sw.name], "seconds": secs[sw.name]}
+                a, _, c = scores(splice(self.exact, parts, sw), s.val, s.val_labels)
+                drop, loss = self.val_acc - a, c - self.val_loss
+            per[sw.name] = {"converted": bool(f), "val_drop": drop, "val_loss_increase": loss, **figs[sw.name],
+                            "seconds": secs[sw.name]}
         row = {"key": result_key(method, settings), "method": method, "settings": settings,
                "label": "exact (float32)" if method == "exact" else label(method, settings),
                "accuracy": acc, "val_accuracy": val_acc, "retention": acc / self.test_acc if self.test_acc else None,

@@ -49,10 +49,11 @@ def plan_lines(found, rows, exact_row):
     out = [f"Budget `{b['text']}`: at most {b['limit'] * unit[1]:.3g} {unit[0]} (exact network: "
            f"{b['exact'] * unit[1]:.3g}); estimated {found['estimate'] * unit[1]:.3g}, measured "
            f"{'within' if found['meets_budget'] else 'OVER'} the budget.", "",
-           "| switch | chosen | val. accuracy drop alone | full ops (M) | exact full ops (M) |",
-           "|---|---|---:|---:|---:|"]
+           "| switch | chosen | val. loss increase alone | val. accuracy drop alone | full ops (M) | "
+           "exact full ops (M) |", "|---|---|---:|---:|---:|---:|"]
     for name, key in found["choice"].items():
-        drop = "–" if key is None else f"{by_key[key]['switches'][name]['val_drop']:+.2%}"
+        alone = by_key[key]["switches"][name] if key is not None else None
+        drop = "– | –" if key is None else f"{alone['val_loss_increase']:+.4f} | {alone['val_drop']:+.2%}"
         out.append(f"| {name} | {'exact' if key is None else by_key[key]['label']} | {drop} | "
                    f"{row['switches'][name]['full_ops'] / 1e6:.2f} | "
                    f"{exact_row['switches'][name]['full_ops'] / 1e6:.2f} |")

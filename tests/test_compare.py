@@ -31,7 +31,7 @@ from helpers import randomize
 FIELDS = {"key", "method", "settings", "label", "accuracy", "val_accuracy", "retention", "agreement",
           "own_units", "ops", "storage_bytes", "storage_ratio", "latency", "latency_ms", "conversion_s",
           "switches"}
-SWITCH_FIELDS = {"converted", "val_drop", "full_ops", "storage_bytes", "seconds"}
+SWITCH_FIELDS = {"converted", "val_drop", "val_loss_increase", "full_ops", "storage_bytes", "seconds"}
 SMALL = ["--calib", "40", "--val", "30", "--test", "60", "--repeats", "1"]
 
 
@@ -86,6 +86,7 @@ def test_one_row_per_setting_of_each_requested_method_with_the_documented_fields
     assert int8["own_units"]["name"] == "int8_macs" and int8["own_units"]["value"] > 0
     assert int8["storage_ratio"] > 3                      # float32 -> int8 weights
     assert all(s["converted"] and s["val_drop"] is not None for s in int8["switches"].values())
+    assert all(s["val_loss_increase"] is not None for s in int8["switches"].values())
     pruned = doc["results"][-1]                           # prune keeps Linear layers exact
     assert [n for n, s in pruned["switches"].items() if s["converted"]] == ["conv1", "conv2"]
     assert pruned["ops"]["macs"] < exact["ops"]["macs"]
@@ -191,14 +192,14 @@ def test_every_method_of_the_table_is_a_conversion_method():
         assert 1 <= len(entry.grid) <= 3
 
 
-def test_greedy_takes_the_cheapest_accuracy_per_operation_and_wins_some_back():
+def test_greedy_takes_the_least_loss_per_operation_saved_and_takes_some_back():
     opts = {"a": [Option(None, 0.0, 100), Option("a1", 0.01, 50), Option("a2", 0.20, 10)],
             "b": [Option(None, 0.0, 100), Option("b1", 0.05, 60)]}
     choice, total = greedy(opts, 200, 200)
     assert {s: o.key for s, o in choice.items()} == {"a": None, "b": None} and total == 200
     choice, total = greedy(opts, 200, 150)
     assert {s: o.key for s, o in choice.items()} == {"a": "a1", "b": None} and total == 150
-    choice, total = greedy(opts, 200, 70)                 # a1 (cheapest loss per op), b1, then a2
+    choice, total = greedy(opts, 200, 70)                 # a1 (least loss per op saved), b1, then a2
     assert {s: o.key for s, o in choice.items()} == {"a": "a2", "b": "b1"} and total == 70
     choice, total = greedy(opts, 200, 5)                  # out of reach: the cheapest of everything
     assert {s: o.key for s, o in choice.items()} == {"a": "a2", "b": "b1"} and total == 70
