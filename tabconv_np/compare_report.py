@@ -113,7 +113,11 @@ def pareto_plot(plt, rows, name, path):
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="0.6", lw=1, zorder=1,
             label="Pareto front")
     if name != "pareto_latency":
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(title)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
