@@ -430,7 +430,9 @@ def budget_search(ctx, rows, budget):
         plan = plan_of(found["choice"], rows, f"tabconv compare --budget {budget.text}: greedy per-switch search "
                        f"on {ctx.split.sources['val']} validation images ({ctx.split.sources['train']})")
         t0 = time.perf_counter()
-        net, _ = convert_plan(ctx.exact, ctx.split.calib, plan, seed=ctx.seed, progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")             # said (and ignored) when the grid was converted
+            net, _ = convert_plan(ctx.exact, ctx.split.calib, plan, seed=ctx.seed, progress=False)
         row = ctx.measure(net, "plan", {"budget": budget.text}, time.perf_counter() - t0)
         measured, limit = figure(row, budget.kind, ctx.row), found["budget"]["limit"]
         if measured <= limit:

@@ -103,6 +103,19 @@ def test_a_budget_the_exact_network_meets_keeps_it_exact(lenet, tmp_path, capsys
     assert s["row"]["ops"]["full"] == doc["exact"]["ops"]["full"] and s["meets_budget"]
 
 
+@pytest.mark.parametrize("budget", ["storage=40%", "latency=70%"])
+def test_storage_and_latency_budgets_give_a_measured_plan(lenet, tmp_path, capsys, budget):
+    doc, _ = compare([lenet, "--methods", "int8,prune", *SMALL, "--budget", budget, "--json",
+                      "--results", str(tmp_path / "r.jsonl")], capsys)
+    s = doc["search"]
+    assert s["budget"]["kind"] == budget.split("=")[0] and 1 <= s["attempts"] <= 3
+    if budget.startswith("storage"):                      # int8 weights: a quarter of the bytes
+        assert s["meets_budget"] and s["row"]["storage_bytes"] <= s["budget"]["limit"]
+        assert set(s["choice"].values()) - {None}
+    else:                                                 # timings: only that it was measured and said
+        assert isinstance(s["meets_budget"], bool) and s["row"]["latency"]["b1"] > 0
+
+
 def test_the_plan_meets_its_budget_and_round_trips_through_convert_plan(run, lenet, tmp_path, capsys):
     doc, d = run
     s = doc["search"]
