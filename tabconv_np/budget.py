@@ -25,7 +25,15 @@ switches, and is greedy:
    a cheaper option) that adds the least validation loss per unit of cost
    saved (a move that adds none comes first, the largest saving first);
 3. then, while the budget allows, make the move that takes the most
-   validation loss back (an option with less damage, more expensive).
+   validation loss back (an option with less damage, and more expensive:
+   a move that costs nothing would trade on noise, and would, for the final
+   classifier, give up the refit the plan does at the end, which no single
+   switch's figures can show).
+
+Damages do not add up exactly: errors of several converted switches
+compound (pruning without a refit most), so the plan is converted and
+measured for real, and the report gives its distance from the best single
+setting.
 
 Latency is estimated from each switch's layers timed in place in the
 network's own forward pass; the plan's real latency is then measured as a
@@ -137,7 +145,7 @@ def greedy(opts, total, limit):
         choice[s] = o
     while True:
         moves = [(s, o) for s, os in opts.items() for o in os
-                 if o.loss < choice[s].loss and total + o.cost - choice[s].cost <= limit]
+                 if o.loss < choice[s].loss and choice[s].cost < o.cost <= limit - total + choice[s].cost]
         if not moves or total > limit:
             break
         s, o = max(moves, key=lambda m: choice[m[0]].loss - m[1].loss)
