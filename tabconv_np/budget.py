@@ -17,8 +17,9 @@ converted, and the switch's cost.  The damage is measured as the increase of
 the validation cross-entropy rather than the accuracy drop: one switch alone
 rarely moves the accuracy of a few hundred images by more than an image or
 two (noise, often of either sign), while the loss moves smoothly with the
-error the switch adds.  It assumes that damages and costs add up over
-switches, and is greedy:
+error the switch adds.  A negative increase (a switch that alone seems to
+help) is noise and counts as none.  The search assumes that damages and
+costs add up over switches, and is greedy:
 
 1. start from the exact network;
 2. while the estimated cost is over the budget, make the move (one switch to
@@ -120,14 +121,15 @@ class Option:
 
 
 def options(rows, exact_row, kind):
-    """``{switch: [Option]}``: exact first, then every result that converted the switch."""
+    """``{switch: [Option]}``: exact first, then every result that converted the switch (its
+    validation loss increase alone, 0 where negative)."""
     out = {}
     for name, fig in exact_row["switches"].items():
         out[name] = [Option(None, 0.0, _switch_cost(fig, kind))]
         for r in rows:
             f = r["switches"].get(name)
-            if f and f["converted"] and f.get("val_loss_increase") is not None:
-                out[name].append(Option(r["key"], f["val_loss_increase"], _switch_cost(f, kind)))
+            if f and f["converted"] and f.get("val_loss_increase") is not None:     # below 0: noise
+                out[name].append(Option(r["key"], max(f["val_loss_increase"], 0.0), _switch_cost(f, kind)))
     return out
 
 
