@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tabconv_np import count_ops, load, save
-from tabconv_np.budget import Option, greedy, parse_budget
+from tabconv_np.budget import Option, greedy, options, parse_budget
 from tabconv_np.cli import main
 from tabconv_np.compare import METHODS, Context, split_images
 from tabconv_np.conversion import METHODS as REGISTERED
@@ -216,6 +216,15 @@ def test_greedy_takes_the_least_loss_per_operation_saved_and_takes_some_back():
     assert {s: o.key for s, o in choice.items()} == {"a": "a2", "b": "b1"} and total == 70
     choice, total = greedy(opts, 200, 5)                  # out of reach: the cheapest of everything
     assert {s: o.key for s, o in choice.items()} == {"a": "a2", "b": "b1"} and total == 70
+
+
+def test_a_switch_that_alone_seems_to_help_counts_as_harmless_not_helpful(run):
+    doc, _ = run
+    rows = [dict(r, switches={n: dict(f, val_loss_increase=-0.5 if f["converted"] else None)
+                              for n, f in r["switches"].items()}) for r in doc["results"]]
+    opts = options(rows, doc["exact"], "ops")
+    assert all(o.loss == 0.0 for os in opts.values() for o in os)
+    assert [o.key for o in opts["fc3"]] == [None] + [r["key"] for r in rows if r["method"] == "int8"]
 
 
 def test_report_without_matplotlib_says_how_to_get_the_plots(run, tmp_path, monkeypatch):
