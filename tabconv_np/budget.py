@@ -165,7 +165,8 @@ def search(rows, exact_row, budget, tighten=1.0):
     dict
         ``budget`` (text, kind, limit), ``choice`` (``{switch: result key or None}``), ``estimate``
         (the estimated cost), ``feasible`` (whether the estimate meets the limit),
-        ``expected_loss_increase`` (sum of the chosen options' validation loss increases), ``best_single`` (the key of the result with the
+        ``expected_loss_increase`` (sum of the chosen options' validation loss increases),
+        ``best_single`` (the key of the result with the
         best validation accuracy among those that meet the budget, or None).
     """
     exact_fig = figure(exact_row, budget.kind, exact_row)

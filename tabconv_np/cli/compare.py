@@ -12,22 +12,25 @@ from ..io import load
 from ..outputs import check_output
 from .options import add_data_options, count
 
+#: What ``tabconv compare -h`` says.
+DESCRIPTION = (
+    "Convert a network with every method at a few settings each, measure each result against the exact "
+    "network (accuracy, retention, operations in the method's own units and the full convention, storage, "
+    "latency at batch 1 and 32, conversion time), and with --budget choose a method per switch under the "
+    "budget. Settings are chosen on a validation split of the training images; test images only report. "
+    "Finished results are kept in --results, so an interrupted run resumes. Takes minutes (ResNet-18 at "
+    "28x28, every method: about 7-15 min on one core).")
 #: The options with defaults (a report's command line leaves them out).
 DEFAULTS = {"methods": "all", "calib": 200, "val": 300, "repeats": 5, "seed": 0}
 
 
 def add_parser(sub):
     c = sub.add_parser("compare", help="every conversion method side by side; a per-layer plan under a budget",
-                       description="Convert a network with every method at a few settings each, measure each "
-                       "result against the exact network (accuracy, retention, operations in the method's "
-                       "own units and the full convention, storage, latency at batch 1 and 32, conversion "
-                       "time), and with --budget choose a method per switch under the budget. Settings are "
-                       "chosen on a validation split of the training images; test images only report. "
-                       "Finished results are kept in --results, so an interrupted run resumes. Takes "
-                       "minutes (ResNet-18 at 28x28, every method: about 10-15 min on one core).")
+                       description=DESCRIPTION)
     c.add_argument("model", help="a tabconv_np HDF5 file")
-    c.add_argument("--methods", default=DEFAULTS["methods"], help="'all' or a comma list (tabconv, maddness, lowrank, int8, "
-                   "lcnn, rsdtr, prune, ...); default all")
+    c.add_argument("--methods", default=DEFAULTS["methods"],
+                   help="'all' or a comma list (tabconv, maddness, lowrank, int8, lcnn, rsdtr, prune, ...); "
+                   "default all")
     c.add_argument("--budget", metavar="KIND=VALUE",
                    help="choose a method and setting per switch under a budget: ops=40%% (full-convention "
                    "operations, or an amount: ops=12M), latency=80%% (batch 1, or latency=2.5ms), "
