@@ -381,12 +381,23 @@ def one_line(row):
 
 
 def run_grid(ctx, methods, results, stream=None):
-    """Every setting of ``methods`` (names of :data:`METHODS`), skipping those ``results`` holds;
-    returns the rows in grid order.  A bar on a terminal, a line per finished result otherwise."""
+    """Every setting of ``methods`` (names of :data:`METHODS`), skipping those ``results`` holds.
+
+    A bar on a terminal, a line per finished result otherwise.  A setting the method refuses on this
+    network or these images (a :class:`~tabconv_np.errors.ConfigError`, e.g. int8 with fewer
+    calibration images than it needs) is said and left out, not stored: the others go on.
+
+    Returns
+    -------
+    rows : list of dict
+        The results, in grid order.
+    refused : list of dict
+        ``{"key", "label", "error"}`` of the settings refused.
+    """
     stream = stream or sys.stderr
     todo = [(m, s) for m in methods for s in METHODS[m].grid]
     tty = stream.isatty() if hasattr(stream, "isatty") else False
-    rows = []
+    rows, refused = [], []
     with Progress(len(todo), "tabconv compare", enabled=tty, stream=stream) as bar:
         for m, s in todo:
             key = result_key(m, s)
@@ -394,13 +405,19 @@ def run_grid(ctx, methods, results, stream=None):
                 rows.append(results.rows[key])
                 bar.update(1, f"{label(m, s)} (from {results.path})")
                 continue
-            row = ctx.convert(m, s)
+            try:
+                row = ctx.convert(m, s)
+            except ConfigError as e:
+                refused.append({"key": key, "label": label(m, s), "error": str(e)})
+                bar.update(1, f"{label(m, s)}: refused")
+                say(f"{label(m, s)}: refused: {e}", stream=stream)
+                continue
             results.add(row)
             rows.append(row)
             bar.update(1, label(m, s))
             if not tty:
                 say(one_line(row), stream=stream)
-    return rows
+    return rows, refused
 
 
 def plan_of(choice, rows, notes=""):

@@ -171,6 +171,7 @@ def write_report(folder, doc, command):
              f"median of {ctx['repeats']} interleaved samples against the exact network in the same run "
              "(< 1: faster).", ""]
     lines += table(rows)
+    lines += [""] + [f"Refused: {r['label']}: {r['error']}" for r in doc.get("refused", [])]
     if doc.get("search"):
         lines += ["", "## Per-layer plan under a budget", ""] + plan_lines(doc["search"], doc["results"], doc["exact"])
     lines += ["", "## Pictures", ""]

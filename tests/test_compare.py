@@ -251,3 +251,11 @@ def test_own_images_are_split_three_ways_by_class(lenet, tmp_path):
     assert np.bincount(split.test_labels, minlength=10).tolist() == [10] * 10
     seen = {a.tobytes() for a in split.test}
     assert not any(a.tobytes() in seen for a in np.concatenate([split.val, split.calib]))
+
+
+def test_a_setting_the_method_refuses_is_said_and_the_others_go_on(lenet, tmp_path, capsys):
+    doc, err = compare([lenet, "--methods", "int8,prune", "--calib", "20", "--val", "30", "--test", "40",
+                        "--repeats", "1", "--json", "--results", str(tmp_path / "r.jsonl")], capsys)
+    assert [r["method"] for r in doc["results"]] == ["prune"] * len(METHODS["prune"].grid)
+    assert [r["label"].split()[0] for r in doc["refused"]] == ["int8"] * len(METHODS["int8"].grid)
+    assert "needs at least 32" in doc["refused"][0]["error"] and "refused" in err

@@ -92,8 +92,8 @@ def run(args):
     print(f"tabconv compare: {len(methods)} method(s), results in {results}"
           + (f" ({len(store.rows)} finished before: skipped)" if store.rows else ""), file=log, flush=True)
     ctx = Context(net, split, repeats=args.repeats, seed=args.seed)
-    rows = run_grid(ctx, methods, store, stream=log)
-    doc = {"context": context, "exact": ctx.row, "results": rows, "search": None}
+    rows, refused = run_grid(ctx, methods, store, stream=log)
+    doc = {"context": context, "exact": ctx.row, "results": rows, "refused": refused, "search": None}
     if budget:
         found = budget_search(ctx, rows, budget)
         write_text(plan_out, json.dumps(found["plan"], indent=1) + "\n")
@@ -104,6 +104,8 @@ def run(args):
         print(json.dumps(doc))
         return
     print("\n".join(table([ctx.row] + rows + ([doc["search"]["row"]] if budget else []))))
+    for r in refused:
+        print(f"refused: {r['label']}: {r['error']}")
     if budget:
         print("\n" + "\n".join(plan_lines(doc["search"], rows, ctx.row)))
         print(f"plan written to {plan_out}: apply it with tabconv convert {shlex.quote(args.model)} "
