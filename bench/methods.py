@@ -240,6 +240,12 @@ COMPRESSION = [
     ("rsdtr", dict(method="rsdtr", eps=0.5, convs="blocks", refine="exact"), ("macs", "MACs"), "resnet"),
     ("lowrank", dict(method="lowrank", form="spatial", energy=0.7, switches=_INNER), ("macs", "MACs"), "resnet18"),
     ("lowrank", dict(method="lowrank", form="tucker2", energy=0.7, switches=_INNER), ("macs", "MACs"), "resnet18"),
+    ("binary", dict(method="binary"), ("adds", "adds"), "resnet18"),
+    ("binary", dict(method="binary", refine="exact"), ("adds", "adds"), "resnet18"),
+    ("binary", dict(method="binary", activations="binary", refine="exact"), ("popcounts", "popcounts"), "resnet18"),
+    ("ternary", dict(method="ternary"), ("adds", "adds"), "resnet18"),
+    ("ternary", dict(method="ternary", refine="exact"), ("adds", "adds"), "resnet18"),
+    ("ternary", dict(method="ternary", activations="binary", refine="exact"), ("popcounts", "popcounts"), "resnet18"),
 ]
 
 
@@ -302,7 +308,11 @@ def network_table(names, args):
           "zero point unless symmetric), ranges by min/max or percentile on the calibration images, BN folded "
           "first, every conv and the classifier converted; int32 sums requantised by float scales "
           "(`tabconv_np.kernels.int8_kernels`). Exact storage counts BN parameters too (folded away in "
-          "the int8 network).", ""]
+          "the int8 network).", "",
+          "binary, ternary: weights per output filter as bits (XNOR-Net's sign and mean |W|; TWN's 0.7 mean |W| "
+          "threshold), the stem conv and the classifier float (ends='exact'); own units: adds (float inputs: "
+          "one per weight) or popcounts of 64-bit words (binary inputs, as many XORs; ternary also ANDs); "
+          "refine=exact refits each channel's scale and bias.", ""]
     return L
 
 

@@ -93,6 +93,8 @@ METHODS = {
     "rsdtr": Entry("macs", "MACs (tensor-ring contractions)",
                    ({"eps": 0.3, "convs": "blocks"}, {"eps": 0.5, "convs": "blocks"})),
     "prune": Entry("macs", "MACs of the kept weights", ({"pruned": 0.5}, {"pruned": 0.8})),
+    "binary": Entry("adds", "float adds (weights +-alpha per filter: no multiplies)", ({}, {"refine": "exact"})),
+    "ternary": Entry("adds", "float adds (weights 0, +-alpha per filter)", ({}, {"refine": "exact"})),
 }
 #: Batch sizes of the latency columns.
 BATCHES = (1, 32)

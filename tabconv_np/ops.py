@@ -103,7 +103,10 @@ for _name, _kind, _doc in (
         ("quant_ops", "arithmetic", "activations quantised to 8 bits (multiply, round, clamp)"),
         ("zp_adds", "arithmetic", "zero-point corrections of int8 sums, one per output"),
         ("dequant_mults", "arithmetic", "multiplies that dequantise integer sums"),
-        ("index_reads", "memory", "column indices read by sparse (CSR) products, one per multiply")):
+        ("index_reads", "memory", "column indices read by sparse (CSR) products, one per multiply"),
+        ("popcounts", "arithmetic", "popcounts of 64-bit words (binary and ternary layers)"),
+        ("bit_ops", "arithmetic", "64-bit XORs and ANDs of packed +-1 products"),
+        ("binarize_ops", "arithmetic", "values binarised and packed into bits, a compare each")):
     declare_quantity(_name, _kind, _doc)
 
 #: The quantities every row carries (0 when a layer does not report them), in table order.
@@ -282,6 +285,10 @@ class OpCount:
             cols[1:1] = ["mults", "adds"]
         if any(r.get("int8_macs") for r in self.rows):
             cols[1:1] = ["int8_macs", "quant_ops", "zp_adds", "dequant_mults"]
+        if any(r.get("popcounts") for r in self.rows):
+            cols[1:1] = ["popcounts", "bit_ops", "binarize_ops"]
+        if any(r.get("adds") for r in self.rows) and "adds" not in cols:
+            cols[1:1] = ["adds"]
         head = ["layer", "type", "output"] + cols
         body = [[r["name"], r["type"], "x".join(map(str, r["out_shape"]))] + [_si(r.get(c, 0)) for c in cols]
                 for r in self.rows]

@@ -42,6 +42,7 @@ from .validate import as_padding
 from .lcnn import LCNNConv2d
 from .rsdtr import CORES, RSDTRConv2d
 from .sparse import SparseConv2d, csr
+from . import binary as _binary
 
 #: Slack on the ``K*u`` rounding-error bounds.
 TOL_FACTOR = 4.0
@@ -713,6 +714,57 @@ def _check_sparse(got, want, args, kwargs):
     W = _sparse_layer(*csr_args).dense()
     assert_conv_close(got, want, conv_error_bound(x, W, csr_args[3], **kwargs), "sparse conv")
 
+
+# ------------------------------------------------------------- binary and ternary
+def _bit_planes(draw, rng, M, D):
+    """Random packed sign bits and, half the time, a ternary mask (None otherwise)."""
+    signs = rng.random((M, D)) < 0.5
+    mask = rng.random((M, D)) < draw(0, 4) / 4 if draw(0, 1) else None
+    return _binary.pack_bits(signs), None if mask is None else _binary.pack_bits(mask)
+
+
+def _xnor_inputs(draw, rng):
+    """A conv case (up to 40 channels: rows of several words, ragged last words) with exact zeros in
+    the input (binarised to -1, as padding is), random bit planes, both layouts."""
+    (x, w, _b, cfg), layout = conv_case(draw, rng, max_groups=1), ("NCHW", "NHWC")[draw(0, 1)]
+    kh, kw = w.shape[2:]
+    C, M = (draw(1, 40), draw(1, 9)) if draw(0, 1) else (w.shape[1], w.shape[0])
+    x = rng.standard_normal((x.shape[0], C) + x.shape[2:]).astype(np.float32)
+    x[rng.random(x.shape) < 0.2] = 0
+    kwargs = {k: cfg[k] for k in ("stride", "padding", "dilation")}
+    return (x if layout == "NCHW" else _nhwc(x), *_bit_planes(draw, rng, M, C * kh * kw),
+            (M, C, kh, kw)), dict(kwargs, layout=layout)
+
+
+def binary_conv(x, weight_sign, weight_mask, weight_scale, bias, weight_shape, stride=1, padding=0, dilation=1,
+                layout="NCHW"):
+    """``BinaryConv2d.forward`` (float inputs) with the given bit planes, scales and bias."""
+    M, C, kh, kw = weight_shape
+    layer = _binary.BinaryConv2d(C, M, (kh, kw), stride, padding, dilation,
+                                 "binary" if weight_mask is None else "ternary", "float")
+    for k, v in (("weight_sign", weight_sign), ("weight_mask", weight_mask), ("weight_scale", weight_scale),
+                 ("bias", bias)):
+        if v is not None:
+            layer.params[k][...] = v
+    return layer.forward(x, layout)
+
+
+def _binary_conv_inputs(draw, rng):
+    (x, w, _b, cfg), layout = conv_case(draw, rng, max_groups=1), ("NCHW", "NHWC")[draw(0, 1)]
+    M, C, kh, kw = w.shape
+    scale = rng.uniform(1e-3, 1, M).astype(np.float32)
+    bias = rng.standard_normal(M).astype(np.float32)
+    kwargs = {k: cfg[k] for k in ("stride", "padding", "dilation")}
+    return (x if layout == "NCHW" else _nhwc(x), *_bit_planes(draw, rng, M, C * kh * kw), scale, bias,
+            w.shape), dict(kwargs, layout=layout)
+
+
+def _check_binary_conv(got, want, args, kwargs):
+    x, sign, mask, scale, bias, shape = args
+    W = R.signed_weights(sign, mask, shape) * scale.reshape(-1, 1, 1, 1)
+    assert_conv_close(got, want, conv_error_bound(x, W, bias, **kwargs), "binary conv")
+
+
 _CONV_TOL = ("elementwise |fast - ref| <= 4*K*2**-24*(|x| conv |w| + |b|) + 1e-7, "
              "K = C/groups*kh*kw + 1 (float32 sums in any order vs float64)")
 
@@ -782,4 +834,10 @@ PAIRS = [
     Pair("rsdtr_conv", rsdtr_conv, R.rsdtr_conv_naive, _rsdtr_inputs, _check_rsdtr,
          "elementwise |fast - ref| <= 4*K*2**-24*(|x| conv W_abs + |b|) + 1e-7, K = C_in + r1*kH + "
          "r2*kW + r0*r3 + 1 (the four float32 sublayers' sums), W_abs the kernel rebuilt from |cores|"),
+    Pair("xnor_conv", _binary.xnor_conv, R.xnor_conv_naive, _xnor_inputs, _check_exact,
+         "bitwise int32: XNOR (ternary: and the mask) + popcount equals the float conv of the +-1 "
+         "({-1, 0, 1}) tensors exactly, padding and inputs <= 0 binarised to -1"),
+    Pair("binary_conv", binary_conv, R.binary_conv_naive, _binary_conv_inputs, _check_binary_conv,
+         "elementwise within the dense conv bound of the weights alpha*T (float32 BLAS sums, then the "
+         "scale: one more rounding, inside the bound's slack)"),
 ]

@@ -28,6 +28,8 @@ reference                      fast function
 :func:`lcnn_conv_naive`        :class:`tabconv_np.lcnn.LCNNConv2d` (dictionary conv + lookups)
 :func:`rsdtr_conv_naive`       :class:`tabconv_np.rsdtr.RSDTRConv2d` (four tensor-ring sublayers)
 :func:`sparse_conv_naive`      :class:`tabconv_np.sparse.SparseConv2d` (CSR weights, pruned)
+:func:`xnor_conv_naive`        :func:`tabconv_np.binary.xnor_conv` (XNOR + popcount, fully binary)
+:func:`binary_conv_naive`      :class:`tabconv_np.binary.BinaryConv2d` (binary/ternary weights, float inputs)
 =============================  =================================================
 
 The convolution is really a cross-correlation, as in every deep-learning
@@ -591,3 +593,56 @@ def sparse_conv_naive(x, data, indices, indptr, bias, weight_shape, stride=1, pa
         for p in range(indptr[o], indptr[o + 1]):
             W[o, indices[p]] = data[p]
     return conv2d_naive(x, W.reshape(weight_shape), bias, stride, padding, dilation, layout=layout)
+
+
+# ------------------------------------------------------------- binary and ternary
+def bit_values(words, D):
+    """Packed rows (uint64 ``(M, words)``) to 0/1 ints ``(M, D)``: value ``d`` is bit ``d % 64`` of
+    word ``d // 64``."""
+    out = np.zeros((len(words), D), np.int64)
+    for m in range(len(words)):
+        for d in range(D):
+            out[m, d] = (int(words[m, d // 64]) >> (d % 64)) & 1
+    return out
+
+
+def signed_weights(weight_sign, weight_mask, weight_shape):
+    """The {-1, 1} weights (ternary: times the 0/1 mask), float64 ``weight_shape`` (M, C, kh, kw)."""
+    D = int(np.prod(weight_shape[1:]))
+    w = 2.0 * bit_values(weight_sign, D) - 1
+    if weight_mask is not None:
+        w = w * bit_values(weight_mask, D)
+    return w.reshape(weight_shape)
+
+
+def xnor_conv_naive(x, weight_sign, weight_mask, weight_shape, stride=1, padding=0, dilation=1, layout="NCHW"):
+    """The fully binary convolution as the float convolution of the +-1 tensors, as int32.
+
+    Reference for :func:`tabconv_np.binary.xnor_conv`: the input ``x`` zero
+    padded, then ``+1`` where ``> 0`` and ``-1`` elsewhere (so padding is -1);
+    the weights from their bit planes (:func:`signed_weights`); then
+    :func:`conv2d_naive` with no further padding.  Every sum is a small integer,
+    exact in float64.
+    """
+    x = np.asarray(x, np.float64)
+    if layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    (kh, kw), dil = weight_shape[2:], as_pair(dilation, "dilation")
+    top, bottom, left, right = as_padding(padding, (kh, kw), dil)
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))            # zero padding
+    s = np.where(xp > 0, 1.0, -1.0)                                          # then the sign
+    y = conv2d_naive(s, signed_weights(weight_sign, weight_mask, weight_shape), None, stride, 0, dilation)
+    y = np.rint(y).astype(np.int32)
+    return y if layout == "NCHW" else y.transpose(0, 2, 3, 1)
+
+
+def binary_conv_naive(x, weight_sign, weight_mask, weight_scale, bias, weight_shape, stride=1, padding=0,
+                      dilation=1, layout="NCHW"):
+    """The binary (ternary) weights with float inputs as the dense convolution of ``alpha * T``.
+
+    Reference for :class:`tabconv_np.binary.BinaryConv2d` with
+    ``activations="float"``: ``W[m] = weight_scale[m] * T[m]``, ``T`` from the
+    bit planes, in float64, then :func:`conv2d_naive`.
+    """
+    W = signed_weights(weight_sign, weight_mask, weight_shape) * np.reshape(weight_scale, (-1, 1, 1, 1))
+    return conv2d_naive(x, W, bias, stride, padding, dilation, layout=layout)

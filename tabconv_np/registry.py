@@ -21,6 +21,7 @@ from .int8 import Int8Conv2d, Int8Linear
 from .lcnn import LCNNConv2d
 from .rsdtr import RSDTRConv2d
 from .sparse import SparseConv2d
+from .binary import BinaryConv2d, BinaryLinear
 
 #: The layer types :func:`from_config` builds, by config ``"type"``.
 LAYER_TYPES = {cls.__name__: cls for cls in (
@@ -32,6 +33,7 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
     Concat, Binary, Scale, Reshape, Transpose, ChannelGather, Pad, Resize, ConvTranspose2d,
     Int8Conv2d, Int8Linear,
     LCNNConv2d, RSDTRConv2d, SparseConv2d,
+    BinaryConv2d, BinaryLinear,
 )}
 
 

@@ -82,3 +82,15 @@ def int8_line(totals, exact_totals):
     return (f"{'ops':<11}{t['int8_macs'] / 1e6:.2f} M int8 MACs + {t['macs'] / 1e6:.2f} M float MACs "
             f"(exact: {e['macs'] / 1e6:.2f} M float MACs); {t['quant_ops'] / 1e6:.2f} M activations "
             f"quantised, {t['dequant_mults'] / 1e6:.2f} M requantising multiplies")
+
+
+def binary_line(totals, exact_totals):
+    """The ``ops`` report line of a binary or ternary network: its bit operations next to the float MACs.
+
+    ``totals``, ``exact_totals``: :attr:`tabconv_np.ops.OpCount.total` of the converted and the exact network.
+    """
+    t, e = totals, exact_totals
+    return (f"{'ops':<11}{t['popcounts'] / 1e6:.2f} M popcounts + {t['bit_ops'] / 1e6:.2f} M bit ops + "
+            f"{t['adds'] / 1e6:.2f} M adds + {t['macs'] / 1e6:.2f} M float MACs (exact: {e['macs'] / 1e6:.2f} M "
+            f"float MACs); {t['binarize_ops'] / 1e6:.2f} M values binarised, {t['dequant_mults'] / 1e6:.2f} M "
+            f"scale multiplies")

@@ -6,12 +6,16 @@
   Hypothesis's 200 ms deadline; 50 examples per test unless a test says
   otherwise.  ``HYPOTHESIS_PROFILE=thorough`` runs 500 (in the tests that
   do not set their own ``max_examples``).
+* ``r18_sample``: ``r18_sample(calib, test)`` is ``(net, xc, xt, yt)``, the
+  shipped ResNet-18 "paper" (Fashion-MNIST) loaded afresh, ``calib`` shipped
+  sample training images and ``test`` sample test images with their labels.
 * ``warm_conv_jit``: a session fixture that compiles (or loads from the
   on-disk cache) every convolution kernel, serial and parallel, for the array
   layouts the drivers pass, so that timings and deadlines inside tests see
   warm kernels.
 """
 import os
+import warnings
 
 # before anything loads libgomp (torch, Numba's omp layer): see kernels/_jit.py
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
@@ -27,6 +31,22 @@ settings.register_profile(
     "thorough", deadline=None, max_examples=500,
     suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tabconv"))
+
+
+@pytest.fixture(scope="session")
+def r18_sample():
+    """See the module docstring."""
+    import tabconv_np
+    from tabconv_np.data import load_dataset
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "weights", "resnet18-paper_fashion-mnist.h5")
+
+    def make(calib, test):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # the shipped file predates checksums
+            net = tabconv_np.load(path)
+        xt, yt = load_dataset("sample", "test", limit=test)
+        return net, load_dataset("sample", "train", limit=calib)[0], xt, yt
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """The int8 conversion method: calibration, accuracy on the shipped ResNet-18, settings, files, CLI."""
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import tabconv_np
 from tabconv_np.cli import main
 from tabconv_np.conversion import convert, skeleton
 from tabconv_np.conversion.int8 import Int8Settings, input_range
-from tabconv_np.data import load_dataset
 from tabconv_np.errors import ConfigError
 from tabconv_np.int8 import Int8Conv2d, Int8Linear
 from tabconv_np.ops import count_ops
@@ -20,13 +18,8 @@ R18 = os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5")
 
 
 @pytest.fixture(scope="module")
-def data():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = tabconv_np.load(R18)
-    xc, _ = load_dataset("sample", "train", limit=200)
-    xt, yt = load_dataset("sample", "test", limit=300)
-    return net, xc, xt, yt
+def data(r18_sample):
+    return r18_sample(200, 300)
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,6 @@ import os  # noqa: E402
 
 from tabconv_np.conversion import convert  # noqa: E402
 from tabconv_np.conversion.lcnn import fit_lcnn, omp  # noqa: E402
-from tabconv_np.data import load_dataset  # noqa: E402
 from tabconv_np.fold import fold_batchnorm  # noqa: E402
 
 WEIGHTS = os.path.join(os.path.dirname(__file__), os.pardir, "weights")
@@ -116,11 +115,8 @@ SWITCHES = [0, 1, 1, 1, 1, 1, 1, 1, 1, 0]
 
 
 @pytest.fixture(scope="module")
-def data():
-    net = tabconv_np.load(os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"))
-    xc, _ = load_dataset("sample", "train", limit=120)
-    xt, yt = load_dataset("sample", "test", limit=200)
-    return net, xc, xt, yt
+def data(r18_sample):
+    return r18_sample(120, 200)
 
 
 def _conv(net, path):

@@ -8,7 +8,6 @@ import tabconv_np
 from tabconv_np.blocks import Sequential
 from tabconv_np.conversion import convert
 from tabconv_np.conversion.lowrank import factor_layer
-from tabconv_np.data import load_dataset
 from tabconv_np.errors import ConfigError
 from tabconv_np.layers import Conv2d, Linear
 from tabconv_np.ops import count_ops
@@ -18,11 +17,8 @@ SWITCHES = [0, 1, 1, 1, 1, 1, 1, 1, 1, 0]
 
 
 @pytest.fixture(scope="module")
-def data():
-    net = tabconv_np.load(os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"))
-    xc, _ = load_dataset("sample", "train", limit=200)
-    xt, yt = load_dataset("sample", "test", limit=200)
-    return net, xc, xt, yt
+def data(r18_sample):
+    return r18_sample(200, 200)
 
 
 def test_full_rank_factorisation_equals_the_layer():

@@ -13,7 +13,6 @@ import pytest
 import tabconv_np
 from tabconv_np.conversion import convert
 from tabconv_np.conversion.prune import magnitude_mask
-from tabconv_np.data import load_dataset
 from tabconv_np.errors import ConfigError, ShapeError
 from tabconv_np.layers import Conv2d
 from tabconv_np.ops import count_ops
@@ -24,8 +23,9 @@ SWITCHES = [0, 1, 1, 1, 1, 1, 1, 1, 1, 0]
 
 
 @pytest.fixture(scope="module")
-def data():
-    return tabconv_np.load(R18), load_dataset("sample", "train", limit=50)[0], load_dataset("sample", "test", limit=200)
+def data(r18_sample):
+    net, xc, xt, yt = r18_sample(50, 200)
+    return net, xc, (xt, yt)
 
 
 def _conv(rng, **kw):

@@ -15,7 +15,7 @@ from ..demo import parse_setting
 from ..io import load, save
 from ..outputs import check_output
 from ..ops import count_ops
-from ..report import command_line, int8_line, reduction_lines
+from ..report import binary_line, command_line, int8_line, reduction_lines
 from ..userdata import command_images
 from .options import add_data_options, count
 
@@ -32,6 +32,8 @@ METHOD_DEFAULTS = {
     "lcnn": {"atoms": "32", "sparsity": "2", "refine": "exact"},
     "rsdtr": {"eps": "0.3", "convs": "all", "refine": "none"},
     "prune": {"pruned": "0.5"},
+    "binary": {"activations": "float", "ends": "exact", "refine": "none"},
+    "ternary": {"activations": "float", "ends": "exact", "refine": "none"},
 }
 #: ``--encoder``'s names of the table methods.
 ENCODERS = {"pq": "tabconv", "tree": "maddness"}
@@ -59,7 +61,9 @@ def add_parser(sub):
                    "on the training images (--bits, --activations, --range-rule, --percentile, "
                    "--min-images); lcnn: a dictionary 1x1 conv and sparse lookups (--atoms, "
                    "--sparsity); rsdtr: tensor-ring cores from the weights (--eps, --convs); "
-                   "prune: magnitude pruning to sparse (CSR) convolutions (--pruned); "
+                   "prune: magnitude pruning to sparse (CSR) convolutions (--pruned); binary, ternary: "
+                   "weights as bits per output filter (XNOR-Net's sign and mean |W|; TWN's 0.7 mean |W| "
+                   "threshold), inputs float or binary (--activations, --ends, --refine); "
                    "default: from --encoder")
     c.add_argument("--encoder", choices=sorted(ENCODERS),
                    help="the table methods by their encoder: pq = --method tabconv (the default), "
@@ -80,8 +84,12 @@ def add_parser(sub):
                    "(k x 1 then 1 x k) or tucker2 (1x1, core, 1x1); default svd")
     c.add_argument("--bits", help="int8 only: bits per layer, an int or PATTERN=VALUE items; 8 is the only "
                    "width supported; default 8")
-    c.add_argument("--activations", help="int8 only: asymmetric (uint8 with a zero point) or symmetric "
-                   "(int8 in [-127, 127]), one value or PATTERN=VALUE items; default asymmetric")
+    c.add_argument("--activations", help="int8: asymmetric (uint8 with a zero point) or symmetric "
+                   "(int8 in [-127, 127]), one value or PATTERN=VALUE items; default asymmetric. binary, "
+                   "ternary: float (weights only) or binary (inputs binarised: XNOR + popcount); default float")
+    c.add_argument("--ends", choices=["exact", "binary"],
+                   help="binary, ternary only: keep the network's first and last weight layers exact (as the "
+                   "literature does; default) or convert them too")
     c.add_argument("--range-rule", help="int8 only: each layer's input range from the calibration "
                    "activations' minmax or percentile (see --percentile), one value or PATTERN=VALUE "
                    "items; default minmax")
@@ -120,8 +128,8 @@ def add_parser(sub):
     c.add_argument("--refine", choices=["exact", "local", "none"],
                    help="least-squares refinement toward the exact network (default: none for "
                    "pq, the authors' plain tables; exact for tree and lowrank; lcnn: refit the "
-                   "coefficients (default exact); rsdtr: refit the last core (default none); local: "
-                   "the tables only)")
+                   "coefficients (default exact); rsdtr: refit the last core (default none); binary, ternary: "
+                   "refit each output channel's scale and bias (default none); local: the tables only)")
     c.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     c.add_argument("--plan", metavar="PLAN.json",
@@ -195,6 +203,8 @@ def run(args):
     lines = reduction_lines(red)
     if opts["method"] == "int8":          # the paper convention counts no int8 MACs: say what they are
         lines[0] = int8_line(count_ops(res.network).total, count_ops(res.exact).total)
+    if opts["method"] in ("binary", "ternary"):   # nor popcounts and bit operations
+        lines[0] = binary_line(count_ops(res.network).total, count_ops(res.exact).total)
     print("\n".join(lines))
     print(f"calibrated on {len(xc)} {source} images in {res.seconds:.1f} s; wrote {args.output}")
 

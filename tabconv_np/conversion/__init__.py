@@ -19,6 +19,7 @@ module             what it holds
 ``lcnn``           LCNN: a learned dictionary and sparse codes per conv, refit to the outputs
 ``rsdtr``          RSDTR: a tensor ring of four cores per conv, from the weights (TR-SVD search)
 ``prune``          magnitude pruning to CSR convolutions (``SparseConv2d``)
+``binary``         binary and ternary weights (and inputs): bit planes, XNOR + popcount
 ``mixed``          per-switch plans: a method and settings per switch (``convert_plan``)
 =================  ===============================================================
 
@@ -41,10 +42,11 @@ from .int8 import Int8, Int8Settings
 from .lcnn import LCNN, LCNNSettings
 from .rsdtr import RSDTR, RSDTRSettings
 from .prune import Prune, PruneSettings
+from .binary import Binary, BinarySettings, Ternary
 
 __all__ = ["convert", "skeleton", "table_structure", "op_reduction", "ConversionResult",
            "ConversionSettings", "Switch", "find_switches", "priority_mask", "cosine_similarity",
            "switch_similarities", "augment_images", "Method", "METHODS", "register_method",
            "get_method", "TabConv", "TabConvSettings", "Maddness", "MaddnessSettings", "LowRank",
            "LowRankSettings", "Int8", "Int8Settings", "LCNN", "LCNNSettings", "RSDTR", "RSDTRSettings", "Prune",
-           "PruneSettings"]
+           "PruneSettings", "Binary", "Ternary", "BinarySettings"]

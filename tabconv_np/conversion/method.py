@@ -70,6 +70,12 @@ class Method:
     per_layer = ()
     aliases = {}
 
+    def for_network(self, settings, body):
+        """The method's settings for converting ``body`` (the BN-folded network body), before any
+        ``resolve``; a method whose settings depend on the network (which layers are its first and
+        last) fills them in here.  Default: unchanged."""
+        return settings
+
     def resolve(self, path, layer, values, settings):
         """Per-layer settings for ``layer`` at ``path`` (``values``: its per-layer fields)."""
         return dict(values)

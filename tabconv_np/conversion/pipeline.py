@@ -126,6 +126,7 @@ def convert(model, calibration_images, method="tabconv", **settings):
     common, own = split_settings(settings, m.Settings, m.aliases)
     imgs = _images(model, calibration_images)
     exact = fold_batchnorm(model)
+    own = m.for_network(own, exact.body)
     sw, on, resolved, notes = _plan(m, exact.body, common, own)
     modules = dict(exact.body.modules())
     refit_leaf = last_linear(sw, modules) if common.refit_classifier else None
@@ -179,6 +180,7 @@ def skeleton(model, method="tabconv", **settings):
     m = get_method(method)
     common, own = split_settings(settings, m.Settings, m.aliases)
     exact = fold_batchnorm(model)
+    own = m.for_network(own, exact.body)
     _, _, resolved, _ = _plan(m, exact.body, common, own)
     body = map_leaves(exact.body, lambda path, leaf: (m.skeleton(leaf, resolved[path], own)
                                                       if path in resolved else leaf))
