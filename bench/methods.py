@@ -246,6 +246,8 @@ COMPRESSION = [
     ("ternary", dict(method="ternary"), ("adds", "adds"), "resnet18"),
     ("ternary", dict(method="ternary", refine="exact"), ("adds", "adds"), "resnet18"),
     ("ternary", dict(method="ternary", activations="binary", refine="exact"), ("popcounts", "popcounts"), "resnet18"),
+    ("channels", dict(method="channels", keep=0.5), ("macs", "MACs"), "resnet"),
+    ("channels", dict(method="channels", keep=0.25), ("macs", "MACs"), "resnet"),
 ]
 
 

@@ -93,6 +93,7 @@ METHODS = {
     "rsdtr": Entry("macs", "MACs (tensor-ring contractions)",
                    ({"eps": 0.3, "convs": "blocks"}, {"eps": 0.5, "convs": "blocks"})),
     "prune": Entry("macs", "MACs of the kept weights", ({"pruned": 0.5}, {"pruned": 0.8})),
+    "channels": Entry("macs", "MACs of the smaller convolutions", ({"keep": 0.5}, {"keep": 0.75})),
     "binary": Entry("adds", "float adds (weights +-alpha per filter: no multiplies)", ({}, {"refine": "exact"})),
     "ternary": Entry("adds", "float adds (weights 0, +-alpha per filter)", ({}, {"refine": "exact"})),
 }
@@ -226,9 +227,14 @@ def splice(exact, modules, switch):
 
 
 def converted_switches(exact, net, switches):
-    """Per switch, whether ``net`` replaced any of its layers (a method may keep some exact)."""
+    """Per switch, whether ``net`` replaced any of its layers by another type or shape (a method may
+    keep some exact; channel pruning leaves smaller layers of the same type; a refit classifier is
+    the same layer)."""
     a, b = dict(exact.body.modules()), dict(net.body.modules())
-    return [any(type(b.get(p)) is not type(a[p]) for p in sw.leaves) for sw in switches]
+
+    def shapes(m):
+        return type(m), {k: np.shape(v) for k, v in getattr(m, "params", {}).items()}
+    return [any(shapes(b.get(p)) != shapes(a[p]) for p in sw.leaves) for sw in switches]
 
 
 def scores(net, images, labels):

@@ -382,7 +382,7 @@ def op_reduction(network, exact_net, input_shape=None):
         ``exact``, ``ratio`` (exact / cost) and ``convention`` (what is
         counted; ``paper`` compares with the exact network's MACs).
         ``storage``: ``table_bytes`` (the converted layers: those whose type
-        changed, or new, as the factors of a low-rank layer), ``replaced_weight_bytes``
+        or shapes changed, or new, as the factors of a low-rank layer), ``replaced_weight_bytes``
         (the exact layers they replace),
         ``network_bytes`` and ``exact_network_bytes``.
     """
@@ -396,9 +396,12 @@ def op_reduction(network, exact_net, input_shape=None):
         out[name] = {"reduction": reduction(cost, base), "cost": int(cost), "exact": int(base),
                      "ratio": base / cost if cost else float("inf"), "convention": c.description}
     exact_rows, rows = {r["name"]: r for r in e.rows}, {r["name"]: r for r in t.rows}
-    # layers whose type changed, or that are new / gone (a layer replaced by a block of several)
-    changed = [r for r in t.rows if r["type"] != exact_rows.get(r["name"], {}).get("type")]
-    replaced = [r for r in e.rows if r["type"] != rows.get(r["name"], {}).get("type")]
+    # layers whose type changed, or that are new / gone (a layer replaced by a block of several),
+    # or of another width (channel pruning)
+    def same(r, other):
+        return all(r[k] == other.get(k) for k in ("type", "in_shape", "out_shape"))
+    changed = [r for r in t.rows if not same(r, exact_rows.get(r["name"], {}))]
+    replaced = [r for r in e.rows if not same(r, rows.get(r["name"], {}))]
     out["storage"] = {"table_bytes": int(sum(r["storage_bytes"] for r in changed)),
                       "replaced_weight_bytes": int(sum(r["storage_bytes"] for r in replaced)),
                       "network_bytes": int(t.total["storage_bytes"]),

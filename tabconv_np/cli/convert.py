@@ -34,6 +34,7 @@ METHOD_DEFAULTS = {
     "prune": {"pruned": "0.5"},
     "binary": {"activations": "float", "ends": "exact", "refine": "none"},
     "ternary": {"activations": "float", "ends": "exact", "refine": "none"},
+    "channels": {"keep": "0.5", "select": "greedy", "refine": "exact"},
 }
 #: ``--encoder``'s names of the table methods.
 ENCODERS = {"pq": "tabconv", "tree": "maddness"}
@@ -41,7 +42,7 @@ ENCODER_DEFAULTS = {e: METHOD_DEFAULTS[m] for e, m in ENCODERS.items()}
 #: How each method option is read: per-layer values (``parse_setting`` of that kind) or one value.
 PER_LAYER = {"codebooks": str, "prototypes": int, "rank": str, "bits": int, "activations": str.lower,
              "range_rule": str.lower, "percentile": float, "atoms": int, "sparsity": int, "eps": float,
-             "pruned": float}
+             "pruned": float, "keep": float}
 
 
 def add_parser(sub):
@@ -64,6 +65,7 @@ def add_parser(sub):
                    "prune: magnitude pruning to sparse (CSR) convolutions (--pruned); binary, ternary: "
                    "weights as bits per output filter (XNOR-Net's sign and mean |W|; TWN's 0.7 mean |W| "
                    "threshold), inputs float or binary (--activations, --ends, --refine); "
+                   "channels: channel pruning, the next conv rebuilt by least squares (--keep, --select); "
                    "default: from --encoder")
     c.add_argument("--encoder", choices=sorted(ENCODERS),
                    help="the table methods by their encoder: pq = --method tabconv (the default), "
@@ -111,6 +113,13 @@ def add_parser(sub):
                    "convs inside blocks as the authors do; default: all")
     c.add_argument("--pruned", help="prune only: the fraction of each layer's weights set to zero, in "
                    "[0, 1): one value, a comma list per switch, or PATTERN=VALUE items; default 0.5")
+    c.add_argument("--keep", help="channels only: the fraction of each pruned conv's input channels kept (the "
+                   "filters of the conv before it go with them), in (0, 1]: one value, a comma list per "
+                   "switch, or PATTERN=VALUE items; only the second conv of a pair in one chain is pruned "
+                   "(in a ResNet block: conv2), the others stay exact; default 0.5")
+    c.add_argument("--select", choices=["greedy", "lasso"],
+                   help="channels only: how the kept channels are chosen: greedy (backward elimination) "
+                   "or lasso (He et al.'s LASSO); default greedy")
     c.add_argument("--mask-rate", type=float, metavar="M",
                    help="priority masking: keep exact the floor(M x switches / 100) switches whose "
                    "similarity to the exact network drops most (percent; default: no masking)")
@@ -129,7 +138,8 @@ def add_parser(sub):
                    help="least-squares refinement toward the exact network (default: none for "
                    "pq, the authors' plain tables; exact for tree and lowrank; lcnn: refit the "
                    "coefficients (default exact); rsdtr: refit the last core (default none); binary, ternary: "
-                   "refit each output channel's scale and bias (default none); local: the tables only)")
+                   "refit each output channel's scale and bias (default none); channels: rebuild the pruned conv "
+                   "on its kept channels (default exact; none: only drop channels); local: the tables only)")
     c.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     c.add_argument("--plan", metavar="PLAN.json",

@@ -20,6 +20,7 @@ module             what it holds
 ``rsdtr``          RSDTR: a tensor ring of four cores per conv, from the weights (TR-SVD search)
 ``prune``          magnitude pruning to CSR convolutions (``SparseConv2d``)
 ``binary``         binary and ternary weights (and inputs): bit planes, XNOR + popcount
+``channels``       channel pruning: whole channels removed, the next conv rebuilt by least squares
 ``mixed``          per-switch plans: a method and settings per switch (``convert_plan``)
 =================  ===============================================================
 
@@ -43,10 +44,11 @@ from .lcnn import LCNN, LCNNSettings
 from .rsdtr import RSDTR, RSDTRSettings
 from .prune import Prune, PruneSettings
 from .binary import Binary, BinarySettings, Ternary
+from .channels import ChannelPrune, ChannelSettings
 
 __all__ = ["convert", "skeleton", "table_structure", "op_reduction", "ConversionResult",
            "ConversionSettings", "Switch", "find_switches", "priority_mask", "cosine_similarity",
            "switch_similarities", "augment_images", "Method", "METHODS", "register_method",
            "get_method", "TabConv", "TabConvSettings", "Maddness", "MaddnessSettings", "LowRank",
            "LowRankSettings", "Int8", "Int8Settings", "LCNN", "LCNNSettings", "RSDTR", "RSDTRSettings", "Prune",
-           "PruneSettings", "Binary", "Ternary", "BinarySettings"]
+           "PruneSettings", "Binary", "Ternary", "BinarySettings", "ChannelPrune", "ChannelSettings"]

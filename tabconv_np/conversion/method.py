@@ -15,7 +15,9 @@ supplies only what is its own:
    calibration inputs (or None to have the walk compute it).
 
 and, for the op counter's data-free preview, ``skeleton(layer, settings)``: the
-replacement with zero parameters.  A method registers itself with
+replacement with zero parameters.  A method that changes more than one layer
+at a time (channel pruning: two convolutions share the channels it removes)
+also implements ``finish(body, ...)``, the network after the walk.  A method registers itself with
 :func:`register_method` so that ``convert(..., method="name")`` finds it; an
 instance can also be passed directly.
 """
@@ -88,6 +90,12 @@ class Method:
         """The same approximation built on ``exact_layer``'s weights (the classifier before its
         refit), or None when the method cannot."""
         return None
+
+    def finish(self, body, resolved, records, settings):
+        """The converted ``body`` after the walk (``resolved``: ``{leaf path: layer settings}``;
+        ``records``: the layers' records, None when counting without data); may annotate the
+        records.  ``body`` unless the method changes several layers together."""
+        return body
 
     def refine(self, new_layer, data, layer_settings, settings, rng):
         """Adjust ``new_layer`` toward the exact output; return its output on ``data.xa`` or None."""

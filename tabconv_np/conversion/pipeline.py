@@ -147,6 +147,7 @@ def convert(model, calibration_images, method="tabconv", **settings):
             final = Pass(m, sw, on, resolved, common, own, refit_leaf, reuse=p1.converted,
                          reuse_before=reuse_before, notes=notes)
             body, _, _ = final.run(exact.body, x, exact.layout, "fitting again after masking")
+    body = m.finish(body, resolved, final.records, own)
     given = {k: (dict(v) if isinstance(v, dict) else v) for k, v in settings.items() if k != "progress"}
     meta = dict(exact.meta)
     meta[m.name] = {
@@ -184,6 +185,7 @@ def skeleton(model, method="tabconv", **settings):
     _, _, resolved, _ = _plan(m, exact.body, common, own)
     body = map_leaves(exact.body, lambda path, leaf: (m.skeleton(leaf, resolved[path], own)
                                                       if path in resolved else leaf))
+    body = m.finish(body, resolved, None, own)
     return Network(body, exact.input_shape, exact.preprocess, exact.layout, dict(exact.meta))
 
 

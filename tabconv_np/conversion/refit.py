@@ -14,10 +14,15 @@ def ridge(features, targets, alpha):
     Y = np.asarray(targets, np.float64)
     mx, my = X.mean(0), Y.mean(0)
     Xc, Yc = X - mx, Y - my
-    G = Xc.T @ Xc
+    return ridge_gram(Xc.T @ Xc, Xc.T @ Yc, mx, my, alpha)
+
+
+def ridge_gram(G, XtY, mx, my, alpha):
+    """:func:`ridge` from the centred Gram matrices ``G = Xc'Xc`` (F, F) and ``XtY = Xc'Yc``
+    (F, M) and the means ``mx`` (F,), ``my`` (M,); ``G`` is overwritten."""
     lam = alpha * np.trace(G) / max(G.shape[0], 1)
     G[np.diag_indices_from(G)] += max(lam, 1e-12)
-    W = np.linalg.solve(G, Xc.T @ Yc)          # (F, M)
+    W = np.linalg.solve(G, XtY)                # (F, M)
     b = my - mx @ W
     return W.T.astype(np.float32), b.astype(np.float32), float(lam)
 
