@@ -21,7 +21,9 @@ exact network (BN folded, as a prepared plan) on the same images:
 * **conversion time** (seconds of :func:`~tabconv_np.conversion.convert`);
 * **per switch** (what the per-layer search reads, :mod:`tabconv_np.budget`):
   the validation accuracy drop and cross-entropy increase of the exact network
-  with that switch alone taken from the converted one, its ``full``
+  with that switch alone taken from the converted one (None where its layers
+  fit only beside another switch's, as channel pruning across two switches
+  of a chain leaves them), its ``full``
   operations, storage, and seconds at batch 1 (the network's own forward, each
   layer timed in place).
 
@@ -49,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import stratified_split
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, ShapeError
 from .fold import fold_batchnorm
 from .network import Network
 from .ops import CONVENTIONS, count_ops
@@ -294,8 +296,11 @@ class Context:
         for sw, f in zip(self.switches, converted_switches(self.exact, net, self.switches)):
             drop = loss = None
             if f and parts is not None:
-                a, _, c = scores(splice(self.exact, parts, sw), s.val, s.val_labels)
-                drop, loss = self.val_acc - a, c - self.val_loss
+                try:
+                    a, _, c = scores(splice(self.exact, parts, sw), s.val, s.val_labels)
+                    drop, loss = self.val_acc - a, c - self.val_loss
+                except ShapeError:       # its layers fit only beside another switch's (channel pruning
+                    pass                 # across two switches of a chain): not an option on its own
             per[sw.name] = {"converted": bool(f), "val_drop": drop, "val_loss_increase": loss, **figs[sw.name],
                             "seconds": secs[sw.name]}
         row = {"key": result_key(method, settings), "method": method, "settings": settings,

@@ -259,3 +259,13 @@ def test_a_setting_the_method_refuses_is_said_and_the_others_go_on(lenet, tmp_pa
     assert [r["method"] for r in doc["results"]] == ["prune"] * len(METHODS["prune"].grid)
     assert [r["label"].split()[0] for r in doc["refused"]] == ["int8"] * len(METHODS["int8"].grid)
     assert "needs at least 32" in doc["refused"][0]["error"] and "refused" in err
+
+
+def test_channel_pruning_across_two_switches_of_a_chain_is_no_option_alone(lenet, tmp_path, capsys):
+    # LeNet's conv2 loses input channels and conv1 the same filters: neither fits the exact other
+    doc, _ = compare([lenet, "--methods", "channels", *SMALL, "--budget", "ops=80%", "--json",
+                      "--results", str(tmp_path / "r.jsonl")], capsys)
+    for r in doc["results"]:
+        assert [n for n, s in r["switches"].items() if s["converted"]] == ["conv1", "conv2"]
+        assert all(s["val_loss_increase"] is None for s in r["switches"].values())
+    assert set(doc["search"]["choice"].values()) == {None} and not doc["search"]["meets_budget"]
