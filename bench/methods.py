@@ -47,7 +47,7 @@ from tree_network import _ints, time_round_robin, write_text_atomic  # noqa: E40
 METHODS = ("im2col", "winograd", "winograd4", "strassen")
 #: The shipped networks of the compression table (those present in weights/).
 NETWORKS = ("resnet18-paper_fashion-mnist", "resnet34-paper_fashion-mnist", "nin_fashion-mnist",
-            "resnet18-paper_mnist", "nin_mnist")
+            "resnet18-paper_mnist", "nin_mnist", "resnet20_fashion-mnist")
 
 
 def parse_args(argv=None):

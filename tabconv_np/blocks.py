@@ -10,6 +10,7 @@ import numpy as np
 from .errors import ConfigError, ShapeError, TabConvError
 from .layers import BatchNorm2d, Conv2d, ReLU
 from .module import Module
+from .reshapes import SubsamplePad
 from .structure import Chain, Dag, Residual, node_input
 from .validate import as_float, as_int
 
@@ -62,7 +63,10 @@ class BasicBlock(Module):
     """ResNet basic block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
 
     Children ``conv1, bn1, conv2, bn2`` and, when ``stride != 1`` or the width
-    changes, ``downsample`` = Sequential(``0``: 1x1 conv with the stride, ``1``: BN).
+    changes, ``downsample`` = Sequential(``0``: 1x1 conv with the stride, ``1``: BN)
+    (``shortcut="conv"``, He et al.'s option B), or ``shortcut="pad"`` (option A,
+    ResNet-20/32/56): ``downsample`` = :class:`~tabconv_np.reshapes.SubsamplePad`, the
+    input subsampled by the stride with zero channels added, no parameters.
     A block whose BNs were folded (``fold_batchnorm``) has ``batchnorm=False``:
     no BN children, convs with bias.
 
@@ -70,8 +74,13 @@ class BasicBlock(Module):
     where ``relu1`` is the block's own ReLU (not a child).
     """
 
-    def __init__(self, in_planes, planes, stride=1, eps=1e-5, batchnorm=True):
+    SHORTCUTS = ("conv", "pad")
+
+    def __init__(self, in_planes, planes, stride=1, eps=1e-5, batchnorm=True, shortcut="conv"):
         super().__init__()
+        if shortcut not in self.SHORTCUTS:
+            raise ConfigError(f"BasicBlock: shortcut must be one of {self.SHORTCUTS}, got {shortcut!r}")
+        self.shortcut = shortcut
         self.in_planes = as_int(in_planes, "BasicBlock: in_planes", 1)
         self.planes = as_int(planes, "BasicBlock: planes", 1)
         self.stride = as_int(stride, "BasicBlock: stride", 1)
@@ -83,7 +92,13 @@ class BasicBlock(Module):
         c["conv2"] = Conv2d(planes, planes, 3, 1, 1, bias=not batchnorm)
         if batchnorm:
             c["bn2"] = BatchNorm2d(planes, eps)
-        if stride != 1 or in_planes != planes:
+        if (stride != 1 or in_planes != planes) and shortcut == "pad":
+            if planes < in_planes:
+                raise ConfigError(f"BasicBlock: a 'pad' shortcut cannot narrow {in_planes} channels "
+                                  f"to {planes}")
+            extra = planes - in_planes
+            c["downsample"] = SubsamplePad(stride, extra // 2, extra - extra // 2)
+        elif stride != 1 or in_planes != planes:
             ds = [("0", Conv2d(in_planes, planes, 1, stride, 0, bias=not batchnorm))]
             if batchnorm:
                 ds.append(("1", BatchNorm2d(planes, eps)))
@@ -92,12 +107,12 @@ class BasicBlock(Module):
     def config(self):
         return {"type": "BasicBlock", "in_planes": self.in_planes, "planes": self.planes,
                 "stride": self.stride, "eps": self.eps, "batchnorm": self.batchnorm,
-                "children": [[n, m.config()] for n, m in self.children.items()]}
+                "shortcut": self.shortcut, "children": [[n, m.config()] for n, m in self.children.items()]}
 
     @classmethod
     def from_config(cls, cfg, build):
         block = cls(cfg["in_planes"], cfg["planes"], cfg.get("stride", 1), cfg.get("eps", 1e-5),
-                    cfg.get("batchnorm", True))
+                    cfg.get("batchnorm", True), cfg.get("shortcut", "conv"))
         # children may have been replaced (e.g. by table layers): rebuild those from their configs
         seen = set()
         for n, c in cfg.get("children", []):
@@ -125,7 +140,8 @@ class BasicBlock(Module):
         """A block like ``old`` with the children of ``node`` (BNs may have been folded away)."""
         items = dict(node.main)
         batchnorm = "bn1" in items
-        block = cls(old.in_planes, old.planes, old.stride, old.eps, batchnorm=batchnorm)
+        block = cls(old.in_planes, old.planes, old.stride, old.eps, batchnorm=batchnorm,
+                    shortcut=old.shortcut)
         block.children.clear()
         for n in ("conv1", "bn1", "conv2", "bn2"):
             if n in items:

@@ -1,4 +1,4 @@
-"""The bundled architectures: ResNet-18/34 ("cifar" and "paper" variants), NIN, LeNet.
+"""The bundled architectures: ResNet-18/34 ("cifar" and "paper" variants), ResNet-20, NIN, LeNet.
 
 Parameter names match the PyTorch definitions in ``weights/models_torch.py``
 (torchvision-style ResNet: ``conv1, bn1, layer1.0.conv1, ...,
@@ -7,6 +7,10 @@ layer2.0.downsample.0/1, fc``), so a torch ``state_dict`` loads one to one.
 * "cifar" ResNet: 3x3 stride-1 stem, stages at strides 1, 2, 2, 2.
 * "paper" ResNet (the TabConv authors' code): 3x3 stride-2 stem, every stage
   starting at stride 2 (32x32 input: 16, 8, 4, 2, 1).
+* ResNet-20 (He et al. 2016, the CIFAR ResNet): 3x3 stride-1 stem to 16 channels,
+  three stages of 3 basic blocks at 16, 32, 64 channels (strides 1, 2, 2) whose
+  widening shortcuts are option A (``SubsamplePad``: subsample by 2, zero channels;
+  no parameters), global average pool, fc: 0.27 M parameters.
 * NIN: conv5x5(192) 1x1(160) 1x1(96) maxpool3/2 conv5x5(192) 1x1(192) 1x1(192)
   maxpool3/2 conv3x3(192) 1x1(192) 1x1(classes) global-average-pool; every
   conv has a bias and a ReLU.
@@ -20,7 +24,8 @@ from .blocks import BasicBlock, Sequential
 from .layers import BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU
 from .network import Network
 
-ARCHS = ("resnet18-cifar", "resnet34-cifar", "resnet18-paper", "resnet34-paper", "nin", "lenet")
+ARCHS = ("resnet18-cifar", "resnet34-cifar", "resnet18-paper", "resnet34-paper", "nin", "lenet",
+         "resnet20")
 _BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 
@@ -38,6 +43,22 @@ def resnet(depth=18, variant="cifar", in_channels=3, num_classes=10):
             planes_in = planes
         layers.append((f"layer{s}", Sequential(stage)))
     layers += [("avgpool", GlobalAvgPool2d()), ("flatten", Flatten()), ("fc", Linear(512, num_classes))]
+    return Sequential(layers)
+
+
+def resnet20(in_channels=3, num_classes=10, n=3):
+    """He et al.'s CIFAR ResNet-(6n+2) body (``n = 3``: ResNet-20), option-A shortcuts."""
+    layers = [("conv1", Conv2d(in_channels, 16, 3, 1, 1, bias=False)), ("bn1", BatchNorm2d(16)),
+              ("relu", ReLU())]
+    planes_in = 16
+    for s, (planes, stride) in enumerate(zip((16, 32, 64), (1, 2, 2)), 1):
+        stage = []
+        for i in range(n):
+            stage.append((str(i), BasicBlock(planes_in, planes, stride if i == 0 else 1,
+                                             shortcut="pad")))
+            planes_in = planes
+        layers.append((f"layer{s}", Sequential(stage)))
+    layers += [("avgpool", GlobalAvgPool2d()), ("flatten", Flatten()), ("fc", Linear(64, num_classes))]
     return Sequential(layers)
 
 
@@ -75,7 +96,7 @@ def build(arch, in_channels=3, num_classes=10, input_size=None):
     ----------
     arch : str
         One of ``ARCHS``: resnet18-cifar, resnet34-cifar, resnet18-paper,
-        resnet34-paper, nin, lenet.
+        resnet34-paper, nin, lenet, resnet20.
     in_channels, num_classes : int
     input_size : int, optional
         Square input side; default 28 for one channel, else 32.
@@ -87,7 +108,9 @@ def build(arch, in_channels=3, num_classes=10, input_size=None):
     if arch not in ARCHS:
         raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     size = input_size or (28 if in_channels == 1 else 32)
-    if arch.startswith("resnet"):
+    if arch == "resnet20":
+        body = resnet20(in_channels, num_classes)
+    elif arch.startswith("resnet"):
         depth, variant = arch[6:].split("-")
         body = resnet(int(depth), variant, in_channels, num_classes)
     elif arch == "nin":

@@ -15,7 +15,7 @@ from .tree_tables import TreeConv2d, TreeLinear
 from .activations import HardSigmoid, HardSwish, LeakyReLU, PReLU, Sigmoid, Softmax, Tanh
 from .joins import Binary, Concat, Scale
 from .layers import LRN, GlobalMaxPool2d
-from .reshapes import ChannelGather, Pad, Reshape, Transpose
+from .reshapes import ChannelGather, Pad, Reshape, SubsamplePad, Transpose
 from .upsampling import ConvTranspose2d, Resize
 from .int8 import Int8Conv2d, Int8Linear
 from .lcnn import LCNNConv2d
@@ -33,7 +33,7 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
     Concat, Binary, Scale, Reshape, Transpose, ChannelGather, Pad, Resize, ConvTranspose2d,
     Int8Conv2d, Int8Linear,
     LCNNConv2d, RSDTRConv2d, SparseConv2d,
-    BinaryConv2d, BinaryLinear,
+    BinaryConv2d, BinaryLinear, SubsamplePad,
 )}
 
 

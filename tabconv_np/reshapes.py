@@ -1,5 +1,6 @@
 """Layers that move values without arithmetic: general reshape and transpose (a flatten in
-another order), channel gathers (``Split``, ``Slice``, a channel shuffle) and padding.
+another order), channel gathers (``Split``, ``Slice``, a channel shuffle), padding, and the
+option-A ResNet shortcut (``SubsamplePad``: strided subsample, zero channels).
 
 Reshape and Transpose act in PyTorch's order (channels first) whatever the
 layout: in ``"NHWC"`` a 4-d input is read as an image and put in channels-first
@@ -148,6 +149,46 @@ class Pad(Module):
         if self.mode == "reflect" and (max(t, b) >= h or max(l, r) >= w):
             raise ShapeError(f"Pad: reflect padding {self.pads} of a {h}x{w} image")
         return (c, h + t + b, w + l + r)
+
+    def cost(self, in_shape):
+        return {}
+
+
+class SubsamplePad(Module):
+    """He et al.'s option-A ResNet shortcut: every ``stride``-th row and column of each image,
+    then ``before`` zero channels in front and ``after`` behind (no parameters, no arithmetic).
+
+    ``y[:, before + c, i, j] = x[:, c, i·stride, j·stride]``; the padded channels are zero.
+    Output ``(before + C + after, ceil(H / stride), ceil(W / stride))``, as PyTorch's
+    ``F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, before, after))``.
+    """
+
+    def __init__(self, stride=2, before=0, after=0):
+        super().__init__()
+        self.stride = as_int(stride, "SubsamplePad: stride", 1)
+        self.before = as_int(before, "SubsamplePad: before", 0)
+        self.after = as_int(after, "SubsamplePad: after", 0)
+
+    def config(self):
+        return {"type": "SubsamplePad", "stride": self.stride, "before": self.before,
+                "after": self.after}
+
+    def extra_repr(self):
+        return f"stride {self.stride}, channels +{self.before}/+{self.after}"
+
+    def forward(self, x, layout):
+        s, ca = self.stride, channel_axis(layout)
+        sub = x[:, :, ::s, ::s] if ca == 1 else x[:, ::s, ::s, :]
+        width = [(0, 0)] * 4
+        width[ca] = (self.before, self.after)
+        return np.pad(sub, width)
+
+    def out_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ShapeError(f"SubsamplePad: needs an image (C, H, W), got {tuple(in_shape)}")
+        c, h, w = in_shape
+        s = self.stride
+        return (self.before + c + self.after, -(-h // s), -(-w // s))
 
     def cost(self, in_shape):
         return {}

@@ -10,7 +10,9 @@ import tabconv_np
 from tabconv_np import pairs
 from tabconv_np.blocks import Sequential
 from tabconv_np.conversion import convert
-from tabconv_np.conversion.rsdtr import RSDTR, RSDTRSettings, compression_ratios, decompose, rsdtr_layer, tr_svd
+from tabconv_np.conversion import skeleton
+from tabconv_np.conversion.rsdtr import (RSDTR, RSDTRSettings, compression_ratios, decompose, ring_growth,
+                                         rsdtr_layer, tr_svd)
 from tabconv_np.data import load_dataset
 from tabconv_np.errors import ConfigError
 from tabconv_np.fold import fold_batchnorm
@@ -110,14 +112,14 @@ def test_conversion_accuracy_errors_refit_and_blocks(net):
     xc, _ = load_dataset("sample", "train", limit=100)
     xt, yt = load_dataset("sample", "test", limit=200)
     exact = np.mean(net.predict(xt).argmax(1) == yt)
-    plain = convert(net, xc, method="rsdtr", eps=0.3, switches=SMALL, progress=False)
+    plain = convert(net, xc, method="rsdtr", eps=0.3, switches=SMALL, larger="convert", progress=False)
     recs = [r for r in plain.layers if "ranks" in r]
     assert len(recs) == 10 and all(r["kernel_error"] <= 0.3 for r in recs)
     r = compression_ratios(plain.network, plain.exact)
     assert r["pcr"] > 1 and r["exact_macs"] == count_ops(plain.exact).total["macs"]
     assert np.mean(plain.network.predict(xt).argmax(1) == yt) >= exact - 0.05
     refit = convert(net, xc, method="rsdtr", eps=0.3, convs="blocks", refine="exact", switches=SMALL,
-                    progress=False)
+                    larger="convert", progress=False)
     kinds = {p: type(m).__name__ for p, m in refit.network.body.modules()}
     assert kinds["layer2.0.downsample.0"] == "Conv2d" and kinds["layer2.0.conv1"] == "RSDTRConv2d"
     err = {k: np.mean([r["rel_error"] for r in v.layers if r["name"].endswith("conv2")])
@@ -150,3 +152,49 @@ def test_bad_eps_is_refused_naming_the_layer(net, eps):
 def test_grouped_convolution_is_refused():
     with pytest.raises(ConfigError, match="b.conv is a grouped convolution"):
         RSDTR().resolve("b.conv", Conv2d(4, 4, 3, groups=2), {"eps": 0.3}, RSDTRSettings())
+
+
+def test_ring_growth_by_hand():
+    """The hand-counted layer of test_op_counts_by_hand against a dense 5->7 3x3 conv, stride 2:
+    cores 70 + 30 + 36 + 60 = 196 of 315 kernel weights; MACs 10420 of 25*7*5*9 = 7875."""
+    ring = RSDTRConv2d(5, 7, 3, stride=2, padding=1, ranks=(2, 3, 4, 5))
+    conv = Conv2d(5, 7, 3, stride=2, padding=1)
+    params, macs = ring_growth(ring, conv, (5, 9, 9))
+    assert params == pytest.approx(196 / 315) and macs == pytest.approx(10420 / 7875)
+    assert ring_growth(ring, conv)[1] is None
+
+
+def test_larger_rings_are_kept_exact_and_said(net):
+    """At eps 0.1 every ring of layer1 is larger than its kernel (trained 3x3 kernels are nearly
+    full rank): the layers stay exact, the result says so, and nothing costs more than exact."""
+    xc, _ = load_dataset("sample", "train", limit=20)
+    layer1 = [0, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    kept = convert(net, xc, method="rsdtr", eps=0.1, convs="blocks", switches=layer1, progress=False)
+    recs = {r["name"]: r for r in kept.layers if "ranks" in r}
+    assert len(recs) == 4 and all("kept" in r and r["param_growth"] > 1 for r in recs.values())
+    kinds = {p: type(m).__name__ for p, m in kept.network.body.modules()}
+    assert all(kinds[p] == "Conv2d" for p in recs)
+    assert sum("layer1.0.conv1 kept exact at eps 0.1" in n for n in kept.notes) == 1
+    assert "note: layer1.1.conv2 kept exact" in kept.summary()
+    assert all(r["rel_error"] < 1e-5 for r in recs.values())
+    meta = kept.network.meta["rsdtr"]
+    assert meta["larger"] == "keep" and "kept" in meta["layers"]["layer1.0.conv1"]
+    assert count_ops(kept.network).total["macs"] == count_ops(kept.exact).total["macs"]
+    forced = convert(net, xc, method="rsdtr", eps=0.1, convs="blocks", switches=layer1, larger="convert",
+                     progress=False)
+    assert all(type(m).__name__ == "RSDTRConv2d" for p, m in forced.network.body.modules() if p in recs)
+    assert count_ops(forced.network).total["macs"] > count_ops(forced.exact).total["macs"]
+    # at eps 0.5 layer1.0.conv1's ring is smaller on both counts (0.24x parameters, 0.42x MACs): converted
+    half = convert(net, xc, method="rsdtr", eps=0.5, convs="blocks", switches=layer1, progress=False)
+    rings = [r for r in half.layers if "ranks" in r]
+    r = {r["name"]: r for r in rings}["layer1.0.conv1"]
+    assert "kept" not in r and r["param_growth"] < 1 and r["mac_growth"] < 1
+    assert all(r["mac_growth"] <= 1 and r["param_growth"] <= 1 for r in rings if "kept" not in r)
+    # the data-free skeleton applies the parameter half of the rule
+    sk = dict(skeleton(net, "rsdtr", eps=0.1, convs="blocks", switches=layer1).body.modules())
+    assert all(type(sk[p]).__name__ == "Conv2d" for p in recs)
+
+
+def test_bad_larger_is_refused():
+    with pytest.raises(ConfigError, match="larger"):
+        RSDTRSettings(larger="maybe")

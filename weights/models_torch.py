@@ -10,6 +10,10 @@ Architectures (``build_torch(arch, in_channels, num_classes)``):
   conv 3x3 stride 2 (no max-pool) and every stage, layer1 included, starting at
   stride 2.
 * ``resnet18-cifar`` / ``resnet34-cifar``: stem 3x3 stride 1, stage strides 1,2,2,2.
+* ``resnet20``: He et al. (2016) CIFAR ResNet-20: stem 3x3 stride 1 to 16
+  channels, 3 stages of 3 BasicBlocks at 16/32/64 channels (strides 1, 2, 2),
+  option-A shortcuts (``ShortcutA``: stride-2 subsample, zero channel padding,
+  no parameters), global average pool, fc (0.27 M parameters).
 * ``nin``: Network in Network, all convs with bias + ReLU, no BN.
 * ``lenet``: LeNet-5 (28x28 input).
 
@@ -19,17 +23,34 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-ARCHS = ("resnet18-paper", "resnet34-paper", "resnet18-cifar", "resnet34-cifar", "nin", "lenet")
+ARCHS = ("resnet18-paper", "resnet34-paper", "resnet18-cifar", "resnet34-cifar", "nin", "lenet",
+         "resnet20")
+
+
+class ShortcutA(nn.Module):
+    """He et al.'s option-A shortcut: ``x[:, :, ::stride, ::stride]`` with ``before``
+    zero channels in front and ``after`` behind (no parameters)."""
+
+    def __init__(self, stride, before, after):
+        super().__init__()
+        self.stride, self.before, self.after = stride, before, after
+
+    def forward(self, x):
+        s = self.stride
+        return F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, self.before, self.after))
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes, planes, stride):
+    def __init__(self, in_planes, planes, stride, shortcut="conv"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes, eps=1e-5)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes, eps=1e-5)
-        if stride != 1 or in_planes != planes:
+        if (stride != 1 or in_planes != planes) and shortcut == "A":
+            pad = planes - in_planes
+            self.downsample = ShortcutA(stride, pad // 2, pad - pad // 2)
+        elif stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride, 0, bias=False),
                 nn.BatchNorm2d(planes, eps=1e-5))
@@ -66,6 +87,29 @@ class ResNet(nn.Module):
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+class ResNet20(nn.Module):
+    """He et al.'s CIFAR ResNet-6n+2 (n = 3: ResNet-20) with option-A shortcuts."""
+
+    def __init__(self, in_channels=1, num_classes=10, n=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16, eps=1e-5)
+        in_planes = 16
+        for s, (planes, stride) in enumerate(zip((16, 32, 64), (1, 2, 2)), 1):
+            layer = []
+            for i in range(n):
+                layer.append(BasicBlock(in_planes, planes, stride if i == 0 else 1, shortcut="A"))
+                in_planes = planes
+            setattr(self, f"layer{s}", nn.Sequential(*layer))
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self.fc(x)
 
@@ -116,6 +160,8 @@ class LeNet(nn.Module):
 
 def build_torch(arch, in_channels=1, num_classes=10, **kw):
     """The torch network named ``arch`` (one of ``ARCHS``)."""
+    if arch == "resnet20":
+        return ResNet20(in_channels, num_classes)
     if arch.startswith("resnet"):
         depth, _, variant = arch.partition("-")
         blocks = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}.get(depth)

@@ -23,6 +23,20 @@ in the authors' code: the stem, 1x1 shortcuts and the classifier stay exact);
 ``refine="exact"`` refits the last sublayer's core and the bias by least squares
 to the exact network's outputs on the calibration rows (default None: the
 decomposition of the weights alone).  A Linear layer stays exact.
+
+**Keep-exact rule** (``larger="keep"``, the default): a layer whose ring
+would store more numbers than its dense kernel (the four cores against the
+kernel) or cost more multiply-adds per image (the four sublayers against the
+dense conv, :mod:`tabconv_np.ops`'s ``macs``, at the layer's input shape in the
+network) stays exact, and the conversion says so: a note per layer in the
+result (``ConversionResult.notes``, printed by the summary), ``exact (ring
+...)`` in the per-layer column, and ``kept`` in the layer's record and
+metadata, beside the rejected ranks.  Trained 3x3 kernels are nearly full rank,
+so at small ``eps`` the rings are larger than the kernels (and the four
+sublayers cost more than the dense conv even when the cores are smaller).
+The data-free :func:`~tabconv_np.conversion.skeleton` knows no input shapes
+and applies the parameter half of the rule only.  ``larger="convert"``
+converts every layer regardless.
 """
 from dataclasses import dataclass
 
@@ -31,7 +45,7 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import ConfigError
 from ..geometry import to_rows
-from ..rsdtr import RSDTRConv2d
+from ..rsdtr import CORES, RSDTRConv2d
 from ..validate import as_choice
 from .calibration import apply
 from .method import Method, convolution_or_keep, register_method
@@ -126,6 +140,24 @@ def rsdtr_layer(conv, eps):
     return layer, info
 
 
+def ring_growth(ring, conv, in_shape=None):
+    """``(parameter ratio, MAC ratio)`` of ``ring`` (an ``RSDTRConv2d``) to the dense ``conv`` it
+    replaces: the cores against the kernel (both keep the same bias), the multiply-adds per image
+    at ``in_shape`` (C_in, H, W) against the dense conv's (None without a shape)."""
+    cores = sum(ring.params[c].size for c in CORES)
+    macs = None if in_shape is None else ring.cost(in_shape)["macs"] / conv.cost(in_shape)["macs"]
+    return cores / conv.params["weight"].size, macs
+
+
+def _kept_reason(growth):
+    """Why a ring of ``growth`` (:func:`ring_growth`) is kept exact, or None when it is smaller."""
+    params, macs = growth
+    said = [f"{params:.2f}x the kernel's parameters" if params > 1 else "",
+            f"{macs:.2f}x its MACs" if macs is not None and macs > 1 else ""]
+    said = [t for t in said if t]
+    return f"the ring would have {' and '.join(said)}" if said else None
+
+
 def compression_ratios(network, exact):
     """The paper's PCR and FCR of a converted network against the exact one:
     ``PCR = params(exact) / params(network)``, ``FCR = MACs(exact) / MACs(network)`` (whole
@@ -149,15 +181,20 @@ class RSDTRSettings:
         Every conv of a converted switch, or only the 3x3 convs inside blocks.
     refine : {None, "exact"}
         Refit the last core and the bias to the exact network's outputs, or not.
+    larger : {"keep", "convert"}
+        A layer whose ring has more parameters or MACs than the dense conv stays exact
+        (the module docstring's keep-exact rule), or is converted anyway.
     """
 
     eps: object = 0.3
     convs: str = "all"
     refine: object = None
+    larger: str = "keep"
 
     def __post_init__(self):
         as_choice(self.refine, "convert: refine", (None, "exact"))
         as_choice(self.convs, "convert: convs", ("all", "blocks"))
+        as_choice(self.larger, "convert: larger", ("keep", "convert"))
 
 
 class RSDTR(Method):
@@ -185,11 +222,21 @@ class RSDTR(Method):
         layer, info = rsdtr_layer(data.layer, ls["eps"])
         W = data.layer.params["weight"]
         pcr = (W.size + W.shape[0]) / sum(v.size for v in layer.params.values())
-        return layer, {"eps": ls["eps"], **info, "layer_pcr": pcr, "refine": settings.refine}
+        record = {"eps": ls["eps"], **info, "layer_pcr": pcr, "refine": settings.refine}
+        x = data.xa
+        growth = ring_growth(layer, data.layer, x.shape[1:] if data.layout == "NCHW"
+                             else (x.shape[3], x.shape[1], x.shape[2]))
+        record["param_growth"], record["mac_growth"] = growth
+        why = _kept_reason(growth) if settings.larger == "keep" else None
+        if why:
+            data.notes.append(f"{data.path} kept exact at eps {ls['eps']:g}: {why} "
+                              f"(ranks {'x'.join(map(str, info['ranks']))}; larger='convert' converts it)")
+            return data.layer, {**record, "kept": why}
+        return layer, record
 
     def refine(self, new, data, ls, settings, rng):
         """Least squares of sublayer 4 (the core over (r3, C_out, r0)) and the bias on ``z3``."""
-        if "keep" in ls or not settings.refine:
+        if "keep" in ls or not settings.refine or not isinstance(new, RSDTRConv2d):
             return None
         Z = to_rows(np.concatenate([new.features(data.xa[i:i + 250], data.layout)
                                     for i in range(0, len(data.xa), 250)]), "NHWC")
@@ -210,21 +257,27 @@ class RSDTR(Method):
         if "keep" in ls:
             return layer
         _, info = decompose(layer.params["weight"], ls["eps"])
-        return RSDTRConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+        ring = RSDTRConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                            layer.padding, layer.dilation, info["ranks"])
+        if settings.larger == "keep" and _kept_reason(ring_growth(ring, layer)):
+            return layer
+        return ring
 
     def describe(self, record):
+        ring = f"{'x'.join(map(str, record['ranks']))},{record['kernel_error']:.3f}" if "ranks" in record else ""
         if "kept" in record:
-            return "exact"
-        return f"{'x'.join(map(str, record['ranks']))},{record['kernel_error']:.3f}"
+            return f"exact (ring {ring}: larger)" if ring else "exact"
+        return ring
 
     def network_meta(self, settings):
-        return {"convs": settings.convs, "refine": settings.refine}
+        return {"convs": settings.convs, "refine": settings.refine, "larger": settings.larger}
 
     def layer_meta(self, record):
-        return None if "kept" in record else {"eps": record["eps"], "ranks": list(record["ranks"]),
-                                              "shift": record["shift"], "r0_split": record["r0_split"],
-                                              "kernel_error": record["kernel_error"]}
+        if "ranks" not in record:
+            return None
+        meta = {"eps": record["eps"], "ranks": list(record["ranks"]), "shift": record["shift"],
+                "r0_split": record["r0_split"], "kernel_error": record["kernel_error"]}
+        return {**meta, "kept": record["kept"]} if "kept" in record else meta
 
 
 register_method(RSDTR())
