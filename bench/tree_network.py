@@ -70,7 +70,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -162,6 +161,7 @@ import tabconv_np  # noqa: E402,F401  (before numpy: it sets OpenBLAS's thread t
 import numpy as np  # noqa: E402
 
 from tabconv_np.outputs import write_atomic  # noqa: E402
+from tabconv_np.timing import time_round_robin  # noqa: E402,F401  (bench scripts import it from here)
 
 
 # ------------------------------------------------------------------ helpers
@@ -347,37 +347,6 @@ def logits(net, x):
 
 
 # ------------------------------------------------------------------- timing
-def time_round_robin(fns, repeats, warmup, min_sample, pause):
-    """Per contender: median, min and all samples (seconds per call) of round-robin rounds.
-
-    See the module docstring: warm-up, calibration to ``min_sample``, then
-    ``repeats`` rounds, each taking one sample of every contender in turn
-    (the first contender rotating), after ``pause`` seconds and one untimed call.
-    """
-    def sample(fn, n):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return (time.perf_counter() - t0) / n
-
-    names = list(fns)
-    loops = {}
-    for n in names:
-        for _ in range(warmup):
-            fns[n]()
-        one = max(sample(fns[n], 1), 1e-7)
-        loops[n] = max(1, int(np.ceil(min_sample / one)))
-    samples = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            if pause:
-                time.sleep(pause)
-            fns[n]()                                  # untimed: wakes this contender's threads
-            samples[n].append(sample(fns[n], loops[n]))
-    return {n: {"median": statistics.median(samples[n]), "min": min(samples[n]),
-                "samples": samples[n], "loops": loops[n]} for n in names}
-
-
 def blas_info():
     """BLAS description: threadpoolctl when installed, else numpy's build configuration."""
     try:

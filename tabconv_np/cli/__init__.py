@@ -7,6 +7,7 @@
     tabconv import SOURCE -o MODEL.h5 [--arch NAME | --spec SPEC.json] [--input 1x28x28] [--classes N]
     tabconv convert MODEL.h5 -o TABLE.h5 [--dataset NAME | --data PATH] [--codebooks C] [--prototypes K] ...
     tabconv demo [--json]
+    tabconv compare MODEL.h5 [--methods all|LIST] [--budget ops=40%] [--report DIR] [--json]
 
 Errors print one line, ``tabconv COMMAND: error: ...``, and exit with status 2;
 warnings one line each on stderr; Ctrl-C stops any command with one line and
@@ -17,12 +18,12 @@ import sys
 import warnings
 
 from ..errors import TabConvError
-from . import convert, demo, import_, ops, warmup
+from . import compare, convert, demo, import_, ops, warmup
 from . import eval as eval_
 
 #: One module per subcommand, each with ``add_parser(sub)`` and ``run(args)``;
 #: in the order of ``tabconv -h``.
-COMMANDS = (ops, eval_, warmup, import_, convert, demo)
+COMMANDS = (ops, eval_, warmup, import_, convert, demo, compare)
 
 
 def build_parser():

@@ -142,6 +142,9 @@ def add_parser(sub):
                    "on its kept channels (default exact; none: only drop channels); local: the tables only)")
     c.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    c.add_argument("--plan", metavar="PLAN.json",
+                   help="a method and settings per switch, from a plan file (tabconv compare --budget "
+                   "writes one); replaces --method and the method options")
     c.set_defaults(func=run)
     return c
 
@@ -184,17 +187,14 @@ def run(args):
     # imported here, not at the top: convert loads Numba and SciPy, which every other
     # command would pay for at start-up
     from ..conversion import convert, op_reduction
+    if args.plan is not None:
+        return run_plan(args)
     opts = effective(args)
     own = {k: (parse_setting(v, PER_LAYER[k]) if k in PER_LAYER else None if v == "none" else v)
            for k, v in opts.items() if k in METHOD_DEFAULTS[opts["method"]]}
     check_output(args.output, overwrite=args.force, inputs=[args.model])
     net = load(args.model)
-    xc, _, source = command_images(net, "tabconv convert", "train", args.dataset, args.data,
-                                   args.data_dir, labels=False)
-    if len(xc) < 2:
-        raise DataError(f"tabconv convert: {source} holds {len(xc)} image(s); calibration needs at least 2")
-    if args.calib < len(xc):
-        xc = xc[np.sort(np.random.default_rng(args.seed).choice(len(xc), args.calib, replace=False))]
+    xc, source = calibration_images(args, net)
     where = f"--data {shlex.quote(args.data)}" if args.data else f"--dataset {source.split('/')[0]}"
     line = f"tabconv convert {shlex.quote(args.model)} -o {shlex.quote(args.output)} {command_line(opts)} {where}"
     print(f"settings: {line}", file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -217,3 +217,44 @@ def run(args):
         lines[0] = binary_line(count_ops(res.network).total, count_ops(res.exact).total)
     print("\n".join(lines))
     print(f"calibrated on {len(xc)} {source} images in {res.seconds:.1f} s; wrote {args.output}")
+
+
+def calibration_images(args, net):
+    """``(images, source)``: the ``--calib`` seeded subset of the training images of ``--data`` /
+    ``--dataset`` / the model's data set."""
+    xc, _, source = command_images(net, "tabconv convert", "train", args.dataset, args.data,
+                                   args.data_dir, labels=False)
+    if len(xc) < 2:
+        raise DataError(f"tabconv convert: {source} holds {len(xc)} image(s); calibration needs at least 2")
+    if args.calib < len(xc):
+        xc = xc[np.sort(np.random.default_rng(args.seed).choice(len(xc), args.calib, replace=False))]
+    return xc, source
+
+
+def run_plan(args):
+    """``--plan PLAN.json``: each switch converted as the plan says (:mod:`tabconv_np.conversion.mixed`)."""
+    from ..conversion import op_reduction
+    from ..conversion.mixed import convert_plan, read_plan
+    from ..fold import fold_batchnorm
+    options = {"method", "encoder", "switches", "mask_rate"} | {k for d in METHOD_DEFAULTS.values() for k in d}
+    given = sorted(n for n in options if getattr(args, n, None) is not None)
+    if given:
+        raise ConfigError(f"tabconv convert: --plan gives every switch its method and settings; drop "
+                          f"--{given[0].replace('_', '-')}")
+    plan = read_plan(args.plan)
+    check_output(args.output, overwrite=args.force, inputs=[args.model, args.plan])
+    net = load(args.model)
+    xc, source = calibration_images(args, net)
+    print(f"plan: {args.plan}", file=sys.stderr if args.json else sys.stdout, flush=True)
+    out, record = convert_plan(net, xc, plan, seed=args.seed, calibrate=args.calibrate, max_rows=args.max_rows,
+                               refit_classifier=not args.no_refit)
+    out.meta["calibration_dataset"] = source
+    save(out, args.output, overwrite=args.force)
+    red = op_reduction(out, fold_batchnorm(net))
+    if args.json:
+        print(json.dumps(dict(record, output=args.output, op_reduction=red, calibration_data=source, plan=args.plan)))
+        return
+    for g in record["groups"]:
+        print(f"{g['method']} {json.dumps(g['settings'])}: {', '.join(g['switches'])} ({g['seconds']:.1f} s)")
+    print("\n".join(reduction_lines(red)))
+    print(f"calibrated on {len(xc)} {source} images in {record['seconds']:.1f} s; wrote {args.output}")

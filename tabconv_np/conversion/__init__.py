@@ -21,6 +21,7 @@ module             what it holds
 ``prune``          magnitude pruning to CSR convolutions (``SparseConv2d``)
 ``binary``         binary and ternary weights (and inputs): bit planes, XNOR + popcount
 ``channels``       channel pruning: whole channels removed, the next conv rebuilt by least squares
+``mixed``          per-switch plans: a method and settings per switch (``convert_plan``)
 =================  ===============================================================
 
 A new method subclasses :class:`Method` (three things: ``resolve``, ``fit``,
