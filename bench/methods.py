@@ -42,7 +42,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tree_network import _ints, time_round_robin, write_text_atomic  # noqa: E402
+from tree_network import _ints, write_text_atomic  # noqa: E402
+from tabconv_np.timing import time_round_robin  # noqa: E402
 
 METHODS = ("im2col", "winograd", "winograd4", "strassen")
 #: The shipped networks of the compression table (those present in weights/).

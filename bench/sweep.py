@@ -41,7 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from methods import shipped_data  # noqa: E402
-from tree_network import make_cache_dir, time_round_robin, write_text_atomic  # noqa: E402
+from tree_network import make_cache_dir, write_text_atomic  # noqa: E402
+from tabconv_np.timing import time_round_robin  # noqa: E402
 
 
 def _value(text):

@@ -161,7 +161,7 @@ import tabconv_np  # noqa: E402,F401  (before numpy: it sets OpenBLAS's thread t
 import numpy as np  # noqa: E402
 
 from tabconv_np.outputs import write_atomic  # noqa: E402
-from tabconv_np.timing import time_round_robin  # noqa: E402,F401  (bench scripts import it from here)
+from tabconv_np.timing import time_round_robin  # noqa: E402
 
 
 # ------------------------------------------------------------------ helpers
