@@ -343,7 +343,8 @@ def render(rows, arch_rows, ablations, args, seconds, fast_rows=None):
               "one codebook per input channel's 3x3 window, per 4 channels in 1x1 convs; stem "
               "and classifier exact (for NIN its first and last conv, which the paper-faithful "
               "row converts too). "
-              "Wall clock: docs/bench_trees.md.", "",
+              "Wall clock: docs/bench_trees.md; the measured front of speed, retention and "
+              "storage, and why the 2-thread batch-32 target is out of reach: docs/fast_front.md.", "",
               "| model | data set | exact acc. | paper-faithful acc. (retention) | fast acc. "
               "(retention) | fast reduction: paper / full | paper-faithful full | storage: fast / "
               "paper-faithful / exact |",
