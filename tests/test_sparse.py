@@ -77,6 +77,27 @@ def test_pruning_zero_is_the_identity_and_more_pruning_counts_fewer_macs(data, t
     np.testing.assert_array_equal(tabconv_np.load(path)(x), half.network(x))
 
 
+def test_global_pruning_keeps_the_largest_weights_of_all_converted_layers(data):
+    """One threshold: the kept weights are the largest of the converted layers taken together."""
+    net, xc, _ = data
+    res = convert(net, xc[:4], method="prune", pruned=0.8, scope="global", switches=SWITCHES, progress=False)
+    sparse = {p: m for p, m in res.network.body.modules() if isinstance(m, SparseConv2d)}
+    exact = dict(res.exact.body.modules())
+    W = {p: exact[p].params["weight"] for p in sparse}
+    total = sum(w.size for w in W.values())
+    assert sum(m.nnz for m in sparse.values()) == int(np.ceil(0.2 * total))
+    kept = np.concatenate([np.abs(W[p][m.dense() != 0]) for p, m in sparse.items()])
+    dropped = np.concatenate([np.abs(W[p][m.dense() == 0]) for p, m in sparse.items()])
+    assert kept.min() >= dropped.max()
+    fractions = [m.nnz / W[p].size for p, m in sparse.items()]
+    assert max(fractions) - min(fractions) > 0.05              # not the same fraction in every layer
+    with pytest.raises(ConfigError, match="one pruned fraction"):
+        convert(net, xc[:4], method="prune", pruned={"layer4.*": 0.9, "*": 0.5}, scope="global",
+                switches=SWITCHES, progress=False)
+    with pytest.raises(ConfigError, match="scope"):
+        convert(net, xc[:4], method="prune", scope="network", switches=SWITCHES, progress=False)
+
+
 @pytest.mark.parametrize("pruned", [1.0, -0.1, "half"])
 def test_bad_fractions_are_refused_naming_the_layer(data, pruned):
     net, xc, _ = data
@@ -99,9 +120,9 @@ def test_cli_prunes_and_ops_eval_read_the_result(tmp_path, capsys):
     from tabconv_np.cli import main
     from tabconv_np.cli.convert import METHOD_DEFAULTS
     from tabconv_np.conversion.prune import PruneSettings
-    assert METHOD_DEFAULTS["prune"] == {"pruned": str(PruneSettings().pruned)}
+    assert METHOD_DEFAULTS["prune"] == {"pruned": str(PruneSettings().pruned), "scope": PruneSettings().scope}
     out = tmp_path / "p.h5"
-    assert main(["convert", R18, "-o", str(out), "--method", "prune", "--pruned", "0.7",
+    assert main(["convert", R18, "-o", str(out), "--method", "prune", "--pruned", "0.7", "--scope", "global",
                  "--switches", ",".join(map(str, SWITCHES)), "--dataset", "sample", "--calib", "20", "--json"]) == 0
     capsys.readouterr()
     assert main(["ops", str(out), "--json"]) == 0

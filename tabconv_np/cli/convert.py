@@ -31,7 +31,7 @@ METHOD_DEFAULTS = {
              "min_images": 32},
     "lcnn": {"atoms": "32", "sparsity": "2", "refine": "exact"},
     "rsdtr": {"eps": "0.3", "convs": "all", "refine": "none"},
-    "prune": {"pruned": "0.5"},
+    "prune": {"pruned": "0.5", "scope": "layer"},
     "binary": {"activations": "float", "ends": "exact", "refine": "none"},
     "ternary": {"activations": "float", "ends": "exact", "refine": "none"},
     "channels": {"keep": "0.5", "select": "greedy", "refine": "exact"},
@@ -113,6 +113,9 @@ def add_parser(sub):
                    "convs inside blocks as the authors do; default: all")
     c.add_argument("--pruned", help="prune only: the fraction of each layer's weights set to zero, in "
                    "[0, 1): one value, a comma list per switch, or PATTERN=VALUE items; default 0.5")
+    c.add_argument("--scope", choices=["layer", "global"],
+                   help="prune only: --pruned of each layer's weights (layer), or of all the converted "
+                   "layers' weights by one magnitude threshold (global); default layer")
     c.add_argument("--keep", help="channels only: the fraction of each pruned conv's input channels kept (the "
                    "filters of the conv before it go with them), in (0, 1]: one value, a comma list per "
                    "switch, or PATTERN=VALUE items; only the second conv of a pair in one chain is pruned "

@@ -82,6 +82,12 @@ class Method:
         """Per-layer settings for ``layer`` at ``path`` (``values``: its per-layer fields)."""
         return dict(values)
 
+    def resolve_network(self, resolved, modules, settings):
+        """Every layer's resolved settings at once (``resolved``: ``{leaf path: layer settings}``;
+        ``modules``: ``{path: module}``), for settings that depend on all the converted layers
+        together (global pruning).  Default: unchanged."""
+        return resolved
+
     def fit(self, data, layer_settings, settings, rng):
         """``(new layer, record dict)`` replacing ``data.layer``."""
         raise NotImplementedError

@@ -63,6 +63,7 @@ def _plan(method, body, common, method_settings):
             for leaf in s.leaves:
                 resolved[leaf] = method.resolve(leaf, modules[leaf], {f: specs[f][leaf] for f in specs},
                                                 method_settings)
+        resolved = method.resolve_network(resolved, modules, method_settings)
     said = gather_warnings(caught)
     mask = masking_warning(common.mask_rate, len(sw))
     said += [mask] if mask else []

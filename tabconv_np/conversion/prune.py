@@ -2,7 +2,11 @@
 
 Unstructured magnitude pruning, per layer: with ``pruned = p`` a layer's
 ``ceil((1 - p) * n)`` weights of largest magnitude are kept (ties broken by
-position, so the result is deterministic) and the rest set to zero; the layer
+position, so the result is deterministic) and the rest set to zero; with
+``scope="global"`` one threshold for all the converted layers together: the
+``ceil((1 - p) * N)`` weights of largest magnitude among their ``N`` are kept
+(ties broken by layer order, then position), so layers of small weights lose
+more of them.  The layer
 becomes a :class:`~tabconv_np.sparse.SparseConv2d` holding only the kept ones,
 which it alone multiplies.  ``pruned = 0`` keeps every nonzero weight: the
 same outputs up to the order of the float32 sums.  Fits from the weights
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from ..validate import as_choice
 from ..sparse import SparseConv2d
 from .method import Method, convolution_or_keep, register_method
 
@@ -28,14 +33,21 @@ class PruneSettings:
     pruned : float in [0, 1), list or dict
         The fraction of each layer's weights set to zero (per-layer forms as in
         :mod:`tabconv_np.conversion.settings`).
+    scope : {"layer", "global"}
+        ``"global"``: ``pruned`` (one value) is the fraction of all the converted
+        layers' weights, by one magnitude threshold.
     """
 
     pruned: object = 0.5
+    scope: str = "layer"
+
+    def __post_init__(self):
+        as_choice(self.scope, "convert: scope", ("layer", "global"))
 
 
-def magnitude_mask(W, pruned):
-    """Boolean mask of the ``ceil((1 - pruned) * W.size)`` entries of largest ``|W|``."""
-    keep = int(np.ceil((1 - pruned) * W.size))
+def magnitude_mask(W, pruned, keep=None):
+    """Boolean mask of the ``keep`` (default ``ceil((1 - pruned) * W.size)``) entries of largest ``|W|``."""
+    keep = int(np.ceil((1 - pruned) * W.size)) if keep is None else keep
     order = np.argsort(-np.abs(W).ravel(), kind="stable")
     mask = np.zeros(W.size, bool)
     mask[order[:keep]] = True
@@ -59,9 +71,24 @@ class Prune(Method):
             raise ConfigError(f"convert: pruned for {path} must be a fraction in [0, 1), got {p!r}")
         return {"pruned": float(p)}
 
+    def resolve_network(self, resolved, modules, settings):
+        """With ``scope="global"``: each layer's count of kept weights under one threshold."""
+        paths = [q for q, ls in resolved.items() if "keep" not in ls]
+        if settings.scope == "layer" or not paths:
+            return resolved
+        fractions = {resolved[q]["pruned"] for q in paths}
+        if len(fractions) > 1:
+            raise ConfigError(f"convert: scope='global' takes one pruned fraction, got {sorted(fractions)}")
+        mags = np.concatenate([np.abs(modules[q].params["weight"]).ravel() for q in paths])
+        kept = np.zeros(mags.size, bool)
+        kept[np.argsort(-mags, kind="stable")[:int(np.ceil((1 - fractions.pop()) * mags.size))]] = True
+        bounds = np.cumsum([0] + [modules[q].params["weight"].size for q in paths])
+        return {**resolved, **{q: dict(resolved[q], keep_count=int(kept[a:b].sum()))
+                               for q, a, b in zip(paths, bounds[:-1], bounds[1:])}}
+
     def _sparse(self, layer, ls):
         W = layer.params["weight"]
-        return SparseConv2d.from_dense(layer, W * magnitude_mask(W, ls["pruned"]))
+        return SparseConv2d.from_dense(layer, W * magnitude_mask(W, ls["pruned"], ls.get("keep_count")))
 
     def fit(self, data, ls, settings, rng):
         if "keep" in ls:
