@@ -58,7 +58,25 @@ def test_full_rank_conversion_keeps_every_prediction(data):
     assert np.array_equal(res.network.predict(xt).argmax(1), net.predict(xt).argmax(1))
 
 
-@pytest.mark.parametrize("kw", [dict(rank=0), dict(rank=1.5), dict(energy=0), dict(energy=1.5)])
+def test_mac_budget_chooses_ranks_within_it(data):
+    """The converted layers' factors cost at most the budget's share of their exact MACs; a
+    larger budget keeps more and fits the exact outputs better."""
+    net, xc, xt, yt = data
+    res = {f: convert(net, xc, method="lowrank", macs=f, switches=SWITCHES, progress=False) for f in (0.2, 0.5)}
+    exact = count_ops(res[0.2].exact)
+    conv = {r["name"]: r["macs"] for r in exact.rows if r["name"] in {rec["name"] for rec in res[0.2].layers}}
+    fixed = exact.total["macs"] - sum(conv.values())
+    for f, r in res.items():
+        assert count_ops(r.network).total["macs"] - fixed <= f * sum(conv.values())
+    ranks = {f: [rec["r"] for rec in r.layers if "r" in rec] for f, r in res.items()}
+    assert all(a <= b for a, b in zip(ranks[0.2], ranks[0.5])) and ranks[0.2] != ranks[0.5]
+    err = {f: np.mean([rec["rel_error"] for rec in r.layers if "r" in rec]) for f, r in res.items()}
+    assert err[0.5] < err[0.2]
+    assert np.mean(res[0.5].network.predict(xt).argmax(1) == yt) > 0.85
+
+
+@pytest.mark.parametrize("kw", [dict(rank=0), dict(rank=1.5), dict(energy=0), dict(energy=1.5), dict(macs=1.5),
+                                dict(macs=0.5, form="tucker2")])
 def test_bad_settings_are_refused(data, kw):
     net, xc, _, _ = data
     with pytest.raises(ConfigError):
@@ -109,7 +127,8 @@ def test_cli_converts_with_lowrank_and_refuses_options_of_other_methods(tmp_path
     from tabconv_np.cli.convert import METHOD_DEFAULTS
     from tabconv_np.conversion.lowrank import LowRankSettings
     d = LowRankSettings()
-    assert METHOD_DEFAULTS["lowrank"] == {"rank": d.rank, "energy": d.energy, "form": d.form, "refine": d.refine}
+    assert METHOD_DEFAULTS["lowrank"] == {"rank": d.rank, "energy": d.energy, "form": d.form, "refine": d.refine,
+                                          "macs": str(d.macs).lower()}
     src, out = os.path.join(WEIGHTS, "resnet18-paper_fashion-mnist.h5"), tmp_path / "lr.h5"
     assert main(["convert", src, "-o", str(out), "--method", "lowrank", "--form", "tucker2", "--energy", "0.8",
                  "--switches", ",".join(map(str, SWITCHES)), "--dataset", "sample", "--calib", "40",

@@ -26,7 +26,7 @@ from .options import add_data_options, count
 METHOD_DEFAULTS = {
     "tabconv": {"codebooks": "8", "prototypes": "256", "iters": 16, "refine": "none"},
     "maddness": {"codebooks": "auto", "refine": "exact"},
-    "lowrank": {"rank": "auto", "energy": 0.95, "form": "svd", "refine": "exact"},
+    "lowrank": {"rank": "auto", "energy": 0.95, "form": "svd", "refine": "exact", "macs": "none"},
     "int8": {"bits": "8", "activations": "asymmetric", "range_rule": "minmax", "percentile": "99.99",
              "min_images": 32},
     "lcnn": {"atoms": "32", "sparsity": "2", "refine": "exact"},
@@ -81,6 +81,9 @@ def add_parser(sub):
                    "per switch, or PATTERN=VALUE items; default auto")
     c.add_argument("--energy", type=float, help="lowrank only: with rank auto, the fraction of the "
                    "squared singular values kept, in (0, 1]; default 0.95")
+    c.add_argument("--macs", type=float, help="lowrank only: a MAC budget instead of --rank: the converted "
+                   "layers keep at most this fraction of their MACs, in (0, 1), ranks chosen by singular-value "
+                   "energy per MAC (svd and spatial forms); default none")
     c.add_argument("--form", choices=["svd", "spatial", "tucker2"],
                    help="lowrank only: the decomposition: svd (conv to r channels + 1x1), spatial "
                    "(k x 1 then 1 x k) or tucker2 (1x1, core, 1x1); default svd")

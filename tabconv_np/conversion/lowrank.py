@@ -38,6 +38,15 @@ the bias by least squares on the calibration rows so that the factors
 reproduce the exact network's output at that point (matrix regression on the
 outputs, not the weights: the literature's "reconstruct to outputs");
 ``refine=None`` keeps the plain truncated decomposition.
+
+``macs=F`` (a fraction in (0, 1)) chooses the ranks for a MAC budget instead:
+the converted layers together keep at most ``F`` of their exact MACs.  Each
+singular value ``j`` of a layer is worth its share of that layer's squared
+singular values, ``s_j**2 / sum(s**2)``, and costs the MACs one more rank
+adds to the layer's factors; the values are taken best worth per MAC first
+(within a layer that is largest first) while the budget allows, each layer
+keeping at least rank 1.  The ``svd`` and ``spatial`` forms (one rank per
+layer).
 """
 from dataclasses import dataclass
 
@@ -47,6 +56,7 @@ from ..blocks import Sequential
 from ..errors import ConfigError
 from ..geometry import to_rows
 from ..layers import Conv2d, Linear
+from ..ops import count_ops
 from ..validate import as_choice
 from .calibration import apply
 from .method import Method, register_method
@@ -71,18 +81,27 @@ class LowRankSettings:
         Refit the last factor and bias to the exact network's output here, or not.
     form : {"svd", "spatial", "tucker2"}
         The decomposition (module docstring).
+    macs : float in (0, 1) or None
+        A MAC budget: the ranks chosen so that the converted layers keep at most this
+        fraction of their MACs (module docstring); ``rank`` is then not used.
     """
 
     rank: object = "auto"
     energy: float = 0.95
     refine: object = "exact"
     form: str = "svd"
+    macs: object = None
 
     def __post_init__(self):
         as_choice(self.refine, "convert: refine", (None, "exact"))
         as_choice(self.form, "convert: form", FORMS)
         if not (isinstance(self.energy, (int, float)) and 0 < self.energy <= 1):
             raise ConfigError(f"convert: energy must be in (0, 1], got {self.energy!r}")
+        if self.macs is not None:
+            if isinstance(self.macs, bool) or not isinstance(self.macs, (int, float)) or not 0 < self.macs < 1:
+                raise ConfigError(f"convert: macs must be a fraction in (0, 1), got {self.macs!r}")
+            if self.form == "tucker2":
+                raise ConfigError("convert: macs (a MAC budget) takes the svd or spatial form, not tucker2")
 
 
 def form_of(layer, form):
@@ -157,6 +176,33 @@ def _rank(matrix, spec, energy, path):
     raise ConfigError(f"convert: rank for {path} must be an int >= 1 or 'auto', got {spec!r}")
 
 
+def _macs(layer, r, form, in_shape):
+    """Multiply-adds per image of ``layer`` factored at rank ``r`` (or of ``layer`` when r is None)."""
+    m = layer if r is None else factor_layer(layer, r, form)
+    return count_ops(m, tuple(in_shape)).total["macs"]
+
+
+def budget_ranks(layers, fraction):
+    """Ranks for a MAC budget (module docstring): ``{path: r}``.
+
+    layers : {path: (layer, form, in_shape)}, the converted layers
+    fraction : the share of their exact MACs the factors may cost
+    """
+    worth, step, base, ranks = [], {}, 0, {}
+    for path, (layer, form, shape) in layers.items():
+        s2 = np.linalg.svd(unfoldings(layer, form)[0], compute_uv=False) ** 2
+        one, two = _macs(layer, 1, form, shape), _macs(layer, 2, form, shape)
+        step[path], ranks[path] = two - one, 1                   # MACs are linear in r
+        base += one
+        worth += [(s2[j] / max(s2.sum(), 1e-300) / (two - one), path) for j in range(1, len(s2))]
+    allowed = fraction * sum(_macs(layer, None, form, shape) for layer, form, shape in layers.values())
+    for _, path in sorted(worth, key=lambda wp: -wp[0]):         # stable: ties in layer order
+        if base + step[path] <= allowed:
+            base += step[path]
+            ranks[path] += 1
+    return ranks
+
+
 class LowRank(Method):
     """Truncated SVD of each layer's lowered weight, optionally refit to the outputs."""
 
@@ -176,6 +222,16 @@ class LowRank(Method):
         if form != "tucker2":
             r, full = r[0], full[0]
         return {"r": r, "full_rank": full, "form": form}
+
+    def resolve_network(self, resolved, network, settings):
+        """With a MAC budget (``macs``): every layer's rank from :func:`budget_ranks`."""
+        if settings.macs is None or not resolved:
+            return resolved
+        modules = dict(network.body.modules())
+        shapes = {r["name"]: r["in_shape"] for r in count_ops(network).rows}
+        ranks = budget_ranks({p: (modules[p], ls["form"], shapes[p]) for p, ls in resolved.items()},
+                             settings.macs)
+        return {p: dict(ls, r=ranks[p]) for p, ls in resolved.items()}
 
     def fit(self, data, ls, settings, rng):
         new = factor_layer(data.layer, ls["r"], ls["form"])
@@ -210,7 +266,7 @@ class LowRank(Method):
         return f"{record['form']} r={r}/{full}"
 
     def network_meta(self, settings):
-        return {"refine": settings.refine, "energy": settings.energy, "form": settings.form}
+        return {"refine": settings.refine, "energy": settings.energy, "form": settings.form, "macs": settings.macs}
 
     def layer_meta(self, record):
         return [record["form"], record["r"], record["full_rank"]]

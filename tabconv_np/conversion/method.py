@@ -82,10 +82,10 @@ class Method:
         """Per-layer settings for ``layer`` at ``path`` (``values``: its per-layer fields)."""
         return dict(values)
 
-    def resolve_network(self, resolved, modules, settings):
+    def resolve_network(self, resolved, network, settings):
         """Every layer's resolved settings at once (``resolved``: ``{leaf path: layer settings}``;
-        ``modules``: ``{path: module}``), for settings that depend on all the converted layers
-        together (global pruning).  Default: unchanged."""
+        ``network``: the BN-folded exact network), for settings that depend on all the converted
+        layers together (global pruning, a MAC budget).  Default: unchanged."""
         return resolved
 
     def fit(self, data, layer_settings, settings, rng):

@@ -40,13 +40,14 @@ from .switches import find_switches
 from .walk import Pass
 
 
-def _plan(method, body, common, method_settings):
+def _plan(method, exact, common, method_settings):
     """``(switches, on, {leaf path: resolved settings}, warnings)`` with every check done up front.
 
     ``warnings``: one line per kind of setting that does not do what it says
     (clamped, padding only, a masking rate that masks nothing), each also
     issued as a :class:`~tabconv_np.errors.SettingWarning`.
     """
+    body = exact.body
     sw = find_switches(body)
     if not sw:
         raise ConfigError("convert: the network has no Conv2d or Linear layer to convert")
@@ -63,7 +64,7 @@ def _plan(method, body, common, method_settings):
             for leaf in s.leaves:
                 resolved[leaf] = method.resolve(leaf, modules[leaf], {f: specs[f][leaf] for f in specs},
                                                 method_settings)
-        resolved = method.resolve_network(resolved, modules, method_settings)
+        resolved = method.resolve_network(resolved, exact, method_settings)
     said = gather_warnings(caught)
     mask = masking_warning(common.mask_rate, len(sw))
     said += [mask] if mask else []
@@ -128,7 +129,7 @@ def convert(model, calibration_images, method="tabconv", **settings):
     imgs = _images(model, calibration_images)
     exact = fold_batchnorm(model)
     own = m.for_network(own, exact.body)
-    sw, on, resolved, notes = _plan(m, exact.body, common, own)
+    sw, on, resolved, notes = _plan(m, exact, common, own)
     modules = dict(exact.body.modules())
     refit_leaf = last_linear(sw, modules) if common.refit_classifier else None
     if common.refit_classifier and refit_leaf is None:
@@ -183,7 +184,7 @@ def skeleton(model, method="tabconv", **settings):
     common, own = split_settings(settings, m.Settings, m.aliases)
     exact = fold_batchnorm(model)
     own = m.for_network(own, exact.body)
-    _, _, resolved, _ = _plan(m, exact.body, common, own)
+    _, _, resolved, _ = _plan(m, exact, common, own)
     body = map_leaves(exact.body, lambda path, leaf: (m.skeleton(leaf, resolved[path], own)
                                                       if path in resolved else leaf))
     body = m.finish(body, resolved, None, own)

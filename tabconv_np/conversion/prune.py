@@ -71,8 +71,9 @@ class Prune(Method):
             raise ConfigError(f"convert: pruned for {path} must be a fraction in [0, 1), got {p!r}")
         return {"pruned": float(p)}
 
-    def resolve_network(self, resolved, modules, settings):
+    def resolve_network(self, resolved, network, settings):
         """With ``scope="global"``: each layer's count of kept weights under one threshold."""
+        modules = dict(network.body.modules())
         paths = [q for q, ls in resolved.items() if "keep" not in ls]
         if settings.scope == "layer" or not paths:
             return resolved
