@@ -183,6 +183,19 @@ def write_text_atomic(path, text):
     write_atomic(path, write)
 
 
+def write_section(path, lines, begin, end):
+    """Put ``lines`` into the file at ``path`` between the marker lines ``begin`` and ``end``
+    (markers included; appended when absent), leaving the rest of the file as it is."""
+    text = open(path).read() if os.path.exists(path) else ""
+    block = "\n".join([begin] + list(lines) + [end])
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text else "") + block + "\n"
+    write_text_atomic(path, text)
+
+
 def make_cache_dir(path):
     """Create the cache folder with a ``.gitignore`` of ``*`` in it (git never sees the cache)."""
     os.makedirs(path, exist_ok=True)
