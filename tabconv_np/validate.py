@@ -66,6 +66,15 @@ def as_float(v, name, minimum=None, positive=False):
     return v
 
 
+def in_unit_interval(v, interval):
+    """Whether ``v`` is a real number (not a bool) in ``interval``, one of ``"(0, 1)"``,
+    ``"[0, 1)"``, ``"(0, 1]"``: the fractions conversion settings take."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        return False
+    low = v >= 0 if interval[0] == "[" else v > 0
+    return bool(low and (v <= 1 if interval[-1] == "]" else v < 1))
+
+
 def check_parameters(count, what):
     """Refuse ``count`` parameter elements above :data:`MAX_PARAMETERS`, naming ``what``."""
     if count > MAX_PARAMETERS:

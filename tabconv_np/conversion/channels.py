@@ -55,7 +55,7 @@ from ..activations import HardSigmoid, HardSwish, LeakyReLU, Sigmoid, Tanh
 from ..errors import ConfigError
 from ..layers import AvgPool2d, BatchNorm2d, Clip, Conv2d, Dropout, Linear, MaxPool2d, ReLU
 from ..structure import Chain, Residual, branches, join, map_leaves, structure_of
-from ..validate import as_choice
+from ..validate import as_choice, in_unit_interval
 from .method import Method, register_method
 from .refit import ridge_gram
 
@@ -290,7 +290,7 @@ class ChannelPrune(Method):
 
     def resolve(self, path, layer, values, settings):
         keep = values["keep"]
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        if not in_unit_interval(keep, "(0, 1]"):
             raise ConfigError(f"convert: keep for {path} must be a fraction of its input channels in "
                               f"(0, 1], got {keep!r}")
         if path not in settings.pairs:

@@ -57,7 +57,7 @@ from ..errors import ConfigError
 from ..geometry import to_rows
 from ..layers import Conv2d, Linear
 from ..ops import count_ops
-from ..validate import as_choice
+from ..validate import as_choice, in_unit_interval
 from .calibration import apply
 from .method import Method, register_method
 
@@ -95,10 +95,10 @@ class LowRankSettings:
     def __post_init__(self):
         as_choice(self.refine, "convert: refine", (None, "exact"))
         as_choice(self.form, "convert: form", FORMS)
-        if not (isinstance(self.energy, (int, float)) and 0 < self.energy <= 1):
+        if not in_unit_interval(self.energy, "(0, 1]"):
             raise ConfigError(f"convert: energy must be in (0, 1], got {self.energy!r}")
         if self.macs is not None:
-            if isinstance(self.macs, bool) or not isinstance(self.macs, (int, float)) or not 0 < self.macs < 1:
+            if not in_unit_interval(self.macs, "(0, 1)"):
                 raise ConfigError(f"convert: macs must be a fraction in (0, 1), got {self.macs!r}")
             if self.form == "tucker2":
                 raise ConfigError("convert: macs (a MAC budget) takes the svd or spatial form, not tucker2")

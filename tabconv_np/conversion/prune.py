@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..validate import as_choice
+from ..validate import as_choice, in_unit_interval
 from ..sparse import SparseConv2d
 from .method import Method, convolution_or_keep, register_method
 
@@ -67,7 +67,7 @@ class Prune(Method):
         if keep:
             return keep
         p = values["pruned"]
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        if not in_unit_interval(p, "[0, 1)"):
             raise ConfigError(f"convert: pruned for {path} must be a fraction in [0, 1), got {p!r}")
         return {"pruned": float(p)}
 

@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits
 from ..errors import ConfigError
 from ..geometry import to_rows
 from ..rsdtr import CORES, RSDTRConv2d
-from ..validate import as_choice
+from ..validate import as_choice, in_unit_interval
 from .calibration import apply
 from .method import Method, convolution_or_keep, register_method
 
@@ -210,7 +210,7 @@ class RSDTR(Method):
         if keep:
             return keep
         eps = values["eps"]
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        if not in_unit_interval(eps, "(0, 1)"):
             raise ConfigError(f"convert: eps for {path} must be in (0, 1), got {eps!r}")
         if settings.convs == "blocks" and (layer.kernel_size != (3, 3) or "." not in path):
             return {"keep": "not a 3x3 conv inside a block (convs='blocks')"}
