@@ -102,11 +102,6 @@ def points(grid):
     return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
 
 
-def _sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def convert_point(net, xc, xt, yt, exact_pred, settings, args, log):
     """``(figures, converted network path or None)`` of one grid point, from the cache when there."""
     import numpy as np
@@ -114,7 +109,7 @@ def convert_point(net, xc, xt, yt, exact_pred, settings, args, log):
     from tabconv_np.conversion import convert
     from tabconv_np.errors import TabConvError
     from tabconv_np.ops import CONVENTIONS, count_ops
-    key = hashlib.sha256(json.dumps([_sha256(args.weights), args.method, settings, args.calib],
+    key = hashlib.sha256(json.dumps([args.weights_digest, args.method, settings, args.calib],
                                     sort_keys=True).encode()).hexdigest()[:16]
     stem = os.path.join(args.cache_dir, f"sweep_{args.network}_{args.method}_{key}")
     if os.path.exists(stem + ".json"):
@@ -145,12 +140,14 @@ def main(args):
 
     import numpy as np
     import tabconv_np
+    from tabconv_np.compare import file_digest
     from tabconv_np.ops import CONVENTIONS, count_ops
     tabconv_np.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)          # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = tabconv_np.load(args.weights)
+    args.weights_digest = file_digest(args.weights)          # once: part of every point's cache key
     xc, xt, yt, source = shipped_data(net, args.calib)
     exact_pred = net.predict(xt).argmax(1)
     exact_acc = float(np.mean(exact_pred == yt))
